@@ -1,0 +1,1 @@
+"""The MNIST pipeline's stages: one module per DVC stage, run as `python -m stages.<name>`."""

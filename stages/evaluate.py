@@ -1,0 +1,86 @@
+"""Evaluate stage: score the trained model on the held-out test set, the only place it is used.
+
+Writes metrics/accuracy.json (accuracy, loss, per-class precision/recall/F1, macro F1, errors)
+for `dvc metrics diff`, and metrics/confusion.csv (one actual,predicted row per test image) for
+DVC's confusion-matrix plot.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from stages import params as params_module
+from stages.fileio import load_npz, write_bytes, write_json
+
+# TensorFlow prints a page of INFO lines (oneDNN, CPU features) at import; keep its warnings.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+log = logging.getLogger("evaluate")
+
+MODEL_FILE = Path("model/model.keras")
+TEST_FILE = Path("data/processed/test.npz")
+METRICS_FILE = Path("metrics/accuracy.json")
+CONFUSION_FILE = Path("metrics/confusion.csv")
+EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
+
+
+def cross_entropy(y_true, probs):
+    picked = np.clip(probs[np.arange(len(y_true)), y_true], EPSILON, 1.0)
+    return float(-np.mean(np.log(picked)))
+
+
+def classification_metrics(y_true, probs, num_classes=10):
+    """Accuracy, loss, and per-class precision/recall/F1 from predicted probabilities."""
+    y_pred = probs.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    true_pos = np.diag(confusion).astype(np.float64)
+    # A class never predicted (or absent) has undefined precision (recall): report 0, as sklearn.
+    precision = np.divide(true_pos, confusion.sum(axis=0),
+                          out=np.zeros(num_classes), where=confusion.sum(axis=0) > 0)
+    recall = np.divide(true_pos, confusion.sum(axis=1),
+                       out=np.zeros(num_classes), where=confusion.sum(axis=1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall,
+                   out=np.zeros(num_classes), where=(precision + recall) > 0)
+    per_class = {
+        str(c): {"accuracy": round(recall[c], 6), "precision": round(precision[c], 6),
+                 "recall": round(recall[c], 6), "f1": round(f1[c], 6)}
+        for c in range(num_classes)
+    }
+    return {
+        "accuracy": round(float(np.mean(y_pred == y_true)), 6),
+        "loss": round(cross_entropy(y_true, probs), 6),
+        "macro_f1": round(float(f1.mean()), 6),
+        "misclassified": int(np.sum(y_pred != y_true)),
+        "test_images": int(len(y_true)),
+        "per_class": per_class,
+    }
+
+
+def confusion_csv(y_true, y_pred):
+    rows = ["actual,predicted"] + [f"{a},{p}" for a, p in zip(y_true, y_pred)]
+    return "\n".join(rows) + "\n"
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    cfg = params_module.load("evaluate")
+    test = load_npz(TEST_FILE)
+
+    import keras
+
+    model = keras.saving.load_model(MODEL_FILE, safe_mode=True)
+    probs = model.predict(test["x"], batch_size=cfg["batch_size"], verbose=0)
+    y_true = test["y"].astype(np.int64)
+
+    metrics = classification_metrics(y_true, probs)
+    write_json(METRICS_FILE, metrics)
+    write_bytes(CONFUSION_FILE, confusion_csv(y_true, probs.argmax(axis=1)).encode())
+    log.info("test accuracy %.4f, loss %.4f, %d of %d misclassified", metrics["accuracy"],
+             metrics["loss"], metrics["misclassified"], metrics["test_images"])
+
+
+if __name__ == "__main__":
+    main()

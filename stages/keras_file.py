@@ -1,0 +1,60 @@
+"""Save a Keras model so the same weights always give the same bytes.
+
+A `.keras` file is a zip holding config.json, metadata.json and the weights. Keras stamps each
+zip entry with the current time and writes `date_saved` into metadata.json, so saving one model
+twice gives two md5s and DVC would never see two trainings as equal. config.json also numbers
+shared objects (the layers' common dtype policy) by their Python `id()`, which changes from one
+process to the next. We save normally, then rewrite the zip with the times fixed, `date_saved`
+dropped and the shared-object ids renumbered in order; Keras loads the result as usual.
+"""
+
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+from stages.fileio import ZIP_EPOCH, atomic_path
+
+
+def save_model_reproducibly(model, target):
+    """model.save, then rewrite the zip without timestamps, atomically into `target`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.keras"
+        model.save(raw)
+        with atomic_path(target) as out:
+            normalize_zip(raw, out)
+
+
+def normalize_zip(source, target):
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in sorted(zin.namelist()):
+            data = zin.read(name)
+            if name == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            elif name == "config.json":
+                data = json.dumps(renumber_shared_objects(json.loads(data))).encode()
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zout.writestr(info, data)
+
+
+def renumber_shared_objects(config):
+    """Replace each `shared_object_id` (a Python id()) by 1, 2, ... in order of appearance."""
+    numbers = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "shared_object_id" in node:
+                old = node["shared_object_id"]
+                node["shared_object_id"] = numbers.setdefault(old, len(numbers) + 1)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return config
