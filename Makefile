@@ -5,13 +5,17 @@ BIN := $(CURDIR)/$(VENV)/bin
 # dvc runs each stage as `python -m stages.<name>`: that must be the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test venv
+.PHONY: repro test venv predict
 
 repro: $(VENV)/.installed
 	dvc repro
 
 test: $(VENV)/.installed
 	python -m pytest $(PYTEST_ARGS)
+
+# The digit in each image: make predict IMAGES="a.png b.png" (add --top 3, --json, --model PATH).
+predict: $(VENV)/.installed
+	python -m stages.predict $(IMAGES)
 
 venv: $(VENV)/.installed
 

@@ -17,12 +17,15 @@ import http.client
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +132,8 @@ def fetch_http(url, dest, hasher, cfg):
     except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
         raise Transient(f"{type(e).__name__}: {e}") from e
     except urllib.error.URLError as e:
+        if isinstance(e.reason, socket.gaierror):  # the host name does not resolve: offline?
+            raise SourceFailed(f"{url}: cannot resolve host ({e.reason})") from e
         raise Transient(f"{e.reason}") from e
     if total and got != total:
         # http.client returns a short body without complaint when the server hangs up early.
@@ -181,7 +186,7 @@ def read_dataset(names, files):
     if names == NPZ_FILES:
         try:
             arrays = load_npz(files["mnist.npz"])
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
             raise SourceFailed(f"mnist.npz is not a readable npz: {e}") from e
         missing = set(IDX_FILES) - set(arrays)
         if missing:
@@ -191,7 +196,7 @@ def read_dataset(names, files):
     for key, (name, ndim) in IDX_FILES.items():
         try:
             arrays[key] = parse_idx(gzip.decompress(files[name].read_bytes()), ndim)
-        except (OSError, EOFError, IdxError) as e:
+        except (OSError, EOFError, zlib.error, IdxError) as e:
             raise SourceFailed(f"{name}: {e}") from e
     return validate_dataset(arrays)
 
@@ -225,7 +230,9 @@ def download(data_params, environ, workdir):
         raise DownloadError("no sources to try: set MNIST_MIRROR, add data.mirrors, "
                             "or set data.public_sources: true")
     raise DownloadError("no source gave a complete, verified MNIST:\n  "
-                        + "\n  ".join(failures))
+                        + "\n  ".join(failures)
+                        + "\nOffline? Point MNIST_MIRROR at a directory holding mnist.npz "
+                          "or the four IDX .gz files.")
 
 
 def _exit_on_sigterm(signum, frame):

@@ -8,6 +8,7 @@ the same md5s twice.
 
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -50,7 +51,7 @@ def parse_idx(data, expected_ndim=None):
     if len(data) < header_len:
         raise IdxError(f"truncated header: {len(data)} bytes, need {header_len}")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header_len + int(np.prod(shape, dtype=np.int64))
+    expected = header_len + math.prod(shape)  # Python ints: np.prod would wrap past 2**63
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "has trailing bytes"
         raise IdxError(f"{state}: {len(data)} bytes, header {shape} needs {expected}")

@@ -102,6 +102,7 @@ SCHEMA = {
     },
     "evaluate": {
         "batch_size": integer(1, 60000),
+        "error_grid": integer(1, 100),
     },
 }
 
@@ -120,11 +121,13 @@ def validate(params):
             raise ParamsError(f"{PARAMS_FILE}: section '{section}' is missing or not a mapping")
         for key in values:
             if key not in fields:
-                raise ParamsError(f"{PARAMS_FILE}: unknown key {section}.{key}; "
-                                  f"allowed keys: {', '.join(fields)}")
+                raise ParamsError(f"{PARAMS_FILE}: unknown key {section}.{key} = "
+                                  f"{values[key]!r}; allowed keys: {', '.join(fields)}")
         for key, check in fields.items():
             if key not in values:
-                raise ParamsError(f"{PARAMS_FILE}: missing key {section}.{key}")
+                # Every check rejects None, so check(None) is the text of what is allowed.
+                raise ParamsError(f"{PARAMS_FILE}: missing key {section}.{key}; "
+                                  f"expected {check(None)}")
             allowed = check(values[key])
             if allowed:
                 raise ParamsError(f"{PARAMS_FILE}: {section}.{key} = {values[key]!r} "
@@ -136,7 +139,7 @@ def load(section, path=PARAMS_FILE):
     try:
         params = yaml.safe_load(Path(path).read_text())
         validate(params)
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         sys.exit(f"error: cannot read {path}: {e}".replace("\n", " "))
     except ParamsError as e:
         sys.exit(f"error: {e}")

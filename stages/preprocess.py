@@ -39,7 +39,8 @@ def fit_normalization(x_train, method):
     if method == "scale":
         return {"method": "scale", "mean": 0.0, "std": 1.0}
     scaled = x_train.astype(np.float64) / 255.0
-    return {"method": "standardize", "mean": float(scaled.mean()), "std": float(scaled.std())}
+    std = float(scaled.std()) or 1.0  # images all of one grey: centre them, nothing to scale
+    return {"method": "standardize", "mean": float(scaled.mean()), "std": std}
 
 
 def normalize(x, constants):

@@ -16,7 +16,8 @@ from stages import params as params_module
 from stages.fileio import load_npz, read_json, write_bytes, write_json
 from stages.keras_file import save_model_reproducibly
 
-# TensorFlow prints a page of INFO lines (oneDNN, CPU features) at import; keep its warnings.
+# Hide the INFO lines TensorFlow prints at import (CPU features); warnings stay. TF 2.21
+# still announces oneDNN on stderr whatever this says.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 log = logging.getLogger("train")

@@ -1,0 +1,451 @@
+"""The download stage against real sources: HTTP servers on 127.0.0.1, local directories and
+file:// URLs, each serving the tiny dataset (whole, partly, corrupted, slowly or not at all).
+
+Most tests call `download.download()` directly; the end-to-end ones run `python -m
+stages.download` in a temporary directory, as DVC would, to check exit codes and what is left
+in data/.
+"""
+
+import gzip
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages import download
+from stages.download import DownloadError, candidate_sources
+from stages.fileio import load_npz
+from stages.params import validate
+from tests.digits import IDX_NAMES, idx_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+IDX_FILES = list(IDX_NAMES.values())  # the order the stage fetches them in
+NPZ_PATH = ["/mnist.npz"]
+IDX_PATHS = ["/" + name for name in IDX_FILES]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def repo_params(data):
+    """The repo's params.yaml with its `data` section replaced."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"] = data
+    return params
+
+
+def data_params(checksums, mirrors=(), **overrides):
+    """A `data` section for quick, offline tests; validated like the real one."""
+    data = {"mirrors": list(mirrors), "public_sources": False, "timeout_s": 0.5, "retries": 1,
+            "backoff_s": 0.01, "checksums": dict(checksums)}
+    data.update(overrides)
+    validate(repo_params(data))  # the tests use only configurations the stage would accept
+    return data
+
+
+def assert_tiny(arrays, tiny_arrays):
+    assert set(arrays) == set(tiny_arrays)
+    for key, expected in tiny_arrays.items():
+        assert arrays[key].dtype == np.uint8, key
+        np.testing.assert_array_equal(arrays[key], expected, err_msg=key)
+
+
+def copy_files(source_dir, target_dir, names):
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(source_dir / name, target_dir / name)
+    return target_dir
+
+
+def md5(path):
+    return "md5:" + hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def sha256(path):
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def idx_only(tmp_path, tiny_mirror):
+    """A directory with the four IDX .gz files of the tiny dataset and no mnist.npz."""
+    mirror_dir, _ = tiny_mirror
+    return copy_files(mirror_dir, tmp_path / "idx-only", IDX_FILES)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def stage_dir(path, data):
+    """A directory to run `python -m stages.download` in: params.yaml and the stage code."""
+    path.mkdir()
+    (path / "stages").symlink_to(REPO / "stages", target_is_directory=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(repo_params(data), sort_keys=False))
+    return path
+
+
+def stage_env(mirror=None):
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_MIRROR"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if mirror:
+        env["MNIST_MIRROR"] = mirror
+    return env
+
+
+def run_stage(cwd, mirror=None):
+    return subprocess.run([sys.executable, "-m", "stages.download"], cwd=cwd, env=stage_env(mirror),
+                          capture_output=True, text=True, timeout=60)
+
+
+def data_contents(cwd):
+    """Everything inside data/, hidden files included."""
+    return sorted(p.name for p in (cwd / "data").iterdir())
+
+
+# --- the order of sources (no network) --------------------------------------------------------
+
+def test_candidate_sources_order_env_then_mirrors_then_public():
+    data = {"mirrors": ["/srv/one", "http://two.invalid/mnist/"], "public_sources": True}
+    sources = candidate_sources(data, {"MNIST_MIRROR": "file:///env"})
+    idx = tuple(IDX_FILES)
+    assert sources[:6] == [
+        ("file:///env", ("mnist.npz",)), ("file:///env", idx),
+        ("/srv/one", ("mnist.npz",)), ("/srv/one", idx),
+        ("http://two.invalid/mnist/", ("mnist.npz",)), ("http://two.invalid/mnist/", idx),
+    ]
+    # Then Keras' npz, then each public IDX mirror; every base is an https/http URL.
+    assert sources[6] == (download.KERAS_BASE, ("mnist.npz",))
+    assert sources[7:] == [(m, idx) for m in download.IDX_MIRRORS]
+    assert len(sources) == 7 + len(download.IDX_MIRRORS)
+
+
+def test_candidate_sources_without_public_or_env():
+    data = {"mirrors": ["/srv/one"], "public_sources": False}
+    assert candidate_sources(data, {}) == [("/srv/one", ("mnist.npz",)),
+                                           ("/srv/one", tuple(IDX_FILES))]
+    # An empty MNIST_MIRROR (as CI might export) is no source.
+    assert candidate_sources(data, {"MNIST_MIRROR": ""}) == candidate_sources(data, {})
+    assert candidate_sources({"mirrors": [], "public_sources": False}, {}) == []
+
+
+def test_no_sources_at_all_is_an_error_that_says_what_to_set(tiny_mirror, workdir):
+    _, checksums = tiny_mirror
+    with pytest.raises(DownloadError, match="no sources to try.*MNIST_MIRROR"):
+        download.download(data_params(checksums), {}, workdir)
+
+
+# --- where the bytes come from -----------------------------------------------------------------
+
+def test_http_mirror_with_npz(tiny_mirror, tiny_arrays, http_server, workdir):
+    mirror_dir, checksums = tiny_mirror
+    url = http_server(mirror_dir)
+    arrays = download.download(data_params(checksums), {"MNIST_MIRROR": url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    assert http_server.last.requests == NPZ_PATH
+
+
+def test_http_mirror_with_only_idx_files(tiny_mirror, tiny_arrays, idx_only, http_server,
+                                         workdir):
+    _, checksums = tiny_mirror
+    url = http_server(idx_only)
+    arrays = download.download(data_params(checksums), {"MNIST_MIRROR": url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    # mnist.npz 404s once (no retry for a 404), then each IDX file is fetched once.
+    assert http_server.last.requests == NPZ_PATH + IDX_PATHS
+
+
+def test_stage_output_does_not_depend_on_the_source(tiny_mirror, tiny_arrays, idx_only,
+                                                    http_server, tmp_path):
+    mirror_dir, checksums = tiny_mirror
+    outputs = {}
+    for label, directory in (("npz", mirror_dir), ("idx", idx_only)):
+        cwd = stage_dir(tmp_path / label, data_params(checksums))
+        result = run_stage(cwd, mirror=http_server(directory))
+        assert result.returncode == 0, result.stderr
+        assert data_contents(cwd) == ["mnist.npz"], "no temporary files left beside the output"
+        outputs[label] = (cwd / "data/mnist.npz").read_bytes()
+        assert_tiny(load_npz(cwd / "data/mnist.npz"), tiny_arrays)
+    assert outputs["npz"] == outputs["idx"]
+
+
+@pytest.mark.parametrize("form", ["directory", "file-url"])
+@pytest.mark.parametrize("content", ["npz", "idx-only"])
+def test_local_mirror(form, content, tiny_mirror, tiny_arrays, idx_only, workdir):
+    mirror_dir, checksums = tiny_mirror
+    directory = mirror_dir if content == "npz" else idx_only
+    location = str(directory) if form == "directory" else directory.as_uri()
+    arrays = download.download(data_params(checksums), {"MNIST_MIRROR": location}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+
+
+def test_local_mirror_that_does_not_exist_is_named_in_the_error(tiny_mirror, tmp_path, workdir):
+    _, checksums = tiny_mirror
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(DownloadError) as error:
+        download.download(data_params(checksums), {"MNIST_MIRROR": str(missing)}, workdir)
+    assert f"{missing}/mnist.npz: no such file" in str(error.value)
+    assert f"{missing}/train-images-idx3-ubyte.gz: no such file" in str(error.value)
+
+
+# --- failures that move on to the next source --------------------------------------------------
+
+def test_404_everywhere_falls_through_to_the_next_mirror(tiny_mirror, tiny_arrays, http_server,
+                                                         tmp_path, workdir):
+    mirror_dir, checksums = tiny_mirror
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_url = http_server(empty)
+    bad = http_server.last
+    good_url = http_server(mirror_dir)
+    good = http_server.last
+    arrays = download.download(data_params(checksums, mirrors=[good_url]),
+                               {"MNIST_MIRROR": bad_url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    # A 404 is final for that file: no retry; the IDX source stops at its first missing file.
+    assert bad.requests == NPZ_PATH + IDX_PATHS[:1]
+    assert good.requests == NPZ_PATH
+
+
+def test_scripted_404_on_npz_uses_idx_files_of_the_same_mirror(tiny_mirror, tiny_arrays,
+                                                               http_server, workdir):
+    mirror_dir, checksums = tiny_mirror
+    url = http_server(mirror_dir, script={"/mnist.npz": ["404"]})
+    arrays = download.download(data_params(checksums), {"MNIST_MIRROR": url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    assert http_server.last.requests == NPZ_PATH + IDX_PATHS
+
+
+def test_500_then_success_is_retried(tiny_mirror, tiny_arrays, http_server, workdir):
+    mirror_dir, checksums = tiny_mirror
+    url = http_server(mirror_dir, script={"/mnist.npz": ["500"]})
+    arrays = download.download(data_params(checksums, retries=1), {"MNIST_MIRROR": url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    assert http_server.last.requests == NPZ_PATH * 2
+
+
+def test_500_more_often_than_retries_gives_up_on_that_file(tiny_mirror, tiny_arrays,
+                                                           http_server, workdir):
+    mirror_dir, checksums = tiny_mirror
+    url = http_server(mirror_dir, script={"/mnist.npz": ["500", "500", "500"]})
+    arrays = download.download(data_params(checksums, retries=2), {"MNIST_MIRROR": url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    assert http_server.last.requests == NPZ_PATH * 3 + IDX_PATHS
+
+
+def test_corrupted_file_moves_on_to_the_next_source(tiny_mirror, tiny_arrays, http_server,
+                                                    tmp_path, workdir):
+    mirror_dir, checksums = tiny_mirror
+    corrupt = copy_files(mirror_dir, tmp_path / "corrupt", ["mnist.npz"])
+    body = bytearray((corrupt / "mnist.npz").read_bytes())
+    body[len(body) // 2] ^= 0xFF  # one flipped byte deep inside an array
+    (corrupt / "mnist.npz").write_bytes(bytes(body))
+    bad_url = http_server(corrupt)
+    bad = http_server.last
+    good_url = http_server(mirror_dir)
+    good = http_server.last
+    arrays = download.download(data_params(checksums, mirrors=[good_url]),
+                               {"MNIST_MIRROR": bad_url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    assert bad.requests == NPZ_PATH + IDX_PATHS[:1]  # a bad hash is not retried
+    assert good.requests == NPZ_PATH
+
+
+def test_hash_mismatch_on_the_only_source_names_file_and_both_hashes(tiny_mirror, http_server,
+                                                                     tmp_path, workdir):
+    mirror_dir, checksums = tiny_mirror
+    only_npz = copy_files(mirror_dir, tmp_path / "only-npz", ["mnist.npz"])
+    actual = checksums["mnist.npz"]
+    wrong = "sha256:" + "0" * 64
+    url = http_server(only_npz)
+    with pytest.raises(DownloadError) as error:
+        download.download(data_params({**checksums, "mnist.npz": wrong}),
+                          {"MNIST_MIRROR": url}, workdir)
+    message = str(error.value)
+    assert f"checksum mismatch for mnist.npz: expected {wrong}, got {actual}" in message
+    assert list(workdir.iterdir()) == [], "a rejected file is not kept"
+
+
+def test_idx_hash_mismatch_names_that_file(tiny_mirror, idx_only, workdir):
+    _, checksums = tiny_mirror
+    wrong = "md5:" + "f" * 32
+    with pytest.raises(DownloadError) as error:
+        download.download(data_params({**checksums, "t10k-labels-idx1-ubyte.gz": wrong}),
+                          {"MNIST_MIRROR": str(idx_only)}, workdir)
+    actual = md5(idx_only / "t10k-labels-idx1-ubyte.gz")
+    assert (f"checksum mismatch for t10k-labels-idx1-ubyte.gz: expected {wrong}, got {actual}"
+            in str(error.value))
+    assert "t10k-labels-idx1-ubyte.gz" not in {p.name for p in workdir.iterdir()}
+
+
+@pytest.mark.parametrize("content", [b"this is not a zip archive\n", b"PK\x03\x04" + bytes(100)],
+                         ids=["not-zip", "broken-zip"])
+def test_verified_but_unreadable_npz_falls_back_to_idx_files(content, tiny_mirror, tiny_arrays,
+                                                             idx_only, workdir):
+    """The hash matches (the params trust this file) but it is no npz: use the IDX files."""
+    _, checksums = tiny_mirror
+    (idx_only / "mnist.npz").write_bytes(content)
+    data = data_params({**checksums, "mnist.npz": sha256(idx_only / "mnist.npz")})
+    arrays = download.download(data, {"MNIST_MIRROR": str(idx_only)}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+
+
+GZIP_HEADER = bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF])
+
+
+@pytest.mark.parametrize("content", [
+    b"plain text, not gzip",
+    GZIP_HEADER + b"\xff" * 40,  # a gzip header, then no valid deflate stream
+    gzip.compress(idx_bytes(np.zeros((10, 28, 28), np.uint8)), mtime=0),  # images, not labels
+], ids=["not-gzip", "bad-deflate", "wrong-ndim"])
+def test_verified_but_malformed_idx_file_is_named(content, tiny_mirror, idx_only, workdir):
+    """A file can match its (configured) hash and still not be a labels file: a clean error."""
+    _, checksums = tiny_mirror
+    name = "t10k-labels-idx1-ubyte.gz"
+    (idx_only / name).write_bytes(content)
+    data = data_params({**checksums, name: md5(idx_only / name)})
+    with pytest.raises(DownloadError, match=f"{name}: "):
+        download.download(data, {"MNIST_MIRROR": str(idx_only)}, workdir)
+
+
+def test_truncated_body_is_retried(tiny_mirror, tiny_arrays, http_server, workdir):
+    mirror_dir, checksums = tiny_mirror
+    url = http_server(mirror_dir, script={"/mnist.npz": ["truncate"]})
+    arrays = download.download(data_params(checksums, retries=1), {"MNIST_MIRROR": url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    assert http_server.last.requests == NPZ_PATH * 2
+
+
+def test_truncated_body_every_time_is_never_accepted(tiny_mirror, tiny_arrays, http_server,
+                                                     workdir):
+    mirror_dir, checksums = tiny_mirror
+    url = http_server(mirror_dir, script={"/mnist.npz": ["truncate"] * 2})
+    arrays = download.download(data_params(checksums, retries=1), {"MNIST_MIRROR": url}, workdir)
+    assert_tiny(arrays, tiny_arrays)  # from the IDX files: the half npz was refused
+    assert http_server.last.requests == NPZ_PATH * 2 + IDX_PATHS
+
+
+def test_truncated_body_only_source_says_truncated(tiny_mirror, http_server, tmp_path, workdir):
+    mirror_dir, checksums = tiny_mirror
+    only_npz = copy_files(mirror_dir, tmp_path / "only-npz", ["mnist.npz"])
+    url = http_server(only_npz, script={"/mnist.npz": ["truncate"] * 3})
+    with pytest.raises(DownloadError, match=r"truncated body: \d+ of \d+ bytes.*gave up after 3"):
+        download.download(data_params(checksums, retries=2), {"MNIST_MIRROR": url}, workdir)
+    assert list(workdir.iterdir()) == []
+
+
+def test_slow_server_times_out_and_the_next_source_is_used(tiny_mirror, tiny_arrays, http_server,
+                                                           workdir):
+    mirror_dir, checksums = tiny_mirror
+    stall = {path: ["slow"] * 5 for path in NPZ_PATH + IDX_PATHS}
+    slow_url = http_server(mirror_dir, script=stall, slow_s=3.0)
+    slow = http_server.last
+    good_url = http_server(mirror_dir)
+    good = http_server.last
+    started = time.monotonic()
+    arrays = download.download(data_params(checksums, mirrors=[good_url], timeout_s=0.5,
+                                           retries=1),
+                               {"MNIST_MIRROR": slow_url}, workdir)
+    elapsed = time.monotonic() - started
+    assert_tiny(arrays, tiny_arrays)
+    # Two attempts (1 + retries) at the npz, two at the first IDX file, then the next mirror.
+    assert slow.requests == NPZ_PATH * 2 + IDX_PATHS[:1] * 2
+    assert good.requests == NPZ_PATH
+    assert elapsed < 6, f"4 timeouts of 0.5 s took {elapsed:.1f} s"
+
+
+def test_slow_only_source_gives_up_in_bounded_time(tiny_mirror, http_server, workdir):
+    mirror_dir, checksums = tiny_mirror
+    stall = {path: ["slow"] * 5 for path in NPZ_PATH + IDX_PATHS}
+    url = http_server(mirror_dir, script=stall, slow_s=3.0)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="gave up after 3 attempts"):
+        download.download(data_params(checksums, timeout_s=0.5, retries=2),
+                          {"MNIST_MIRROR": url}, workdir)
+    elapsed = time.monotonic() - started
+    assert http_server.last.requests == NPZ_PATH * 3 + IDX_PATHS[:1] * 3
+    assert elapsed < 10, f"6 timeouts of 0.5 s took {elapsed:.1f} s"
+
+
+def test_one_mirror_supplies_the_idx_files_another_lacks(tiny_mirror, tiny_arrays, http_server,
+                                                         tmp_path, workdir):
+    mirror_dir, checksums = tiny_mirror
+    train_only = copy_files(mirror_dir, tmp_path / "train", IDX_FILES[:2])
+    test_only = copy_files(mirror_dir, tmp_path / "test", IDX_FILES[2:])
+    first_url = http_server(train_only)
+    first = http_server.last
+    second_url = http_server(test_only)
+    second = http_server.last
+    arrays = download.download(data_params(checksums, mirrors=[second_url]),
+                               {"MNIST_MIRROR": first_url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    assert first.requests == NPZ_PATH + IDX_PATHS[:3]  # the third (t10k-images) is missing
+    assert second.requests == NPZ_PATH + IDX_PATHS[2:]  # fetches only what is still missing
+
+
+# --- the stage as a process: exit code, and nothing left behind --------------------------------
+
+@pytest.mark.parametrize("old_output", [False, True], ids=["fresh", "old-output"])
+@pytest.mark.parametrize("failure", ["missing", "corrupt"])
+def test_failed_stage_exits_nonzero_and_leaves_nothing(failure, old_output, tiny_mirror,
+                                                       http_server, tmp_path):
+    mirror_dir, checksums = tiny_mirror
+    if failure == "missing":  # every file 404s
+        served = tmp_path / "empty"
+        served.mkdir()
+    else:  # every file is there and downloads fine, but none matches its checksum
+        served = mirror_dir
+        checksums = {name: digest.split(":")[0] + ":" + "0" * len(digest.split(":")[1])
+                     for name, digest in checksums.items()}
+    cwd = stage_dir(tmp_path / "stage", data_params(checksums))
+    if old_output:
+        (cwd / "data").mkdir()
+        (cwd / "data/mnist.npz").write_bytes(b"an older download")
+    result = run_stage(cwd, mirror=http_server(served))
+    assert result.returncode != 0
+    assert "error: no source gave a complete, verified MNIST" in result.stderr
+    assert data_contents(cwd) == [], "no output, no temporary file or directory"
+    if failure == "corrupt":
+        assert "checksum mismatch for mnist.npz" in result.stderr
+        assert "checksum mismatch for train-images-idx3-ubyte.gz" in result.stderr
+        assert http_server.last.requests == NPZ_PATH + IDX_PATHS[:1]
+
+
+def test_sigterm_mid_download_leaves_nothing(tiny_mirror, idx_only, http_server, tmp_path):
+    """Killed while it waits on the third IDX file, with two verified files already on disk."""
+    _, checksums = tiny_mirror
+    stalled = IDX_PATHS[2]
+    url = http_server(idx_only, script={stalled: ["slow"]}, slow_s=5.0)
+    server = http_server.last
+    cwd = stage_dir(tmp_path / "stage", data_params(checksums, timeout_s=10))
+    (cwd / "data").mkdir()
+    (cwd / "data/mnist.npz").write_bytes(b"an older download")
+    proc = subprocess.Popen([sys.executable, "-m", "stages.download"], cwd=cwd,
+                            env=stage_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while stalled not in server.requests:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the stage never asked for the stalled file"
+            time.sleep(0.02)
+        # Mid-download: the stage's working directory holds the two files it has verified.
+        [workdir] = (cwd / "data").glob(".download-*")
+        assert sorted(p.name for p in workdir.iterdir()) == sorted(IDX_FILES[:2])
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert data_contents(cwd) == []

@@ -1,0 +1,364 @@
+"""The predict CLI against a real model: a tiny MLP trained here, once, on drawn digits in MNIST form.
+
+Images made from those digits (small and large, inverted, coloured, JPEG, transparent) must get
+the digit the model gives the original array; damaged, blank, huge or foreign files must each cost
+one line on stderr and never stop the other images.
+"""
+
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import predict
+from stages.fileio import write_json
+from stages.preprocess import fit_normalization, normalize
+from stages.train import CLASS_NAMES, build_model
+from tests.digits import draw_digit, mnist_form_digits, png_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A real model, saved as train saves it, with metadata.json beside it. Standardised inputs,
+    so predict must read the constants from the metadata to get anything right."""
+    import keras
+
+    from stages.keras_file import save_model_reproducibly
+
+    x, y = mnist_form_digits(1000, seed=1)
+    constants = fit_normalization(x, "standardize")
+    keras.utils.set_random_seed(0)
+    model = build_model({"hidden_units": [64], "activation": "relu", "dropout": 0.0, "seed": 0})
+    model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
+    model.fit(normalize(x, constants), y, epochs=15, batch_size=32, verbose=0)
+
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    save_model_reproducibly(model, path)
+    write_json(path.parent / "metadata.json", {
+        "class_names": CLASS_NAMES, "input_shape": [28, 28], "normalization": constants})
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_says(model_file):
+    """The model's own digit for each array of MNIST-form pixels, without predict's code."""
+    import keras
+
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    constants = json.loads((model_file.parent / "metadata.json").read_text())["normalization"]
+    return lambda x: model.predict(normalize(x, constants), verbose=0).argmax(axis=1)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment(monkeypatch):
+    # predict sets TF_ENABLE_ONEDNN_OPTS when it runs in-process; keep it out of later tests.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def run_main(capsys, *args):
+    """predict's main in this process (TensorFlow is loaded already): (status, stdout, stderr)."""
+    status = predict.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def run_cli(*args):
+    """The real command, in the environment a user has (predict quiets TensorFlow itself)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    return subprocess.run([sys.executable, "-m", "stages.predict", *map(str, args)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def drawn(digit, size, canvas, at, seed=0):
+    """A white `digit` about `size` pixels tall, drawn at `at` on a black `canvas` (h, w)."""
+    small = draw_digit(digit, np.random.default_rng(seed))
+    image = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+    field = Image.new("L", canvas[::-1], 0)
+    field.paste(image, at)
+    return np.asarray(field)
+
+
+def ink_box(pixels):
+    rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+# --- the transform ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(28, 28), (200, 150), (37, 411), (900, 640)])
+def test_mnist_form_is_a_20_pixel_digit_centred_by_mass_in_28x28(shape):
+    grey = drawn(4, min(shape) * 3 // 4, shape, (shape[1] // 8, shape[0] // 8))
+    out = predict.to_mnist_form(grey)
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    assert 18 <= max(ink_box(out)) <= 20
+    assert np.allclose(predict.centre_of_mass(out.astype(float)), (14, 14), atol=1.0)
+
+
+def test_dark_on_light_is_inverted():
+    grey = drawn(7, 150, (200, 200), (25, 25))
+    out, inverted = predict.to_mnist_form(grey), predict.to_mnist_form(255 - grey)
+    assert inverted[0].max() == inverted[:, 0].max() == 0  # black background, white ink
+    assert np.abs(out.astype(int) - inverted).mean() < 2
+
+
+def test_small_digit_off_centre_is_fitted_and_centred():
+    centred = predict.to_mnist_form(drawn(3, 150, (200, 200), (25, 25)))
+    corner = predict.to_mnist_form(drawn(3, 30, (400, 300), (250, 10)))
+    assert np.allclose(predict.centre_of_mass(corner.astype(float)), (14, 14), atol=1.0)
+    assert 18 <= max(ink_box(corner)) <= 20
+    assert np.corrcoef(centred.ravel(), corner.ravel())[0, 1] > 0.9
+
+
+def test_mnist_form_digit_comes_back_nearly_unchanged():
+    x, _ = mnist_form_digits(20, seed=5)
+    again = np.stack([predict.to_mnist_form(d) for d in x])
+    assert np.abs(again.astype(int) - x).mean() < 5
+
+
+@pytest.mark.parametrize("grey", [np.full((50, 40), 255), np.zeros((28, 28)),
+                                  np.random.default_rng(0).integers(230, 256, (64, 64))])
+def test_blank_or_faint_image_has_no_digit(grey):
+    with pytest.raises(predict.InputError, match="blank"):
+        predict.to_mnist_form(grey)
+
+
+def save_variants(path, grey):
+    """The same white-on-black digit as files in many colour modes, all meaning the same."""
+    ink = Image.fromarray(grey)
+    paper = Image.fromarray(255 - grey)
+    files = {
+        "L.png": ink, "1.bmp": ink.point(lambda v: 255 * (v > 127)).convert("1"),
+        "P.bmp": paper.convert("RGB").convert("P"), "RGB.jpg": paper.convert("RGB"),
+        "CMYK.jpg": paper.convert("CMYK"),
+        "I16.png": Image.fromarray(grey.astype(np.uint16) * 257),
+        # Black ink whose opacity is the digit, on a transparent background: white paper.
+        "RGBA.png": Image.merge("RGBA", [Image.new("L", ink.size, 0)] * 3 + [ink]),
+        "LA.png": Image.merge("LA", [Image.new("L", ink.size, 0), ink]),
+        "P-transparent.png": paper.convert("P"),
+    }
+    for name, image in files.items():
+        # The palette image's paper (its corner colour) is marked transparent.
+        image.save(path / name, transparency=image.getpixel((0, 0)) if image.mode == "P" else None)
+    return [path / name for name in files]
+
+
+def test_every_colour_mode_reads_as_the_same_digit(tmp_path):
+    grey = drawn(5, 90, (120, 100), (5, 15))
+    reference = predict.to_mnist_form(grey).ravel()
+    for path in save_variants(tmp_path, grey):
+        got = predict.to_mnist_form(predict.read_image(path)).ravel()
+        assert np.corrcoef(reference, got)[0, 1] > 0.9, path.name
+
+
+# --- predictions --------------------------------------------------------------------------------
+
+def write_image_variants(directory, x):
+    """Per MNIST-form digit: itself as a PNG; 200x200 black on white as PNG, blue-on-cream RGB
+    and JPEG; black ink on a transparent background."""
+    variants = {}
+    for i, pixels in enumerate(x):
+        big = np.asarray(Image.fromarray(pixels).resize((200, 200), Image.Resampling.BICUBIC))
+        weight = (big / 255.0)[..., None]
+        colour = (1 - weight) * [250, 240, 200] + weight * [20, 30, 120]
+        images = {
+            "white-on-black.png": Image.fromarray(pixels),
+            "black-on-white.png": Image.fromarray(255 - big),
+            "rgb.png": Image.fromarray(colour.round().astype(np.uint8)),
+            "jpeg.jpg": Image.fromarray(255 - big),
+            "rgba.png": Image.merge("RGBA", [Image.new("L", (200, 200), 0)] * 3
+                                    + [Image.fromarray(big)]),
+        }
+        for kind, image in images.items():
+            path = directory / f"{i:03d}-{kind}"
+            image.save(path, quality=80)  # quality: JPEG only
+            variants.setdefault(kind, []).append(path)
+    return variants
+
+
+def test_predictions_agree_with_the_model_on_the_original_arrays(tmp_path, capsys, model_file,
+                                                                  model_says):
+    x, y = mnist_form_digits(60, seed=2)
+    expected = model_says(x)
+    assert np.mean(expected == y) >= 0.8, "the fixture model should know its digits"
+
+    variants = write_image_variants(tmp_path, x)
+    paths = [p for kind in variants.values() for p in kind]
+    status, out, err = run_main(capsys, "--json", "--model", model_file, *paths)
+    assert status == 0 and err == ""
+    digits = {r["file"]: int(r["digit"]) for r in json.loads(out)}
+
+    rates = {kind: np.mean([digits[str(p)] for p in files] == expected)
+             for kind, files in variants.items()}
+    print("agreement per variant:", {k: f"{v:.1%}" for k, v in rates.items()})
+    assert np.mean(list(rates.values())) >= 0.95, rates
+    assert min(rates.values()) >= 0.9, rates
+
+
+@pytest.fixture(scope="module")
+def good_png(tmp_path_factory):
+    x, y = mnist_form_digits(10, seed=3)
+    path = tmp_path_factory.mktemp("good") / "seven.png"
+    path.write_bytes(png_bytes(x[list(y).index(7)]))
+    return path
+
+
+def test_top_k_lists_k_digits_most_likely_first(capsys, model_file, good_png):
+    status, out, err = run_main(capsys, "--top", "3", "--model", model_file, good_png)
+    assert status == 0 and err == ""
+    line = out.strip()
+    match = re.fullmatch(rf"{re.escape(str(good_png))}: " + ", ".join([r"(\d) \((\d+\.\d)%\)"] * 3),
+                         line)
+    assert match, line
+    digits, percents = match.groups()[::2], [float(p) for p in match.groups()[1::2]]
+    assert len(set(digits)) == 3 and percents == sorted(percents, reverse=True)
+    assert sum(percents) <= 100.2
+
+
+def test_json_gives_file_digit_probability_and_top_list(capsys, model_file, good_png):
+    status, out, _ = run_main(capsys, "--json", "--top", "4", "--model", model_file, good_png,
+                              good_png.parent / "missing.png")
+    assert status == 1
+    found, missing = json.loads(out)
+    assert found["file"] == str(good_png) and found["digit"] in CLASS_NAMES
+    assert [t["digit"] for t in found["top"]][0] == found["digit"]
+    assert found["top"][0]["probability"] == found["probability"]
+    assert len(found["top"]) == 4 and 0 < sum(t["probability"] for t in found["top"]) <= 1.0001
+    assert missing == {"file": str(good_png.parent / "missing.png"),
+                       "error": "no such file or directory"}
+
+
+def test_npy_arrays_are_taken_as_mnist_form(tmp_path, capsys, model_file, model_says):
+    x, _ = mnist_form_digits(12, seed=4)
+    np.save(tmp_path / "one.npy", x[0])
+    np.save(tmp_path / "many.npy", x.astype(np.float32) / 255)  # floats in 0-1 work too
+    status, out, err = run_main(capsys, "--json", "--model", model_file,
+                                tmp_path / "one.npy", tmp_path / "many.npy")
+    assert status == 0 and err == ""
+    results = json.loads(out)
+    assert [r["file"] for r in results] == [str(tmp_path / "one.npy")] + [
+        f"{tmp_path / 'many.npy'}[{i}]" for i in range(12)]
+    expected = model_says(x)
+    assert [int(r["digit"]) for r in results] == [expected[0], *expected]
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def write_png_1bit(path, width, height):
+    """A valid all-black PNG of any size; 1 bit per pixel and zlib make it a few kilobytes."""
+    Image.new("1", (width, height)).save(path)
+
+
+def write_npz(path):
+    with open(path, "wb") as f:
+        np.savez(f, x=np.zeros((28, 28)))
+
+
+# file name -> (how to make it, what its stderr line must say)
+BAD_INPUTS = {
+    "missing.png": (None, "no such file"),
+    "notes.png": (lambda p: p.write_text("not an image, only text\n"), "not a PNG, JPEG or BMP"),
+    "cut.png": (lambda p: p.write_bytes(
+        png_bytes(drawn(2, 150, (200, 200), (25, 25)))[:1500]), "truncated"),
+    "blank.png": (lambda p: Image.new("RGB", (64, 64), "white").save(p), "blank"),
+    "49mp.png": (lambda p: write_png_1bit(p, 7000, 7000), "over the 40-megapixel limit"),
+    "100mp.png": (lambda p: write_png_1bit(p, 10000, 10000), "exceeds limit"),  # Pillow: warns
+    "225mp.png": (lambda p: write_png_1bit(p, 15000, 15000), "exceeds limit"),  # Pillow: fails
+    "wrong-shape.npy": (lambda p: np.save(p, np.zeros((3, 32, 32), np.uint8)), r"shape \(3, 32, 32\)"),
+    "objects.npy": (lambda p: np.save(p, np.array([1, "a", None], dtype=object), allow_pickle=True),
+                    "allow_pickle"),
+    "pickled.npy": (lambda p: p.write_bytes(pickle.dumps({"x": 1})), "pickle"),
+    "archive.npy": (write_npz, "npz"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bad")
+    for name, (make, _) in BAD_INPUTS.items():
+        if make:
+            make(directory / name)
+    return {name: directory / name for name in BAD_INPUTS}
+
+
+@pytest.fixture(scope="module")
+def mixed_run(model_file, good_png, bad_files):
+    """One real CLI run over a good image, every bad input, then the good image again."""
+    return run_cli("--model", model_file, good_png, *bad_files.values(), good_png)
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_costs_one_line_and_spares_the_others(name, mixed_run, bad_files, good_png):
+    lines = [line for line in mixed_run.stderr.splitlines() if str(bad_files[name]) in line]
+    assert len(lines) == 1, mixed_run.stderr
+    assert re.search(BAD_INPUTS[name][1], lines[0]), lines[0]
+    assert mixed_run.returncode == 1
+    assert mixed_run.stdout.count(f"{good_png}: ") == 2, mixed_run.stdout
+
+
+def test_stderr_holds_nothing_but_the_bad_inputs(mixed_run):
+    assert len(mixed_run.stderr.splitlines()) == len(BAD_INPUTS), mixed_run.stderr
+
+
+@pytest.mark.parametrize("name", ["49mp.png", "100mp.png", "225mp.png"])
+def test_huge_images_are_refused_from_their_header(name, bad_files):
+    started = time.perf_counter()
+    with pytest.raises((predict.InputError, Image.DecompressionBombError,
+                        Image.DecompressionBombWarning)):
+        predict.read_image(bad_files[name])
+    assert time.perf_counter() - started < 0.5
+
+
+def status_and_tensorflow(*args):
+    """Run predict's main in a fresh interpreter: its exit status, and whether TF got imported."""
+    code = ("import sys\nfrom stages import predict\n"
+            "try:\n    status = predict.main(sys.argv[1:])\n"
+            "except SystemExit as exit:\n    status = exit.code\n"
+            "print(status, 'tensorflow' in sys.modules or 'keras' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    return result.stdout.splitlines()[-1]
+
+
+def test_help_does_not_import_tensorflow():
+    assert status_and_tensorflow("--help") == "0 False"
+
+
+def test_tensorflow_is_not_imported_when_every_input_is_bad(model_file, bad_files):
+    assert status_and_tensorflow("--model", model_file, *bad_files.values()) == "1 False"
+
+
+def test_missing_model_is_one_line(tmp_path, good_png):
+    result = run_cli("--model", tmp_path / "nowhere.keras", good_png)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "nowhere.keras" in result.stderr
+
+
+def test_model_without_metadata_is_one_line(tmp_path, model_file, good_png):
+    (tmp_path / "model.keras").write_bytes(model_file.read_bytes())
+    result = run_cli("--model", tmp_path / "model.keras", good_png)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "metadata.json" in result.stderr
+
+
+def test_damaged_model_file_is_one_clear_error(tmp_path, model_file, good_png):
+    (tmp_path / "model.keras").write_bytes(model_file.read_bytes()[:2000])
+    (tmp_path / "metadata.json").write_bytes((model_file.parent / "metadata.json").read_bytes())
+    with pytest.raises(SystemExit, match="cannot load the model"):
+        predict.main(["--model", str(tmp_path / "model.keras"), str(good_png)])
+
+
+@pytest.mark.parametrize("args", [[], ["--top", "0", "x.png"], ["--top", "two", "x.png"]])
+def test_usage_errors_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exit:
+        predict.main(args)
+    assert exit.value.code == 2

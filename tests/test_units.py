@@ -1,0 +1,451 @@
+"""Unit tests of the pipeline's pure functions: IDX parsing, reproducible writes, the split and
+normalisation, params validation, and the evaluation metrics."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages import evaluate
+from stages.evaluate import classification_metrics
+from stages.fileio import (IdxError, ZIP_EPOCH, load_npz, parse_idx, read_json, save_npz,
+                           write_json)
+from stages.params import ParamsError, validate
+from stages.preprocess import fit_normalization, normalize, stratified_split
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def u32(n):
+    return n.to_bytes(4, "big")
+
+
+# Written out by hand rather than with an encoder, so parse_idx is checked against the format.
+IMAGES = bytes([0, 0, 0x08, 3]) + u32(2) + u32(2) + u32(3) + bytes(range(12))
+LABELS = bytes([0, 0, 0x08, 1]) + u32(4) + bytes([7, 0, 9, 255])
+
+
+# --- fileio.parse_idx --------------------------------------------------------------------------
+
+def test_parse_idx_images():
+    assert int.from_bytes(IMAGES[:4], "big") == 2051  # MNIST's magic number for images
+    array = parse_idx(IMAGES, expected_ndim=3)
+    assert array.dtype == np.uint8 and array.shape == (2, 2, 3)
+    np.testing.assert_array_equal(array, np.arange(12).reshape(2, 2, 3))
+
+
+def test_parse_idx_labels():
+    assert int.from_bytes(LABELS[:4], "big") == 2049  # and for labels
+    array = parse_idx(LABELS, expected_ndim=1)
+    assert array.dtype == np.uint8
+    assert array.tolist() == [7, 0, 9, 255]
+    assert parse_idx(LABELS).tolist() == [7, 0, 9, 255]  # without an expectation too
+
+
+def test_parse_idx_empty_dimension_is_valid():
+    assert parse_idx(bytes([0, 0, 8, 1]) + u32(0), 1).shape == (0,)
+
+
+@pytest.mark.parametrize("header", [
+    bytes([0, 0, 0x0B, 1]),  # 0x0B: int16 elements, not unsigned bytes
+    bytes([0, 0, 0x0D, 1]),  # float32
+    bytes([1, 0, 0x08, 1]),  # first two bytes must be zero
+    bytes([0x1F, 0x8B, 0x08, 0x00]),  # still gzip-compressed
+])
+def test_parse_idx_wrong_magic(header):
+    with pytest.raises(IdxError, match=f"bad magic number {int.from_bytes(header, 'big'):#010x}"):
+        parse_idx(header + u32(4) + bytes(4), 1)
+
+
+def test_parse_idx_wrong_number_of_dimensions():
+    with pytest.raises(IdxError, match="has 1 dimensions; expected 3 .magic 2049"):
+        parse_idx(LABELS, expected_ndim=3)
+    with pytest.raises(IdxError, match="has 3 dimensions; expected 1 .magic 2051"):
+        parse_idx(IMAGES, expected_ndim=1)
+
+
+@pytest.mark.parametrize("length", [0, 1, 3])
+def test_parse_idx_too_short_for_magic(length):
+    with pytest.raises(IdxError, match=f"too short for an IDX header .{length} bytes"):
+        parse_idx(IMAGES[:length])
+
+
+@pytest.mark.parametrize("length", [4, 8, 15])
+def test_parse_idx_truncated_header(length):
+    with pytest.raises(IdxError, match=f"truncated header: {length} bytes, need 16"):
+        parse_idx(IMAGES[:length], 3)
+
+
+def test_parse_idx_truncated_data():
+    with pytest.raises(IdxError, match=r"truncated: 27 bytes, header \(2, 2, 3\) needs 28"):
+        parse_idx(IMAGES[:-1], 3)
+    with pytest.raises(IdxError, match="truncated: 8 bytes"):
+        parse_idx(LABELS[:8], 1)  # a header and no data at all
+
+
+def test_parse_idx_trailing_bytes():
+    with pytest.raises(IdxError,
+                       match=r"has trailing bytes: 29 bytes, header \(2, 2, 3\) needs 28"):
+        parse_idx(IMAGES + b"\0", 3)
+
+
+def test_parse_idx_dimensions_too_large_to_multiply_in_int64():
+    """2**31 * 2**31 * 4 = 2**64: in int64 that wraps to 0 and an empty body would 'fit'."""
+    header = bytes([0, 0, 8, 3]) + u32(2**31) + u32(2**31) + u32(4)
+    with pytest.raises(IdxError, match=f"truncated: 16 bytes.*needs {16 + 2**64}"):
+        parse_idx(header, 3)
+
+
+# --- fileio: reproducible, atomic writes -------------------------------------------------------
+
+def sample_arrays():
+    rng = np.random.default_rng(1)
+    return {"x": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+            "y": np.arange(5, dtype=np.uint8),
+            "f": rng.standard_normal((3, 4)).astype(np.float32),
+            "i": np.arange(6, dtype=np.int64).reshape(2, 3).T}  # not C-contiguous
+
+
+def test_save_npz_loads_back_equal(tmp_path):
+    arrays = sample_arrays()
+    save_npz(tmp_path / "a.npz", **arrays)
+    loaded = load_npz(tmp_path / "a.npz")
+    assert set(loaded) == set(arrays)
+    for name, array in arrays.items():
+        assert loaded[name].dtype == array.dtype
+        np.testing.assert_array_equal(loaded[name], array)
+    assert os.listdir(tmp_path) == ["a.npz"], "no temporary file left beside it"
+
+
+def test_save_npz_is_byte_identical_whenever_it_is_written(tmp_path):
+    save_npz(tmp_path / "a.npz", **sample_arrays())
+    # Zip times have a resolution of 2 s: wait past it, so a timestamp would show.
+    time.sleep(2.1)
+    arrays = sample_arrays()
+    save_npz(tmp_path / "b.npz", **dict(reversed(list(arrays.items()))))  # order of kwargs too
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.npz") as zf:
+        assert [i.filename for i in zf.infolist()] == ["f.npy", "i.npy", "x.npy", "y.npy"]
+        assert {i.date_time for i in zf.infolist()} == {ZIP_EPOCH}
+    assert sorted(os.listdir(tmp_path)) == ["a.npz", "b.npz"]
+
+
+def test_save_npz_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "a.npz"
+    target.write_bytes(b"old")
+    with pytest.raises(ValueError):  # object arrays would need pickle, which is refused
+        save_npz(target, x=np.arange(3), y=np.array([{"a": 1}], dtype=object))
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["a.npz"]
+
+
+def test_save_npz_gives_the_usual_file_mode(tmp_path):
+    save_npz(tmp_path / "a.npz", x=np.zeros(1))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.npz").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_write_json_stable_bytes(tmp_path):
+    write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2], "c": {"z": 0.5, "y": None}})
+    write_json(tmp_path / "b.json", {"c": {"y": None, "z": 0.5}, "a": [1, 2], "b": 1})
+    data = (tmp_path / "a.json").read_bytes()
+    assert data == (tmp_path / "b.json").read_bytes()
+    assert data.endswith(b"}\n") and data.index(b'"a"') < data.index(b'"b"') < data.index(b'"c"')
+    assert read_json(tmp_path / "a.json") == {"a": [1, 2], "b": 1, "c": {"y": None, "z": 0.5}}
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]
+
+
+# --- preprocess: the split ---------------------------------------------------------------------
+
+def labels_with_class_sizes(sizes, seed=0):
+    labels = np.repeat(np.arange(len(sizes), dtype=np.uint8), sizes)
+    np.random.default_rng(seed).shuffle(labels)
+    return labels
+
+
+def test_stratified_split_is_seeded():
+    labels = labels_with_class_sizes([50] * 10)
+    train_a, val_a = stratified_split(labels, 0.1, seed=42)
+    train_b, val_b = stratified_split(labels, 0.1, seed=42)
+    np.testing.assert_array_equal(train_a, train_b)
+    np.testing.assert_array_equal(val_a, val_b)
+    _, val_c = stratified_split(labels, 0.1, seed=43)
+    assert len(val_c) == len(val_a) and not np.array_equal(val_c, val_a)
+
+
+@pytest.mark.parametrize("sizes, fraction", [([50] * 10, 0.1), ([20, 30, 40, 55, 61, 70, 80, 90,
+                                                                 100, 120], 0.2)])
+def test_stratified_split_keeps_each_class_share(sizes, fraction):
+    labels = labels_with_class_sizes(sizes)
+    train_idx, val_idx = stratified_split(labels, fraction, seed=0)
+    expected_val = [round(n * fraction) for n in sizes]
+    assert np.bincount(labels[val_idx], minlength=len(sizes)).tolist() == expected_val
+    assert np.bincount(labels[train_idx], minlength=len(sizes)).tolist() == [
+        n - v for n, v in zip(sizes, expected_val)]
+
+
+def test_stratified_split_partitions_the_indices():
+    labels = labels_with_class_sizes([37, 41, 29, 50, 33, 45, 38, 40, 44, 43], seed=3)
+    train_idx, val_idx = stratified_split(labels, 0.25, seed=7)
+    assert np.intersect1d(train_idx, val_idx).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([train_idx, val_idx])),
+                                  np.arange(len(labels)))
+    assert np.all(np.diff(train_idx) > 0) and np.all(np.diff(val_idx) > 0)  # sorted
+
+
+# --- preprocess: normalisation -----------------------------------------------------------------
+
+def test_scale_maps_pixels_into_unit_interval():
+    x = np.array([[0, 1, 128, 255]], dtype=np.uint8)
+    constants = fit_normalization(x, "scale")
+    assert constants == {"method": "scale", "mean": 0.0, "std": 1.0}
+    out = normalize(x, constants)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0, 1 / 255, 128 / 255, 1]], rtol=1e-6)
+    assert out.min() == 0.0 and out.max() == 1.0
+
+
+def test_standardize_gives_zero_mean_unit_std_on_train():
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 200, (300, 28, 28), dtype=np.uint8)
+    constants = fit_normalization(x_train, "standardize")
+    assert constants["method"] == "standardize"
+    json.dumps(constants)  # plain floats: written to normalization.json as is
+    out = normalize(x_train, constants)
+    assert out.dtype == np.float32
+    assert abs(float(out.mean())) < 1e-4 and abs(float(out.std()) - 1) < 1e-4
+    # Other images are transformed with the same constants, not standardised on their own.
+    bright = np.full((2, 28, 28), 255, dtype=np.uint8)
+    expected = (1.0 - constants["mean"]) / constants["std"]
+    np.testing.assert_allclose(normalize(bright, constants), expected, rtol=1e-5)
+    assert fit_normalization(x_train, "standardize") == constants  # fitting is pure
+
+
+def stage_dir(path, **sections):
+    """A directory to run a stage in: the repo's params.yaml (with overrides) and the code."""
+    path.mkdir()
+    (path / "stages").symlink_to(REPO / "stages", target_is_directory=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run_stage(name, cwd):
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_preprocess_stage_fits_constants_on_the_training_split_only(tmp_path):
+    """Make the validation and test images bright: constants fitted on them would show it."""
+    rng = np.random.default_rng(0)
+    y_train = labels_with_class_sizes([30] * 10)
+    train_idx, val_idx = stratified_split(y_train, 0.2, seed=5)
+    x_train = rng.integers(0, 100, (300, 28, 28), dtype=np.uint8)
+    x_train[val_idx] = 255
+    mnist = {"x_train": x_train, "y_train": y_train,
+             "x_test": np.full((20, 28, 28), 255, np.uint8),
+             "y_test": np.arange(20, dtype=np.uint8) % 10}
+    outputs = []
+    for run in ("a", "b"):
+        cwd = stage_dir(tmp_path / run, preprocess={"normalization": "standardize",
+                                                    "val_fraction": 0.2, "seed": 5})
+        save_npz(cwd / "data/mnist.npz", **mnist)
+        result = run_stage("preprocess", cwd)
+        assert result.returncode == 0, result.stderr
+        processed = cwd / "data/processed"
+        outputs.append({p.name: p.read_bytes() for p in sorted(processed.iterdir())})
+    assert list(outputs[0]) == ["normalization.json", "test.npz", "train.npz", "val.npz"]
+    assert outputs[0] == outputs[1], "the same input and params give the same bytes"
+
+    constants = read_json(processed / "normalization.json")
+    assert constants == fit_normalization(x_train[train_idx], "standardize")
+    train = load_npz(processed / "train.npz")
+    val = load_npz(processed / "val.npz")
+    np.testing.assert_array_equal(train["y"], y_train[train_idx])
+    np.testing.assert_array_equal(val["y"], y_train[val_idx])
+    assert train["x"].dtype == np.float32
+    assert abs(float(train["x"].mean())) < 1e-4 and abs(float(train["x"].std()) - 1) < 1e-3
+    assert float(val["x"].min()) > 2, "bright validation images stay far above the train mean"
+
+
+# --- params.validate ---------------------------------------------------------------------------
+
+@pytest.fixture
+def params():
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repo_params_are_valid(params):
+    assert validate(params) is None
+
+
+def message_of(params):
+    with pytest.raises(ParamsError) as error:
+        validate(params)
+    message = str(error.value)
+    assert "\n" not in message, "one line"
+    return message
+
+
+def test_unknown_section(params):
+    params["training"] = {"epochs": 3}
+    message = message_of(params)
+    assert "unknown section 'training'" in message
+    assert "allowed: data, preprocess, train, evaluate" in message
+
+
+def test_unknown_key(params):
+    params["train"]["epoch"] = 5
+    message = message_of(params)
+    assert "unknown key train.epoch = 5" in message
+    assert "allowed keys: seed, hidden_units" in message and "epochs" in message
+
+
+def test_missing_key(params):
+    del params["data"]["retries"]
+    assert message_of(params).endswith(
+        "missing key data.retries; expected an integer from 0 to 10")
+
+
+def test_missing_section(params):
+    del params["evaluate"]
+    assert "section 'evaluate' is missing or not a mapping" in message_of(params)
+
+
+@pytest.mark.parametrize("section, key, value, allowed", [
+    # wrong types
+    ("train", "epochs", "ten", "an integer from 1 to 1000"),
+    ("train", "epochs", 10.0, "an integer from 1 to 1000"),
+    ("data", "retries", True, "an integer from 0 to 10"),  # YAML's `true` is no integer
+    ("data", "timeout_s", False, "a number > 0 and <= 600"),
+    ("data", "public_sources", "yes", "true or false"),
+    ("data", "mirrors", "/srv/mnist", "a list of directory paths or file://"),
+    ("train", "hidden_units", 128, "a list of 1 to 8 integers from 1 to 8192"),
+    ("preprocess", "normalization", "minmax", "one of scale, standardize"),
+    # out of range
+    ("train", "epochs", 0, "an integer from 1 to 1000"),
+    ("preprocess", "val_fraction", 1.5, "a number > 0 and <= 0.5"),
+    ("preprocess", "val_fraction", 0, "a number > 0 and <= 0.5"),
+    ("train", "hidden_units", [], "a list of 1 to 8 integers from 1 to 8192"),
+    ("train", "hidden_units", [128, 0], "a list of 1 to 8 integers from 1 to 8192"),
+    ("train", "dropout", 0.95, "a number >= 0 and <= 0.9"),
+    ("train", "learning_rate", float("nan"), "a number > 0 and <= 1"),
+    ("data", "checksums", {"mnist.npz": "sha256:abc"}, "a mapping of exactly mnist.npz"),
+])
+def test_bad_value_names_key_value_and_what_is_allowed(params, section, key, value, allowed):
+    params[section][key] = value
+    message = message_of(params)
+    assert f"{section}.{key} = {value!r} is not allowed; expected {allowed}" in message
+
+
+@pytest.mark.parametrize("text", [
+    "train:\n  epochs: ten\n",  # merged into the repo's params below
+    "preprocess:\n  val_fraction: 1.5\n",
+    "preprocess:\n  normalise: scale\n",
+    "data: [unclosed\n",  # not YAML
+    None,  # no params.yaml at all
+], ids=["wrong-type", "out-of-range", "unknown-key", "not-yaml", "no-file"])
+def test_preprocess_with_bad_params_exits_with_one_line_before_any_work(tmp_path, text):
+    cwd = stage_dir(tmp_path / "stage")
+    params_file = cwd / "params.yaml"
+    if text is None:
+        params_file.unlink()
+    elif text.startswith("data: ["):
+        params_file.write_text(text)
+    else:
+        params = yaml.safe_load(params_file.read_text())
+        for section, values in yaml.safe_load(text).items():
+            params[section].update(values)
+        params_file.write_text(yaml.safe_dump(params))
+    result = run_stage("preprocess", cwd)
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "params.yaml" in lines[0]
+    assert result.stdout == ""
+    assert sorted(os.listdir(cwd)) == sorted(["stages"] + (["params.yaml"] if text else [])), \
+        "nothing read or written: there is no data/ and it did not ask for one"
+
+
+# --- evaluate.classification_metrics ----------------------------------------------------------
+
+def probs_for(predicted, true, num_classes):
+    """0.8 on the predicted class; 0.1 on the true class when the prediction is wrong."""
+    probs = np.full((len(predicted), num_classes), 0.0)
+    for row, (p, t) in enumerate(zip(predicted, true)):
+        probs[row, p] = 0.8
+        probs[row, t if t != p else (p + 1) % num_classes] = 0.1
+    return probs
+
+
+def test_classification_metrics_by_hand():
+    # actual:    0 0 0 1 1 2
+    # predicted: 0 0 1 1 2 2
+    # class 0: TP 2, predicted 2, actual 3 -> precision 1,   recall 2/3, F1 0.8
+    # class 1: TP 1, predicted 2, actual 2 -> precision 1/2, recall 1/2, F1 1/2
+    # class 2: TP 1, predicted 2, actual 1 -> precision 1/2, recall 1,   F1 2/3
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = [0, 0, 1, 1, 2, 2]
+    metrics = classification_metrics(y_true, probs_for(y_pred, y_true, 3), num_classes=3)
+    assert metrics["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    assert metrics["misclassified"] == 2 and metrics["test_images"] == 6
+    # The true class got 0.8 four times and 0.1 twice.
+    assert metrics["loss"] == pytest.approx(-(4 * math.log(0.8) + 2 * math.log(0.1)) / 6, abs=1e-6)
+    expected = {"0": (1.0, 2 / 3, 0.8), "1": (0.5, 0.5, 0.5), "2": (0.5, 1.0, 2 / 3)}
+    assert set(metrics["per_class"]) == set(expected)
+    for c, (precision, recall, f1) in expected.items():
+        got = metrics["per_class"][c]
+        assert got["precision"] == pytest.approx(precision, abs=1e-6)
+        assert got["recall"] == pytest.approx(recall, abs=1e-6)
+        assert got["f1"] == pytest.approx(f1, abs=1e-6)
+        assert got["accuracy"] == got["recall"]  # per-class accuracy is the class's recall
+    assert metrics["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3, abs=1e-6)
+    json.dumps(metrics)  # written as is to metrics/accuracy.json
+
+
+def test_classification_metrics_absent_class_scores_zero_without_warnings():
+    y_true = np.array([0, 1, 1])
+    probs = probs_for([0, 1, 0], y_true, 4)  # class 2 never occurs, class 3 never predicted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = classification_metrics(y_true, probs, num_classes=4)
+    for c in ("2", "3"):
+        assert metrics["per_class"][c] == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0,
+                                           "f1": 0.0}
+    assert metrics["per_class"]["0"]["precision"] == pytest.approx(0.5)
+    assert metrics["per_class"]["1"]["recall"] == pytest.approx(0.5)
+    assert metrics["accuracy"] == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_most_confident_errors_orders_wrong_predictions_by_confidence():
+    y_true = np.array([0, 1, 2, 3])
+    probs = np.array([[0.9, 0.1, 0.0],    # right
+                      [0.6, 0.4, 0.0],    # wrong, 60 %
+                      [0.05, 0.95, 0.0],  # wrong, 95 %
+                      [0.0, 0.0, 1.0]])   # wrong (3 -> 2), 100 %
+    assert evaluate.most_confident_errors(y_true, probs, 10).tolist() == [3, 2, 1]
+    assert evaluate.most_confident_errors(y_true, probs, 2).tolist() == [3, 2]
+
+
+def test_error_grid_has_one_captioned_cell_per_error():
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 28, 28)).astype(np.float32)
+    y_true = np.arange(12) % 10
+    probs = np.eye(10)[(y_true + 1) % 10] * 0.9 + 0.01  # every prediction wrong
+    grid = evaluate.error_grid(images, y_true, probs, count=7, columns=5, zoom=2)
+    cell = 28 * 2
+    assert grid.size[0] == 5 * cell and grid.size[1] == 2 * (cell + 14)  # 7 cells: 2 rows
+    assert np.asarray(grid)[:cell, :cell].std() > 0  # the first cell shows an image
