@@ -99,6 +99,8 @@ SCHEMA = {
         "warmup_epochs": number(0, 100),
         "batch_size": integer(1, 60000),
         "epochs": integer(1, 1000),
+        "augment_shift": integer(0, 4),
+        "threads": integer(0, 256),
     },
     "evaluate": {
         "batch_size": integer(1, 60000),

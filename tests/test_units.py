@@ -281,6 +281,21 @@ def test_preprocess_stage_fits_constants_on_the_training_split_only(tmp_path):
     assert float(val["x"].min()) > 2, "bright validation images stay far above the train mean"
 
 
+def test_download_and_preprocess_never_import_tensorflow(tmp_path, tiny_mirror):
+    """TensorFlow costs seconds and hundreds of MB to import; the data stages must not pay it."""
+    mirror_dir, checksums = tiny_mirror
+    cwd = stage_dir(tmp_path / "stage", data={"checksums": checksums, "public_sources": False,
+                                              "mirrors": [str(mirror_dir)]})
+    for name in ("download", "preprocess"):
+        code = (f"import runpy, sys; runpy.run_module('stages.{name}', run_name='__main__'); "
+                "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+        result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "[]", f"{name} imported {result.stdout}"
+    assert (cwd / "data/processed/train.npz").is_file()
+
+
 # --- params.validate ---------------------------------------------------------------------------
 
 @pytest.fixture

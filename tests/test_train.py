@@ -1,0 +1,136 @@
+"""The train stage's pieces on real TensorFlow: the model, the schedule, the batch shift, and
+a short deterministic training on the tiny drawn digits."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from stages import train
+from stages.preprocess import normalize
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def cfg():
+    """The repo's train params, shortened for the tiny dataset."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    # threads 0: TensorFlow is already running in this process, its thread pools are fixed.
+    return {**params, "epochs": 3, "batch_size": 32, "warmup_epochs": 0.5, "threads": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(tiny_arrays):
+    """The tiny dataset as preprocess would hand it to train: scaled floats, 500 + 100."""
+    scale = {"mean": 0.0, "std": 1.0}
+    x, y = normalize(tiny_arrays["x_train"], scale), tiny_arrays["y_train"]
+    return {"x": x[:500], "y": y[:500]}, {"x": x[500:], "y": y[500:]}
+
+
+def test_default_model_is_the_classic_one(cfg):
+    model = train.build_model(cfg)
+    assert [layer.__class__.__name__ for layer in model.layers] == [
+        "Flatten", "Dense", "Dropout", "Dense"]
+    assert model.layers[1].units == 128 and model.layers[-1].units == 10
+    assert model.count_params() == 101_770
+
+
+def test_schedule_warms_up_then_decays_to_zero(cfg):
+    cfg = {**cfg, "epochs": 10, "warmup_epochs": 1, "learning_rate": 0.003}
+    schedule = train.learning_rate_schedule(cfg, steps_per_epoch=100)
+    rate = lambda step: float(schedule(step))  # noqa: E731
+    assert rate(0) == 0.0
+    assert rate(50) == pytest.approx(0.0015)
+    assert rate(100) == pytest.approx(0.003)
+    assert rate(550) == pytest.approx(0.0015, rel=1e-3)  # half-way through the cosine
+    assert rate(1000) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_constant_schedule_holds_the_peak_after_warm_up(cfg):
+    cfg = {**cfg, "epochs": 10, "warmup_epochs": 0, "schedule": "constant"}
+    schedule = train.learning_rate_schedule(cfg, steps_per_epoch=100)
+    assert [float(schedule(s)) for s in (0, 500, 999)] == pytest.approx([cfg["learning_rate"]] * 3)
+
+
+@pytest.mark.parametrize("offset, moved_to", [
+    ((1, 1), (10, 20)),   # the middle offset leaves the image where it was
+    ((0, 0), (11, 21)),   # down and right by one
+    ((2, 0), (9, 21)),    # up by one, right by one
+])
+def test_shift_images_moves_the_ink_and_fills_with_background(offset, moved_to):
+    image = np.full((1, 28, 28), -0.5, np.float32)  # a standardised black background
+    image[0, 10, 20] = 3.0
+    image[0, 0, :] = 1.0  # a row of ink along the top edge
+    shifted = np.asarray(train.shift_images(image, np.array(offset), 1, -0.5))[0]
+    assert shifted.shape == (28, 28)
+    assert shifted[moved_to] == 3.0 and (shifted == 3.0).sum() == 1
+    if offset[0] == 0:  # moved down: background comes in at the top
+        assert (shifted[0] == -0.5).all() and (shifted[1, 1:] == 1.0).all()
+    if offset[0] == 2:  # moved up: the top row leaves, background comes in at the bottom
+        assert (shifted == 1.0).sum() == 0 and (shifted[27] == -0.5).all()
+
+
+def test_shift_of_zero_changes_nothing():
+    images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    np.testing.assert_array_equal(train.shift_images(images, np.array([0, 0]), 0, 0.0), images)
+
+
+def trained_weights(cfg, splits):
+    train.configure_tensorflow(cfg)
+    model = train.build_model(cfg)
+    optimizer = train.build_optimizer(cfg, math.ceil(len(splits[0]["y"]) / cfg["batch_size"]))
+    epochs_seen = []
+    history, seconds = train.fit(model, optimizer, cfg, *splits,
+                                 on_epoch_end=lambda epoch, m: epochs_seen.append(epoch))
+    return [w.copy() for w in model.get_weights()], history, seconds, epochs_seen
+
+
+def test_fit_learns_and_reports_every_epoch(cfg, tiny_splits):
+    _, history, seconds, epochs_seen = trained_weights({**cfg, "epochs": 6}, tiny_splits)
+    assert epochs_seen == list(range(6)) and len(seconds) == 6
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(values) == 6 for values in history.values())
+    assert history["loss"][-1] < 0.6 * history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.5, "printed digits are easy: far above chance (0.1)"
+
+
+def test_fit_is_bit_identical_for_the_same_seed_and_differs_for_another(cfg, tiny_splits):
+    first, history, _, _ = trained_weights(cfg, tiny_splits)
+    again, history_again, _, _ = trained_weights(cfg, tiny_splits)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert history == history_again
+
+    other, _, _, _ = trained_weights({**cfg, "seed": cfg["seed"] + 1}, tiny_splits)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_thread_count_does_not_change_the_result(cfg):
+    # TensorFlow fixes its thread pools at its first op: each count trains in a process of its own.
+    script = (
+        "import sys, json, math, numpy as np\n"
+        "from stages import train\n"
+        "from tests.digits import synthetic_mnist\n"
+        "from stages.preprocess import normalize\n"
+        "cfg = json.loads(sys.argv[1])\n"
+        "a = synthetic_mnist(n_train=600, n_test=200, seed=0)\n"
+        "x = normalize(a['x_train'], {'mean': 0.0, 'std': 1.0}); y = a['y_train']\n"
+        "splits = {'x': x[:500], 'y': y[:500]}, {'x': x[500:], 'y': y[500:]}\n"
+        "train.configure_tensorflow(cfg)\n"
+        "model = train.build_model(cfg)\n"
+        "opt = train.build_optimizer(cfg, math.ceil(500 / cfg['batch_size']))\n"
+        "train.fit(model, opt, cfg, *splits)\n"
+        "print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())\n"
+    )
+    def weights_with(threads):
+        result = subprocess.run(
+            [sys.executable, "-c", script, json.dumps({**cfg, "threads": threads})],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()[-1]
+
+    assert weights_with(1) == weights_with(2)
