@@ -6,7 +6,6 @@ timestamp: the same arrays always give the same bytes, which is what lets `dvc r
 the same md5s twice.
 """
 
-import io
 import json
 import math
 import os
@@ -96,11 +95,12 @@ def save_npz(target, **arrays):
     """
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            array = np.ascontiguousarray(arrays[name])
             info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
             info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
+            # Streamed into the archive: no in-memory copy of an array that may be 200 MB.
+            with zf.open(info, "w", force_zip64=array.nbytes > 2**30) as entry:
+                np.lib.format.write_array(entry, array, allow_pickle=False)
 
 
 def load_npz(path):

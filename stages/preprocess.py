@@ -44,9 +44,15 @@ def fit_normalization(x_train, method):
 
 
 def normalize(x, constants):
-    """Apply the fitted transform; returns float32 whatever the input's dtype."""
-    scaled = x.astype(np.float32) / np.float32(255.0)
-    return (scaled - np.float32(constants["mean"])) / np.float32(constants["std"])
+    """Apply the fitted transform; returns float32 whatever the input's dtype.
+
+    In place on one new array: the 220 MB of MNIST would otherwise be allocated four times over.
+    """
+    out = x.astype(np.float32)
+    out /= np.float32(255.0)
+    out -= np.float32(constants["mean"])
+    out /= np.float32(constants["std"])
+    return out
 
 
 def main():
