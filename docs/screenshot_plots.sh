@@ -18,7 +18,7 @@ sed -i -E 's#https://cdn.jsdelivr.net/npm/(vega(-lite|-embed)?)@[0-9.]+#\1.js#' 
 
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$out/profile" --hide-scrollbars --window-size=960,1600 \
+  --user-data-dir="$out/profile" --hide-scrollbars --window-size=1400,2000 \
   --virtual-time-budget=5000 --screenshot="$PWD/docs/plots.png" "file://$out/page/index.html" \
   2>/dev/null
 echo "wrote docs/plots.png"

@@ -1,0 +1,100 @@
+"""The pipeline as a user runs it, timed: `dvc repro` in a fresh copy of this repository, then
+each stage alone for its wall time, its peak memory and whether it imported TensorFlow."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from stages.fileio import save_npz
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("download", "preprocess", "train", "evaluate")
+
+
+def copy_repo(dest):
+    """The working tree's tracked files (uncommitted edits included) as a new git repository:
+    what a clean clone holds, with no DVC cache and no outputs."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench copy"]):
+        subprocess.run(["git", *args], cwd=dest, env=git_env(), check=True)
+
+
+def git_env():
+    return {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@invalid",
+            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@invalid"}
+
+
+def use_random_data(repo, mirror):
+    """Without real MNIST: random digits of MNIST's shapes in `mirror`, and params that trust them.
+    Timings hold; accuracies mean nothing."""
+    rng = np.random.default_rng(0)
+    save_npz(mirror / "mnist.npz",
+             x_train=rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
+             y_train=rng.integers(0, 10, 60000, dtype=np.uint8),
+             x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
+             y_test=rng.integers(0, 10, 10000, dtype=np.uint8))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    digest = hashlib.sha256((mirror / "mnist.npz").read_bytes()).hexdigest()
+    params["data"]["checksums"]["mnist.npz"] = f"sha256:{digest}"
+    params["data"]["public_sources"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "commit", "-q", "-am", "random data"], cwd=repo, env=git_env(),
+                   check=True)
+
+
+def timed(cmd, cwd, env):
+    """Run `cmd` to completion; return (wall seconds, stdout). Fails loudly if it fails."""
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return seconds, result.stdout
+
+
+def stage_run(name, repo, env):
+    """One stage, as dvc runs it, with its peak RSS and whether TensorFlow was imported."""
+    probe = ("import json, resource, runpy, sys\n"
+             f"runpy.run_module('stages.{name}', run_name='__main__', alter_sys=True)\n"
+             "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "print(json.dumps({'tensorflow': 'tensorflow' in sys.modules, 'peak_rss': peak}))\n")
+    seconds, stdout = timed([sys.executable, "-c", probe], repo, env)
+    report = json.loads(stdout.splitlines()[-1])
+    return {"seconds": seconds, "peak_rss_mb": report["peak_rss"] / 1024,  # ru_maxrss is in KiB
+            "imports_tensorflow": report["tensorflow"]}
+
+
+def measure(repo, env):
+    """`dvc repro` of every stage, then with nothing to do, then each stage alone."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    results = {}
+    # --force: the committed metrics/ may already match, and DVC would rightly skip evaluate.
+    results["repro_full_s"], out = timed([dvc, "repro", "--force"], repo, env)
+    if out.count("Running stage") != len(STAGES):
+        raise RuntimeError(f"the first dvc repro did not run every stage:\n{out}")
+    results["repro_noop_s"], out = timed([dvc, "repro"], repo, env)
+    if "Running stage" in out:
+        raise RuntimeError(f"the second dvc repro ran stages:\n{out}")
+    results["stages"] = {name: stage_run(name, repo, env) for name in STAGES}
+    return results
+
+
+def pipeline_env(mirror):
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    if mirror:
+        env["MNIST_MIRROR"] = str(mirror)
+    return env
