@@ -15,6 +15,7 @@ test: $(VENV)/.installed
 
 # The digit in each image: make predict IMAGES="a.png b.png" (add --top 3, --json, --model PATH).
 predict: $(VENV)/.installed
+	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="a.png b.png [--top K] [--json]"' >&2; exit 2; }
 	python -m stages.predict $(IMAGES)
 
 venv: $(VENV)/.installed

@@ -11,6 +11,7 @@ a benchmark that a person reads, not in tests that fail on a busy machine.
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -21,14 +22,15 @@ from datetime import date
 from importlib import metadata
 from pathlib import Path
 
-import yaml
-
 from bench import pipeline
+from bench.trainers import TRAINERS
+from stages import params
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.md"
+log = logging.getLogger("bench")
 TARGET = 0.98
-# The goals, from the performance issue: what each measures and its limit.
+# The goals this benchmark checks, and their limits.
 GOALS = {
     "P1": "one epoch of the default model takes no longer than a PyTorch eager loop (ratio <= 1.0)",
     "P2": "the default params reach >= 98.0 % test accuracy in <= 10 s of training",
@@ -36,19 +38,13 @@ GOALS = {
           "without TensorFlow",
     "P5": "peak RSS of the train stage <= 1.5 GB",
 }
-TRAINERS = {  # name -> (label, epochs to run: None = params' train.epochs)
-    "project": ("this project (`stages/train.py`)", None),
-    "torch": ("PyTorch 2 eager loop", None),
-    "keras_fit": ("Keras `model.fit` (for reference)", 4),
-    "sklearn": ("scikit-learn `MLPClassifier`", None),
-}
 
 
 def run_trainer(name, data_dir, threads, epochs):
     cmd = [sys.executable, "-m", "bench.trainers", name, str(data_dir), "--threads", str(threads)]
     if epochs:
         cmd += ["--epochs", str(epochs)]
-    print(f"bench: training with {name} ...", file=sys.stderr, flush=True)
+    log.info("training with %s ...", name)
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
@@ -102,7 +98,7 @@ def training_table(trainers, threads, batch_size):
         "| time to 98 % |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, (label, _) in TRAINERS.items():
+    for name, (_, label, _) in TRAINERS.items():
         t = trainers[name]
         reached = (f"{t['to_target'][0]:.1f} s (epoch {t['to_target'][1]})" if t["to_target"]
                    else f"not in {t['epochs']} epochs")
@@ -114,7 +110,8 @@ def training_table(trainers, threads, batch_size):
         "Each runs the project's recipe as far as its library allows: Adam with warm-up and "
         "cosine decay, dropout and the one-pixel batch shift for the project and PyTorch; "
         "`model.fit` without the shift; scikit-learn with Adam at a constant rate and no dropout. "
-        "The project's epoch also scores the validation split; the others' do not.",
+        "The project's and `model.fit`'s epochs also score the validation split; the others' "
+        "do not.",
     ]
     return lines
 
@@ -189,7 +186,8 @@ def main():
                         "params.yaml's train.threads, or all cores where that is 0)")
     args = parser.parse_args()
 
-    train_cfg = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    train_cfg = params.load("train", REPO / "params.yaml")
     threads = args.threads or train_cfg["threads"] or os.cpu_count()
     mirror = os.environ.get("MNIST_MIRROR")
     real_data = bool(mirror)
@@ -203,11 +201,11 @@ def main():
             mirror = Path(tmp) / "random-mirror"
             mirror.mkdir()
             pipeline.use_random_data(repo, mirror)
-        print("bench: dvc repro and each stage in a fresh copy ...", file=sys.stderr, flush=True)
+        log.info("dvc repro and each stage in a fresh copy ...")
         stages_run = pipeline.measure(repo, pipeline.pipeline_env(mirror))
         data_dir = repo / "data" / "processed"
         trainers = {name: summarise(run_trainer(name, data_dir, threads, epochs))
-                    for name, (_, epochs) in TRAINERS.items()}
+                    for name, (_, _, epochs) in TRAINERS.items()}
 
     text = report(real_data, threads, train_cfg["batch_size"], trainers, stages_run)
     args.output.write_text(text)

@@ -16,6 +16,7 @@ import numpy as np
 from stages import params as params_module
 from stages.fileio import load_npz, read_json, write_bytes, write_json
 from stages.keras_file import save_model_reproducibly
+from stages.preprocess import normalize
 
 # Hide the INFO lines TensorFlow prints at import (CPU features); warnings stay. TF 2.21
 # still announces oneDNN on stderr whatever this says.
@@ -37,10 +38,11 @@ def build_model(cfg, input_shape=(28, 28), num_classes=10):
     import keras
 
     layers = [keras.Input(shape=input_shape), keras.layers.Flatten()]
-    for units in cfg["hidden_units"]:
+    for i, units in enumerate(cfg["hidden_units"]):
         layers.append(keras.layers.Dense(units, activation=cfg["activation"]))
         if cfg["dropout"] > 0:
-            layers.append(keras.layers.Dropout(cfg["dropout"], seed=cfg["seed"]))
+            # A seed per layer: two layers of one width would otherwise drop the same units.
+            layers.append(keras.layers.Dropout(cfg["dropout"], seed=cfg["seed"] + i))
     layers.append(keras.layers.Dense(num_classes, activation="softmax"))
     return keras.Sequential(layers, name="mnist_mlp")
 
@@ -98,27 +100,35 @@ def shift_images(images, offset, shift, background):
     return padded[:, offset[0]:offset[0] + height, offset[1]:offset[1] + width]
 
 
-def fit(model, optimizer, cfg, train, val, on_epoch_end=None):
+def steps_per_epoch(examples, batch_size):
+    return math.ceil(examples / batch_size)  # the last batch may be smaller
+
+
+def fit(model, cfg, train, val, normalization, on_epoch_end=None):
     """Train `model` for cfg["epochs"] epochs; return the per-epoch history and epoch seconds.
 
     One compiled graph runs a whole epoch: the loop over batches, the gather of each batch from
     tensors already in memory, the forward and backward pass and the optimizer update. Keras'
-    model.fit does the same arithmetic but pays for a tf.data iterator, metric objects and
-    Python round-trips per step, which cost more than the arithmetic of this small MLP (see
-    bench/). All randomness (the order of the examples, each batch's shift) comes from one
+    model.fit does the same arithmetic but pays for its data iterator, metric objects and a
+    Python round-trip per step, which for this small MLP cost more than the arithmetic: it
+    takes over twice as long per epoch, and still about a third longer with 32 steps per call
+    (see bench/). All randomness (the order of the examples, each batch's shift) comes from one
     generator seeded from params, drawn outside the graph.
 
-    `on_epoch_end(epoch, model)` is called after each epoch, outside the timed part.
+    `normalization` holds the constants preprocess applied: a shifted batch is filled in with
+    what a blank pixel became. `on_epoch_end(epoch, model)` is called after each epoch, outside
+    the timed part.
     """
     import keras
     import tensorflow as tf
 
     n, batch_size, shift = len(train["y"]), cfg["batch_size"], cfg["augment_shift"]
-    steps = math.ceil(n / batch_size)
+    steps = steps_per_epoch(n, batch_size)
     x, y = tf.constant(train["x"]), tf.constant(train["y"].astype(np.int32))
     x_val, y_val = tf.constant(val["x"]), tf.constant(val["y"].astype(np.int32))
-    background = float(train["x"].min())  # pixel 0 after normalisation: the lowest value
+    blank = float(normalize(np.zeros(1, np.uint8), normalization)[0])
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    optimizer = build_optimizer(cfg, steps)
     variables = model.trainable_variables
     optimizer.build(variables)
 
@@ -131,7 +141,7 @@ def fit(model, optimizer, cfg, train, val, on_epoch_end=None):
         loss_sum, hits = tf.constant(0.0), tf.constant(0.0)
         for step in tf.range(steps):
             batch = order[step * batch_size:(step + 1) * batch_size]
-            xb = shift_images(tf.gather(x, batch), offsets[step], shift, background)
+            xb = shift_images(tf.gather(x, batch), offsets[step], shift, blank)
             yb = tf.gather(y, batch)
             with tf.GradientTape() as tape:
                 probs = model(xb, training=True)
@@ -142,9 +152,10 @@ def fit(model, optimizer, cfg, train, val, on_epoch_end=None):
         return loss_sum / n, hits / n
 
     @tf.function
-    def score(x, y):
-        probs = model(x, training=False)
-        return loss_fn(y, probs), correct(y, probs) / tf.cast(tf.shape(y)[0], tf.float32)
+    def score(images, labels):
+        probs = model(images, training=False)
+        return loss_fn(labels, probs), correct(labels, probs) / tf.cast(tf.shape(labels)[0],
+                                                                        tf.float32)
 
     rng = np.random.default_rng(cfg["seed"])
     history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
@@ -182,9 +193,8 @@ def main():
     configure_tensorflow(cfg)
     model = build_model(cfg, input_shape=train["x"].shape[1:])
     model.summary(print_fn=log.info)
-    optimizer = build_optimizer(cfg, steps_per_epoch=math.ceil(len(train["y"]) / cfg["batch_size"]))
 
-    history, epoch_seconds = fit(model, optimizer, cfg, train, val)
+    history, epoch_seconds = fit(model, cfg, train, val, normalization)
     seconds = sum(epoch_seconds)
     log.info("trained %d epochs in %.1f s", cfg["epochs"], seconds)
 

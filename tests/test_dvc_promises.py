@@ -46,8 +46,8 @@ def test_a_change_reruns_exactly_the_stages_it_affects(pipeline_repo):
     # A code change that changes the model reruns train, and evaluate because the model changed.
     train_py = repo.path / "stages/train.py"
     source = train_py.read_text()
-    assert 'seed=cfg["seed"])' in source
-    train_py.write_text(source.replace('seed=cfg["seed"])', 'seed=cfg["seed"] + 1)'))
+    assert 'seed=cfg["seed"] + i)' in source
+    train_py.write_text(source.replace('seed=cfg["seed"] + i)', 'seed=cfg["seed"] + i + 1)'))
     assert repo.repro() == ["train", "evaluate"]
 
     # A comment-only edit reruns train; the model comes out bit-identical, so DVC skips evaluate.

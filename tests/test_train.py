@@ -2,7 +2,7 @@
 a short deterministic training on the tiny drawn digits."""
 
 import json
-import math
+import os
 import subprocess
 import sys
 
@@ -79,12 +79,14 @@ def test_shift_of_zero_changes_nothing():
     np.testing.assert_array_equal(train.shift_images(images, np.array([0, 0]), 0, 0.0), images)
 
 
+SCALE = {"method": "scale", "mean": 0.0, "std": 1.0}
+
+
 def trained_weights(cfg, splits):
     train.configure_tensorflow(cfg)
     model = train.build_model(cfg)
-    optimizer = train.build_optimizer(cfg, math.ceil(len(splits[0]["y"]) / cfg["batch_size"]))
     epochs_seen = []
-    history, seconds = train.fit(model, optimizer, cfg, *splits,
+    history, seconds = train.fit(model, cfg, *splits, SCALE,
                                  on_epoch_end=lambda epoch, m: epochs_seen.append(epoch))
     return [w.copy() for w in model.get_weights()], history, seconds, epochs_seen
 
@@ -98,6 +100,25 @@ def test_fit_learns_and_reports_every_epoch(cfg, tiny_splits):
     assert history["val_accuracy"][-1] > 0.5, "printed digits are easy: far above chance (0.1)"
 
 
+def test_history_is_the_mean_over_every_example_last_short_batch_included(cfg, tiny_splits):
+    # A learning rate of 0 keeps the weights fixed, and no dropout or shift makes a training
+    # batch score like inference: each epoch's loss and accuracy must then be the model's
+    # own, over all 500 examples (15 batches of 32 and one of 20), each counted once.
+    cfg = {**cfg, "learning_rate": 0.0, "dropout": 0.0, "augment_shift": 0, "epochs": 2}
+    train.configure_tensorflow(cfg)
+    model = train.build_model(cfg)
+    before = [w.copy() for w in model.get_weights()]
+    history, _ = train.fit(model, cfg, *tiny_splits, SCALE)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for prefix, split in (("", tiny_splits[0]), ("val_", tiny_splits[1])):
+        probs = model.predict(split["x"], verbose=0).astype(np.float64)
+        loss = -np.mean(np.log(probs[np.arange(len(split["y"])), split["y"]]))
+        accuracy = np.mean(probs.argmax(axis=1) == split["y"])
+        assert history[prefix + "loss"] == pytest.approx([loss] * 2, rel=1e-5)
+        assert history[prefix + "accuracy"] == pytest.approx([accuracy] * 2, abs=1e-7)
+
+
 def test_fit_is_bit_identical_for_the_same_seed_and_differs_for_another(cfg, tiny_splits):
     first, history, _, _ = trained_weights(cfg, tiny_splits)
     again, history_again, _, _ = trained_weights(cfg, tiny_splits)
@@ -109,28 +130,35 @@ def test_fit_is_bit_identical_for_the_same_seed_and_differs_for_another(cfg, tin
     assert any(not np.array_equal(a, b) for a, b in zip(first, other))
 
 
+# Trains the default model, at the default batch size, on 1,200 drawn digits; prints the weights.
+TRAIN_AND_PRINT_WEIGHTS = """
+import json, sys
+import numpy as np
+from stages import train
+from stages.preprocess import normalize
+from tests.digits import synthetic_mnist
+
+cfg = json.loads(sys.argv[1])
+digits = synthetic_mnist(n_train=1400, n_test=1, seed=0)
+scale = {"method": "scale", "mean": 0.0, "std": 1.0}
+x, y = normalize(digits["x_train"], scale), digits["y_train"]
+train.configure_tensorflow(cfg)
+model = train.build_model(cfg)
+train.fit(model, cfg, {"x": x[:1200], "y": y[:1200]}, {"x": x[1200:], "y": y[1200:]}, scale)
+print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to compare")
 def test_thread_count_does_not_change_the_result(cfg):
     # TensorFlow fixes its thread pools at its first op: each count trains in a process of its own.
-    script = (
-        "import sys, json, math, numpy as np\n"
-        "from stages import train\n"
-        "from tests.digits import synthetic_mnist\n"
-        "from stages.preprocess import normalize\n"
-        "cfg = json.loads(sys.argv[1])\n"
-        "a = synthetic_mnist(n_train=600, n_test=200, seed=0)\n"
-        "x = normalize(a['x_train'], {'mean': 0.0, 'std': 1.0}); y = a['y_train']\n"
-        "splits = {'x': x[:500], 'y': y[:500]}, {'x': x[500:], 'y': y[500:]}\n"
-        "train.configure_tensorflow(cfg)\n"
-        "model = train.build_model(cfg)\n"
-        "opt = train.build_optimizer(cfg, math.ceil(500 / cfg['batch_size']))\n"
-        "train.fit(model, opt, cfg, *splits)\n"
-        "print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())\n"
-    )
+    cfg = {**cfg, "batch_size": 256, "epochs": 2}  # matrices of the real run's size
+
     def weights_with(threads):
-        result = subprocess.run(
-            [sys.executable, "-c", script, json.dumps({**cfg, "threads": threads})],
-            cwd=REPO, capture_output=True, text=True, timeout=300)
+        command = [sys.executable, "-c", TRAIN_AND_PRINT_WEIGHTS,
+                   json.dumps({**cfg, "threads": threads})]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         return result.stdout.split()[-1]
 
-    assert weights_with(1) == weights_with(2)
+    assert weights_with(1) == weights_with(os.cpu_count())
