@@ -111,7 +111,7 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
     tensors already in memory, the forward and backward pass and the optimizer update. Keras'
     model.fit does the same arithmetic but pays for its data iterator, metric objects and a
     Python round-trip per step, which for this small MLP cost more than the arithmetic: it
-    takes over twice as long per epoch, and still about a third longer with 32 steps per call
+    takes over twice as long per epoch, and still about 45 % longer with 32 steps per call
     (see bench/). All randomness (the order of the examples, each batch's shift) comes from one
     generator seeded from params, drawn outside the graph.
 
