@@ -22,7 +22,7 @@ import numpy as np
 
 from stages import params
 from stages.fileio import load_npz, read_json
-from stages.preprocess import normalize
+from stages.preprocess import blank_pixel
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,12 +84,14 @@ def torch(cfg, data):
     """A plain PyTorch 2 eager loop: the same model, optimizer, schedule, shift and batches."""
     import torch
 
+    from stages import train
+
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
     x, y = (torch.from_numpy(data["train"][k]) for k in ("x", "y"))
     y = y.long()
     n, batch_size, shift = len(y), cfg["batch_size"], cfg["augment_shift"]
-    steps = math.ceil(n / batch_size)
+    steps = train.steps_per_epoch(n, batch_size)
     model = torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(28 * 28, cfg["hidden_units"][0]), torch.nn.ReLU(),
         torch.nn.Dropout(cfg["dropout"]), torch.nn.Linear(cfg["hidden_units"][0], 10))
@@ -99,7 +101,7 @@ def torch(cfg, data):
         step / warmup if step < warmup
         else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))))
     loss_fn = torch.nn.CrossEntropyLoss()
-    blank = float(normalize(np.zeros(1, np.uint8), data["normalization"])[0])
+    blank = blank_pixel(data["normalization"])
     x_test = torch.from_numpy(data["test"]["x"])
 
     rng = np.random.default_rng(cfg["seed"])

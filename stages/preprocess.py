@@ -56,6 +56,11 @@ def normalize(x, constants):
     return out
 
 
+def blank_pixel(constants):
+    """What a blank (0) pixel becomes under the transform: the value of the background."""
+    return float(normalize(np.zeros(1, np.uint8), constants)[0])
+
+
 def main():
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     cfg = params_module.load("preprocess")

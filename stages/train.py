@@ -16,7 +16,7 @@ import numpy as np
 from stages import params as params_module
 from stages.fileio import load_npz, read_json, write_bytes, write_json
 from stages.keras_file import save_model_reproducibly
-from stages.preprocess import normalize
+from stages.preprocess import blank_pixel
 
 # Hide the INFO lines TensorFlow prints at import (CPU features); warnings stay. TF 2.21
 # still announces oneDNN on stderr whatever this says.
@@ -126,7 +126,7 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
     steps = steps_per_epoch(n, batch_size)
     x, y = tf.constant(train["x"]), tf.constant(train["y"].astype(np.int32))
     x_val, y_val = tf.constant(val["x"]), tf.constant(val["y"].astype(np.int32))
-    blank = float(normalize(np.zeros(1, np.uint8), normalization)[0])
+    blank = blank_pixel(normalization)
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     optimizer = build_optimizer(cfg, steps)
     variables = model.trainable_variables

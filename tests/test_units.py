@@ -20,7 +20,7 @@ from stages.evaluate import classification_metrics
 from stages.fileio import (IdxError, ZIP_EPOCH, load_npz, parse_idx, read_json, save_npz,
                            write_json)
 from stages.params import ParamsError, validate
-from stages.preprocess import fit_normalization, normalize, stratified_split
+from stages.preprocess import blank_pixel, fit_normalization, normalize, stratified_split
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -229,6 +229,14 @@ def test_standardize_gives_zero_mean_unit_std_on_train():
     expected = (1.0 - constants["mean"]) / constants["std"]
     np.testing.assert_allclose(normalize(bright, constants), expected, rtol=1e-5)
     assert fit_normalization(x_train, "standardize") == constants  # fitting is pure
+
+
+def test_blank_pixel_is_what_a_zero_pixel_becomes():
+    assert blank_pixel({"method": "scale", "mean": 0.0, "std": 1.0}) == 0.0
+    constants = {"method": "standardize", "mean": 0.13, "std": 0.31}
+    assert blank_pixel(constants) == pytest.approx(-0.13 / 0.31)
+    zeros = normalize(np.zeros((1, 28, 28), np.uint8), constants)
+    assert (zeros == np.float32(blank_pixel(constants))).all()
 
 
 def stage_dir(path, **sections):
