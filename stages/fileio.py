@@ -1,16 +1,23 @@
-"""File formats shared by the stages: IDX parsing, and atomic, byte-reproducible writes.
+"""File formats shared by the stages: IDX parsing, bounded reads, atomic reproducible writes.
 
 Outputs are written to a temporary file beside the target and renamed into place, so an
-interrupted stage never leaves a plausible-looking half file. Nothing written here carries a
-timestamp: the same arrays always give the same bytes, which is what lets `dvc repro -f` give
-the same md5s twice.
+interrupted stage never leaves a plausible-looking half output. Temporary names carry the
+writer's process id: a stage removes the ones whose writer is gone (killed with SIGKILL, say)
+before it writes. Nothing written here carries a timestamp: the same arrays always give the same
+bytes, which is what lets `dvc repro -f` give the same md5s twice.
+
+Reads are bounded: an array header or a compressed stream that declares more than the caller
+allows is refused before anything that size is allocated.
 """
 
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +28,17 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 IDX_UBYTE = 0x08
 
+# MNIST and Fashion-MNIST hold at most 60,000 images of 28x28 bytes in one array or IDX file.
+# Anything that declares or decompresses to more is refused before it is allocated.
+MAX_ARRAY_BYTES = 60_000 * 28 * 28
+MAX_IDX_BYTES = 16 + MAX_ARRAY_BYTES
+MAX_SPLIT_BYTES = 4 * MAX_ARRAY_BYTES  # a preprocessed split: float32 pixels
+
+
+def dataset_file(dataset):
+    """Where download writes a dataset and preprocess reads it: data/mnist.npz, ..."""
+    return Path("data") / f"{dataset}.npz"
+
 # mkstemp creates files readable by their owner alone; outputs get the usual mode instead.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -28,6 +46,15 @@ os.umask(_UMASK)
 
 class IdxError(ValueError):
     """Bytes that are not a well-formed IDX file of unsigned bytes."""
+
+
+class InputError(ValueError):
+    """An input file that is missing, unreadable or not what it should be; the message names it
+    and says what to do, in one line."""
+
+
+class TooLarge(ValueError):
+    """Data that declares (or decompresses to) more bytes than the reader allows."""
 
 
 def parse_idx(data, expected_ndim=None):
@@ -59,10 +86,11 @@ def parse_idx(data, expected_ndim=None):
 
 @contextmanager
 def atomic_path(target):
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; rename it onto `target` if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.",
+                               suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -103,7 +131,141 @@ def save_npz(target, **arrays):
                 np.lib.format.write_array(entry, array, allow_pickle=False)
 
 
-def load_npz(path):
-    """Load every array of an .npz into a dict (pickled objects are refused)."""
-    with np.load(path, allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+def npy_header(stream):
+    """(shape, dtype) from the header of an .npy stream, which is left just past the header."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+    return shape, dtype
+
+
+def declared_bytes(shape, dtype):
+    return math.prod(shape) * dtype.itemsize  # Python ints: cannot wrap
+
+
+def load_npz(path, max_bytes):
+    """Every array of an .npz, as a dict. Pickled objects are refused, and so is any member
+    whose header declares more than `max_bytes` or more than the archive holds for it: a 1 KB
+    file cannot make us allocate gigabytes. Raises ValueError (or a subclass), zipfile.BadZipFile
+    or OSError for what is not a well-formed npz."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"holds {info.filename!r}, which is not an .npy array")
+            with archive.open(info) as member:
+                shape, dtype = npy_header(member)
+                size = declared_bytes(shape, dtype)
+                if dtype.hasobject:
+                    raise ValueError(f"{info.filename} holds pickled Python objects, refused")
+                if size > max_bytes:
+                    raise TooLarge(f"{info.filename} declares {shape} {dtype}, "
+                                   f"{size:,} bytes; at most {max_bytes:,} are expected")
+                if size > info.file_size:
+                    raise ValueError(f"{info.filename} declares {shape} {dtype} but holds "
+                                     f"only {info.file_size:,} bytes")
+            with archive.open(info) as member:
+                arrays[info.filename[:-4]] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
+
+
+def gunzip(data, max_bytes):
+    """Decompress gzip bytes, refusing output past `max_bytes` (a gzip bomb) without producing
+    it. Raises zlib.error or EOFError for what is not complete gzip data."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    out = inflater.decompress(data, max_bytes + 1)
+    if len(out) > max_bytes:
+        raise TooLarge(f"decompresses to more than {max_bytes:,} bytes")
+    if not inflater.eof:
+        raise EOFError("compressed data ends early (truncated file)")
+    return out
+
+
+# --- inputs of a stage, and the temporary files of earlier runs ---------------------------------
+
+def read_input(path, made_by, reader):
+    """`reader(path)` for an input another stage writes; what goes wrong becomes one InputError
+    that names the file, the cause, and the stage to run."""
+    path = Path(path)
+    rerun = f"run `dvc repro` (the {made_by} stage writes it)"
+    if not path.exists():
+        raise InputError(f"{path}: not found; {rerun}")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file; remove it and {rerun}")
+    try:
+        return reader(path)
+    except TooLarge as e:
+        raise InputError(f"{path}: {e}; remove it and {rerun}") from e
+    except (ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: damaged or not what {made_by} writes ({e}); remove it and "
+                         f"{rerun}") from e
+
+
+def read_split(path):
+    """One split preprocess wrote (train, val or test): {'x': float32 (N, 28, 28), 'y': (N,)}."""
+    def load(path):
+        split = load_npz(path, MAX_SPLIT_BYTES)
+        x, y = split.get("x"), split.get("y")
+        if x is None or y is None or x.dtype != np.float32 or x.ndim != 3 or y.ndim != 1 \
+                or len(x) != len(y) or len(y) == 0:
+            raise ValueError("expected float32 images x (N, H, W) and N labels y")
+        return split
+    return read_input(path, "preprocess", load)
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$|^\.[a-z]+-(\d+)-[^/]+$")
+
+
+def remove_stale_temporaries(directory):
+    """Delete the temporary files and directories an earlier, killed run of ours left in
+    `directory`: those named by atomic_path or temporary_dir whose process is gone. A live
+    writer's files (another stage running right now) are left alone."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if not match or process_alive(int(match.group(1) or match.group(2))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+@contextmanager
+def temporary_dir(beside, prefix):
+    """A temporary directory `.{prefix}-{pid}-XXXX` in `beside`, removed on the way out."""
+    Path(beside).mkdir(parents=True, exist_ok=True)
+    path = tempfile.mkdtemp(dir=beside, prefix=f".{prefix}-{os.getpid()}-")
+    os.chmod(path, 0o777 & ~_UMASK)  # it may become an output: the usual mode, not mkdtemp's
+    try:
+        yield Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_dir(source, target):
+    """Move the finished directory `source` onto `target`, whatever `target` was."""
+    target = Path(target)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
+    os.replace(source, target)

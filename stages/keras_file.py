@@ -58,3 +58,37 @@ def renumber_shared_objects(config):
 
     walk(config)
     return config
+
+
+# What loading a damaged or foreign .keras file raises: Keras reports a zip it cannot read as
+# ValueError (even "file not found" for one that exists), a config it cannot rebuild as
+# TypeError, KeyError or AttributeError, a Lambda or unknown function under safe_mode as
+# ValueError; h5py and zipfile add their own.
+LOAD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OSError, EOFError,
+               zipfile.BadZipFile)
+
+
+def load_model_checked(path, input_shape, num_classes):
+    """keras.saving.load_model with safe_mode on; a file that cannot be loaded, or a model
+    that does not take `input_shape` images and give `num_classes` probabilities, is one
+    InputError naming the file and the cause."""
+    import keras
+
+    from stages.fileio import InputError, read_input
+
+    def load(path):
+        try:
+            return keras.saving.load_model(path, safe_mode=True)
+        except LOAD_ERRORS as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{path}: cannot load the model ({type(e).__name__}: "
+                             f"{first_line[:200]}); run `dvc repro` (the train stage writes "
+                             "it)") from e
+
+    model = read_input(path, "train", load)
+    got_in, got_out = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if got_in != tuple(input_shape) or got_out != num_classes:
+        raise InputError(f"{path}: the model takes {got_in} and gives {got_out} outputs; the data "
+                         f"are {tuple(input_shape)} images of {num_classes} classes. Run "
+                         "`dvc repro` to train it on them")
+    return model

@@ -1,9 +1,12 @@
 """Preprocess stage: hold out a validation split and normalise to float32.
 
 The validation split is drawn from the training images only, seeded and stratified so every
-digit keeps its share. Normalisation constants come from the training split alone and are saved
+class keeps its share. Normalisation constants come from the training split alone and are saved
 with the data, so train (and, through the model's metadata, predict) applies the same transform.
 The test images are only transformed here; nothing is learnt from them.
+
+The three splits are written into a temporary folder that replaces data/processed only once all
+of it is written: an interrupted run leaves the old outputs or none, never a mix of the two.
 """
 
 import logging
@@ -12,21 +15,42 @@ from pathlib import Path
 import numpy as np
 
 from stages import params as params_module
-from stages.fileio import load_npz, save_npz, write_json
+from stages.fileio import (
+    MAX_ARRAY_BYTES,
+    dataset_file,
+    load_npz,
+    read_input,
+    remove_stale_temporaries,
+    replace_dir,
+    save_npz,
+    temporary_dir,
+    write_json,
+)
+from stages.normalization import fit_normalization, normalize
+from stages.runner import StageError, run
 
 log = logging.getLogger("preprocess")
 
-INPUT = Path("data/mnist.npz")
 OUTPUT_DIR = Path("data/processed")
-NORMALIZATION_FILE = OUTPUT_DIR / "normalization.json"
+NORMALIZATION_FILE = "normalization.json"
+DATASET_FILE = "dataset.json"  # which dataset, and the names of its classes
+
+
+def load_dataset(path):
+    """The arrays download wrote: the Keras layout plus the class names."""
+    data = load_npz(path, MAX_ARRAY_BYTES)
+    missing = {"x_train", "y_train", "x_test", "y_test", "class_names"} - set(data)
+    if missing:
+        raise ValueError(f"lacks {', '.join(sorted(missing))}")
+    return data
 
 
 def stratified_split(labels, val_fraction, seed):
     """Return sorted (train_idx, val_idx): `val_fraction` of each class goes to validation."""
     rng = np.random.default_rng(seed)
     val = []
-    for digit in np.unique(labels):
-        members = np.flatnonzero(labels == digit)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
         n_val = int(round(len(members) * val_fraction))
         val.append(rng.permutation(members)[:n_val])
     val_idx = np.sort(np.concatenate(val))
@@ -34,53 +58,44 @@ def stratified_split(labels, val_fraction, seed):
     return train_idx, val_idx
 
 
-def fit_normalization(x_train, method):
-    """Constants of the transform (pixels / 255 - mean) / std, fitted on training images only."""
-    if method == "scale":
-        return {"method": "scale", "mean": 0.0, "std": 1.0}
-    scaled = x_train.astype(np.float64) / 255.0
-    std = float(scaled.std()) or 1.0  # images all of one grey: centre them, nothing to scale
-    return {"method": "standardize", "mean": float(scaled.mean()), "std": std}
-
-
-def normalize(x, constants):
-    """Apply the fitted transform; returns float32 whatever the input's dtype.
-
-    Computed in place on one new array, which spares three temporary copies of it (the
-    training split alone is 170 MB as float32).
-    """
-    out = x.astype(np.float32)
-    out /= np.float32(255.0)
-    out -= np.float32(constants["mean"])
-    out /= np.float32(constants["std"])
-    return out
-
-
-def blank_pixel(constants):
-    """What a blank (0) pixel becomes under the transform: the value of the background."""
-    return float(normalize(np.zeros(1, np.uint8), constants)[0])
+def check_split(labels, train_idx, val_idx, val_fraction):
+    """Refuse a split that would leave training or validation empty, or a class untrained."""
+    if len(val_idx) == 0:
+        raise StageError(f"preprocess.val_fraction = {val_fraction} holds out no validation "
+                         f"image of the {len(labels)} training images; raise it")
+    missing = np.setdiff1d(np.unique(labels), labels[train_idx])
+    if len(missing):
+        raise StageError(f"preprocess.val_fraction = {val_fraction} leaves no training image of "
+                         f"class {missing[0]}; lower it")
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     cfg = params_module.load("preprocess")
-    mnist = load_npz(INPUT)
+    dataset = params_module.load("data")["dataset"]
+    source = dataset_file(dataset)
+    data = read_input(source, "download", load_dataset)
 
-    train_idx, val_idx = stratified_split(mnist["y_train"], cfg["val_fraction"], cfg["seed"])
-    x_train = mnist["x_train"][train_idx]
+    train_idx, val_idx = stratified_split(data["y_train"], cfg["val_fraction"], cfg["seed"])
+    check_split(data["y_train"], train_idx, val_idx, cfg["val_fraction"])
+    x_train = data["x_train"][train_idx]
     constants = fit_normalization(x_train, cfg["normalization"])
 
     splits = {
-        "train": (x_train, mnist["y_train"][train_idx]),
-        "val": (mnist["x_train"][val_idx], mnist["y_train"][val_idx]),
-        "test": (mnist["x_test"], mnist["y_test"]),
+        "train": (x_train, data["y_train"][train_idx]),
+        "val": (data["x_train"][val_idx], data["y_train"][val_idx]),
+        "test": (data["x_test"], data["y_test"]),
     }
-    for name, (x, y) in splits.items():
-        save_npz(OUTPUT_DIR / f"{name}.npz", x=normalize(x, constants), y=y)
-        log.info("%s: %d images", name, len(y))
-    write_json(NORMALIZATION_FILE, constants)
+    remove_stale_temporaries(OUTPUT_DIR.parent)
+    with temporary_dir(OUTPUT_DIR.parent, "processed") as tmp:
+        for name, (x, y) in splits.items():
+            save_npz(tmp / f"{name}.npz", x=normalize(x, constants), y=y)
+            log.info("%s: %d images", name, len(y))
+        write_json(tmp / NORMALIZATION_FILE, constants)
+        write_json(tmp / DATASET_FILE, {"name": dataset,
+                                        "class_names": [str(c) for c in data["class_names"]]})
+        replace_dir(tmp, OUTPUT_DIR)
     log.info("normalization: %s", constants)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

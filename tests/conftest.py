@@ -11,13 +11,14 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
+from stages import params as params_module
 from tests.digits import synthetic_mnist, write_mirror
 
 REPO = Path(__file__).resolve().parent.parent
 # What a pipeline copy needs: the code and the DVC configuration, never data or caches.
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvcignore", ".gitignore"]
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvcignore", ".gitignore",
+                  "data/.gitignore"]
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,9 @@ def tiny_mirror(tmp_path_factory, tiny_arrays):
 class ScriptedHandler(SimpleHTTPRequestHandler):
     """Serves files from the server's directory; `server.script[path]` lists, one per request,
     what to do instead: "404", "500", "slow" (stall past the client's timeout), "truncate"
-    (announce the full length, send half, hang up). When a path's list is used up, serve it."""
+    (announce the full length, send half, hang up), "bad-length" (a Content-Length of "abc"),
+    "trickle" (no Content-Length, then one byte every 0.1 s for as long as the client reads).
+    When a path's list is used up, serve the file."""
 
     def do_GET(self):
         self.server.requests.append(self.path)
@@ -46,14 +49,25 @@ class ScriptedHandler(SimpleHTTPRequestHandler):
         elif action == "slow":
             time.sleep(self.server.slow_s)
             self.send_error(503)
-        elif action == "truncate":
+        elif action in ("truncate", "bad-length"):
             body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", "abc" if action == "bad-length" else str(len(body)))
             self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
+            self.wfile.write(body[: len(body) // 2] if action == "truncate" else body)
             self.wfile.flush()
             self.close_connection = True
+        elif action == "trickle":
+            self.send_response(200)
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for _ in range(600):  # at most a minute
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up: what it should do
+                pass
         else:
             super().do_GET()
 
@@ -86,13 +100,28 @@ def http_server():
         server.server_close()
 
 
-def tiny_params(checksums, **train_overrides):
+def repo_params():
+    """The repository's params.yaml, read as the stages (and DVC) read it."""
+    return params_module.read_params(REPO / "params.yaml")
+
+
+# Quick settings for the tiny dataset: a few epochs of small batches, and a CNN small enough to
+# train in seconds (the real one takes minutes).
+TINY_TRAINING = {
+    "mlp": {"epochs": 5, "batch_size": 32, "warmup_epochs": 0.5},
+    "cnn": {"filters": [8, 16], "epochs": 3, "batch_size": 32, "warmup_epochs": 0.5,
+            "threads": 0},
+}
+
+
+def tiny_params(checksums, dataset="mnist"):
     """params.yaml of the repo, switched to the tiny dataset, no public sources, quick training."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(public_sources=False, mirrors=[], checksums=checksums,
-                          timeout_s=5, retries=1, backoff_s=0.1)
-    params["train"].update(epochs=5, batch_size=32, warmup_epochs=0.5)
-    params["train"].update(train_overrides)
+    params = repo_params()
+    params["data"].update(dataset=dataset, public_sources=False, timeout_s=5, retries=1,
+                          backoff_s=0.1)
+    params["data"][dataset].update(mirrors=[], checksums=checksums)
+    for family, overrides in TINY_TRAINING.items():
+        params["train"][family].update(overrides)
     return params
 
 
@@ -131,15 +160,19 @@ class PipelineRepo:
         return run([sys.executable, *args], self.path, self.env, check)
 
     def params(self):
-        return yaml.safe_load((self.path / "params.yaml").read_text())
+        return params_module.read_params(self.path / "params.yaml")
 
     def set_params(self, params):
-        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        params_module.save(params, self.path / "params.yaml")
 
     def set_param(self, dotted, value):
+        """set_param("train.mlp.epochs", 4): one value, the rest of params.yaml as it was."""
         params = self.params()
-        section, key = dotted.split(".")
-        params[section][key] = value
+        *sections, key = dotted.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[key] = value
         self.set_params(params)
 
     def repro(self, *args):
@@ -168,3 +201,34 @@ def pipeline_repo(tmp_path, tiny_mirror, http_server):
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "pipeline")
     return repo
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A real model as the pipeline leaves it: model.keras, its ONNX export and metadata.json.
+    A small MLP trained here on 1,000 drawn digits in MNIST form, standardised, so that
+    predict must read the constants from the metadata to get anything right."""
+    import keras
+
+    from stages.export import export_onnx
+    from stages.fileio import write_json
+    from stages.keras_file import save_model_reproducibly
+    from stages.models import build_model
+    from stages.normalization import fit_normalization, normalize
+    from tests.digits import mnist_form_digits
+
+    x, y = mnist_form_digits(1000, seed=1)
+    constants = fit_normalization(x, "standardize")
+    keras.utils.set_random_seed(0)
+    model = build_model("mlp", {"hidden_units": [64], "activation": "relu", "dropout": 0.0,
+                                "seed": 0})
+    model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
+    model.fit(normalize(x, constants), y, epochs=15, batch_size=32, verbose=0)
+
+    directory = tmp_path_factory.mktemp("model")
+    save_model_reproducibly(model, directory / "model.keras")
+    export_onnx(model, directory / "model.onnx", normalize(x[:1], constants))
+    write_json(directory / "metadata.json", {
+        "class_names": [str(d) for d in range(10)], "dataset": "mnist", "family": "mlp",
+        "input_shape": [28, 28], "normalization": constants})
+    return directory

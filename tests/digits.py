@@ -12,8 +12,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from app.transform import to_mnist_form
 from stages.fileio import save_npz
-from stages.predict import to_mnist_form
 
 
 def draw_digit(digit, rng):
@@ -36,7 +36,8 @@ def synthetic_mnist(n_train=600, n_test=200, seed=0):
     for split, n in (("train", n_train), ("test", n_test)):
         labels = np.arange(n, dtype=np.uint8) % 10
         rng.shuffle(labels)
-        arrays[f"x_{split}"] = np.stack([draw_digit(d, rng) for d in labels])
+        arrays[f"x_{split}"] = np.stack([draw_digit(d, rng) for d in labels]) if n else \
+            np.zeros((0, 28, 28), np.uint8)
         arrays[f"y_{split}"] = labels
     return arrays
 
@@ -65,17 +66,20 @@ IDX_NAMES = {
 }
 
 
-def write_mirror(directory, arrays):
-    """Write mnist.npz and the four IDX .gz files; return params-style checksums of each."""
+def write_mirror(directory, arrays, npz="mnist.npz"):
+    """Write the npz (unless `npz` is None) and the four IDX .gz files; return their checksums
+    as params.yaml holds them."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_npz(directory / "mnist.npz", **arrays)
+    checksums = {}
+    if npz:
+        save_npz(directory / npz, **{k: arrays[k] for k in IDX_NAMES})
+        checksums[npz] = {"sha256": sha256(directory / npz)}
     for key, name in IDX_NAMES.items():
         # mtime=0: the same arrays always give the same .gz bytes, hence the same md5.
         with open(directory / name, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
             gz.write(idx_bytes(arrays[key]))
-    checksums = {"mnist.npz": "sha256:" + sha256(directory / "mnist.npz")}
-    for name in IDX_NAMES.values():
-        checksums[name] = "md5:" + hashlib.md5((directory / name).read_bytes()).hexdigest()
+        checksums[name] = {"gz_md5": hashlib.md5((directory / name).read_bytes()).hexdigest(),
+                           "sha256": hashlib.sha256(idx_bytes(arrays[key])).hexdigest()}
     return checksums
 
 

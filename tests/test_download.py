@@ -9,6 +9,7 @@ in data/.
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,40 +19,45 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from stages import download
-from stages.download import DownloadError, candidate_sources
+from stages.download import candidate_sources
 from stages.fileio import load_npz
-from stages.params import validate
-from tests.digits import IDX_NAMES, idx_bytes
+from stages.params import save, validate
+from stages.runner import StageError
+from tests.conftest import repo_params
+from tests.digits import IDX_NAMES, idx_bytes, synthetic_mnist, write_mirror
 
 REPO = Path(__file__).resolve().parent.parent
 IDX_FILES = list(IDX_NAMES.values())  # the order the stage fetches them in
 NPZ_PATH = ["/mnist.npz"]
 IDX_PATHS = ["/" + name for name in IDX_FILES]
+DIGITS = [str(d) for d in range(10)]
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def repo_params(data):
-    """The repo's params.yaml with its `data` section replaced."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+def with_data(data):
+    """The repo's params with its `data` section replaced."""
+    params = repo_params()
     params["data"] = data
     return params
 
 
 def data_params(checksums, mirrors=(), **overrides):
-    """A `data` section for quick, offline tests; validated like the real one."""
-    data = {"mirrors": list(mirrors), "public_sources": False, "timeout_s": 0.5, "retries": 1,
-            "backoff_s": 0.01, "checksums": dict(checksums)}
-    data.update(overrides)
-    validate(repo_params(data))  # the tests use only configurations the stage would accept
+    """A `data` section for quick, offline tests of MNIST; validated like the real one."""
+    data = repo_params()["data"]
+    data.update({"dataset": "mnist", "public_sources": False, "timeout_s": 0.5,
+                 "deadline_s": 30, "retries": 1, "backoff_s": 0.01})
+    data.update({k: v for k, v in overrides.items() if k in data})
+    data["mnist"].update({"mirrors": list(mirrors), "checksums": dict(checksums)})
+    validate(with_data(data))  # the tests use only configurations the stage would accept
     return data
 
 
 def assert_tiny(arrays, tiny_arrays):
-    assert set(arrays) == set(tiny_arrays)
+    assert set(arrays) == set(tiny_arrays) | {"class_names"}
+    assert arrays["class_names"].tolist() == DIGITS
     for key, expected in tiny_arrays.items():
         assert arrays[key].dtype == np.uint8, key
         np.testing.assert_array_equal(arrays[key], expected, err_msg=key)
@@ -65,11 +71,11 @@ def copy_files(source_dir, target_dir, names):
 
 
 def md5(path):
-    return "md5:" + hashlib.md5(Path(path).read_bytes()).hexdigest()
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def sha256(path):
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def stage_dir(path, data):
     """A directory to run `python -m stages.download` in: params.yaml and the stage code."""
     path.mkdir()
     (path / "stages").symlink_to(REPO / "stages", target_is_directory=True)
-    (path / "params.yaml").write_text(yaml.safe_dump(repo_params(data), sort_keys=False))
+    save(with_data(data), path / "params.yaml")
     return path
 
 
@@ -115,7 +121,8 @@ def data_contents(cwd):
 # --- the order of sources (no network) --------------------------------------------------------
 
 def test_candidate_sources_order_env_then_mirrors_then_public():
-    data = {"mirrors": ["/srv/one", "http://two.invalid/mnist/"], "public_sources": True}
+    data = repo_params()["data"]
+    data["mnist"]["mirrors"] = ["/srv/one", "http://two.invalid/mnist/"]
     sources = candidate_sources(data, {"MNIST_MIRROR": "file:///env"})
     idx = tuple(IDX_FILES)
     assert sources[:6] == [
@@ -123,24 +130,36 @@ def test_candidate_sources_order_env_then_mirrors_then_public():
         ("/srv/one", ("mnist.npz",)), ("/srv/one", idx),
         ("http://two.invalid/mnist/", ("mnist.npz",)), ("http://two.invalid/mnist/", idx),
     ]
-    # Then Keras' npz, then each public IDX mirror; every base is an https/http URL.
-    assert sources[6] == (download.KERAS_BASE, ("mnist.npz",))
-    assert sources[7:] == [(m, idx) for m in download.IDX_MIRRORS]
-    assert len(sources) == 7 + len(download.IDX_MIRRORS)
+    # Then Keras' npz, then each public IDX mirror, as params.yaml lists them.
+    public = data["mnist"]
+    assert sources[6:] == ([(b, ("mnist.npz",)) for b in public["npz_sources"]]
+                           + [(b, idx) for b in public["idx_sources"]])
+    assert all(base.startswith(("https://", "http://")) for base, _ in sources[6:])
 
 
 def test_candidate_sources_without_public_or_env():
-    data = {"mirrors": ["/srv/one"], "public_sources": False}
+    data = repo_params()["data"]
+    data.update(public_sources=False)
+    data["mnist"]["mirrors"] = ["/srv/one"]
     assert candidate_sources(data, {}) == [("/srv/one", ("mnist.npz",)),
                                            ("/srv/one", tuple(IDX_FILES))]
     # An empty MNIST_MIRROR (as CI might export) is no source.
     assert candidate_sources(data, {"MNIST_MIRROR": ""}) == candidate_sources(data, {})
-    assert candidate_sources({"mirrors": [], "public_sources": False}, {}) == []
+    data["mnist"]["mirrors"] = []
+    assert candidate_sources(data, {}) == []
+
+
+def test_each_dataset_has_its_own_mirror_variable_and_sources():
+    data = repo_params()["data"]
+    data.update(dataset="fashion-mnist", public_sources=False)
+    environ = {"MNIST_MIRROR": "/srv/mnist", "FASHION_MNIST_MIRROR": "/srv/fashion"}
+    # Fashion-MNIST has no npz: only the IDX files are asked for.
+    assert candidate_sources(data, environ) == [("/srv/fashion", tuple(IDX_FILES))]
 
 
 def test_no_sources_at_all_is_an_error_that_says_what_to_set(tiny_mirror, workdir):
     _, checksums = tiny_mirror
-    with pytest.raises(DownloadError, match="no sources to try.*MNIST_MIRROR"):
+    with pytest.raises(StageError, match="no sources to try for mnist: set MNIST_MIRROR"):
         download.download(data_params(checksums), {}, workdir)
 
 
@@ -174,7 +193,7 @@ def test_stage_output_does_not_depend_on_the_source(tiny_mirror, tiny_arrays, id
         assert result.returncode == 0, result.stderr
         assert data_contents(cwd) == ["mnist.npz"], "no temporary files left beside the output"
         outputs[label] = (cwd / "data/mnist.npz").read_bytes()
-        assert_tiny(load_npz(cwd / "data/mnist.npz"), tiny_arrays)
+        assert_tiny(load_npz(cwd / "data/mnist.npz", 2**30), tiny_arrays)
     assert outputs["npz"] == outputs["idx"]
 
 
@@ -191,7 +210,7 @@ def test_local_mirror(form, content, tiny_mirror, tiny_arrays, idx_only, workdir
 def test_local_mirror_that_does_not_exist_is_named_in_the_error(tiny_mirror, tmp_path, workdir):
     _, checksums = tiny_mirror
     missing = tmp_path / "no-such-dir"
-    with pytest.raises(DownloadError) as error:
+    with pytest.raises(StageError) as error:
         download.download(data_params(checksums), {"MNIST_MIRROR": str(missing)}, workdir)
     assert f"{missing}/mnist.npz: no such file" in str(error.value)
     assert f"{missing}/train-images-idx3-ubyte.gz: no such file" in str(error.value)
@@ -264,27 +283,52 @@ def test_hash_mismatch_on_the_only_source_names_file_and_both_hashes(tiny_mirror
                                                                      tmp_path, workdir):
     mirror_dir, checksums = tiny_mirror
     only_npz = copy_files(mirror_dir, tmp_path / "only-npz", ["mnist.npz"])
-    actual = checksums["mnist.npz"]
-    wrong = "sha256:" + "0" * 64
+    actual = checksums["mnist.npz"]["sha256"]
+    wrong = "0" * 64
     url = http_server(only_npz)
-    with pytest.raises(DownloadError) as error:
-        download.download(data_params({**checksums, "mnist.npz": wrong}),
+    with pytest.raises(StageError) as error:
+        download.download(data_params({**checksums, "mnist.npz": {"sha256": wrong}}),
                           {"MNIST_MIRROR": url}, workdir)
     message = str(error.value)
-    assert f"checksum mismatch for mnist.npz: expected {wrong}, got {actual}" in message
+    assert (f"checksum mismatch for mnist.npz: expected sha256:{wrong}, got sha256:{actual}"
+            in message)
     assert list(workdir.iterdir()) == [], "a rejected file is not kept"
 
 
-def test_idx_hash_mismatch_names_that_file(tiny_mirror, idx_only, workdir):
+def test_idx_hash_mismatch_names_that_file_and_its_hashes(tiny_mirror, idx_only, workdir):
     _, checksums = tiny_mirror
-    wrong = "md5:" + "f" * 32
-    with pytest.raises(DownloadError) as error:
-        download.download(data_params({**checksums, "t10k-labels-idx1-ubyte.gz": wrong}),
+    name = "t10k-labels-idx1-ubyte.gz"
+    wrong = {"gz_md5": "f" * 32, "sha256": "f" * 64}
+    with pytest.raises(StageError) as error:
+        download.download(data_params({**checksums, name: wrong}),
                           {"MNIST_MIRROR": str(idx_only)}, workdir)
-    actual = md5(idx_only / "t10k-labels-idx1-ubyte.gz")
-    assert (f"checksum mismatch for t10k-labels-idx1-ubyte.gz: expected {wrong}, got {actual}"
+    content = hashlib.sha256(gzip.decompress((idx_only / name).read_bytes())).hexdigest()
+    assert (f"checksum mismatch for {name}: expected md5:{'f' * 32} of the .gz or sha256:"
+            f"{'f' * 64} of its content, got md5:{md5(idx_only / name)} and sha256:{content}"
             in str(error.value))
-    assert "t10k-labels-idx1-ubyte.gz" not in {p.name for p in workdir.iterdir()}
+    assert name not in {p.name for p in workdir.iterdir()}
+
+
+def test_a_mirror_that_recompressed_the_files_is_accepted_by_content(tiny_mirror, tiny_arrays,
+                                                                    idx_only, workdir):
+    """Debian re-gzipped Fashion-MNIST: other .gz bytes, the same data inside."""
+    _, checksums = tiny_mirror
+    for name in IDX_FILES:
+        data = gzip.decompress((idx_only / name).read_bytes())
+        (idx_only / name).write_bytes(gzip.compress(data, compresslevel=1, mtime=12345))
+        assert md5(idx_only / name) != checksums[name]["gz_md5"]
+    arrays = download.download(data_params(checksums), {"MNIST_MIRROR": str(idx_only)}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+
+
+def test_a_recompressed_file_with_other_content_is_refused(tiny_mirror, idx_only, workdir):
+    _, checksums = tiny_mirror
+    name = "t10k-labels-idx1-ubyte.gz"
+    labels = bytearray(gzip.decompress((idx_only / name).read_bytes()))
+    labels[-1] = (labels[-1] + 1) % 10  # one label changed
+    (idx_only / name).write_bytes(gzip.compress(bytes(labels), mtime=0))
+    with pytest.raises(StageError, match=f"checksum mismatch for {name}"):
+        download.download(data_params(checksums), {"MNIST_MIRROR": str(idx_only)}, workdir)
 
 
 @pytest.mark.parametrize("content", [b"this is not a zip archive\n", b"PK\x03\x04" + bytes(100)],
@@ -294,7 +338,7 @@ def test_verified_but_unreadable_npz_falls_back_to_idx_files(content, tiny_mirro
     """The hash matches (the params trust this file) but it is no npz: use the IDX files."""
     _, checksums = tiny_mirror
     (idx_only / "mnist.npz").write_bytes(content)
-    data = data_params({**checksums, "mnist.npz": sha256(idx_only / "mnist.npz")})
+    data = data_params({**checksums, "mnist.npz": {"sha256": sha256(idx_only / "mnist.npz")}})
     arrays = download.download(data, {"MNIST_MIRROR": str(idx_only)}, workdir)
     assert_tiny(arrays, tiny_arrays)
 
@@ -312,8 +356,8 @@ def test_verified_but_malformed_idx_file_is_named(content, tiny_mirror, idx_only
     _, checksums = tiny_mirror
     name = "t10k-labels-idx1-ubyte.gz"
     (idx_only / name).write_bytes(content)
-    data = data_params({**checksums, name: md5(idx_only / name)})
-    with pytest.raises(DownloadError, match=f"{name}: "):
+    data = data_params({**checksums, name: {"gz_md5": md5(idx_only / name), "sha256": "0" * 64}})
+    with pytest.raises(StageError, match=f"{name}: "):
         download.download(data, {"MNIST_MIRROR": str(idx_only)}, workdir)
 
 
@@ -338,7 +382,7 @@ def test_truncated_body_only_source_says_truncated(tiny_mirror, http_server, tmp
     mirror_dir, checksums = tiny_mirror
     only_npz = copy_files(mirror_dir, tmp_path / "only-npz", ["mnist.npz"])
     url = http_server(only_npz, script={"/mnist.npz": ["truncate"] * 3})
-    with pytest.raises(DownloadError, match=r"truncated body: \d+ of \d+ bytes.*gave up after 3"):
+    with pytest.raises(StageError, match=r"truncated body: \d+ of \d+ bytes.*gave up after 3"):
         download.download(data_params(checksums, retries=2), {"MNIST_MIRROR": url}, workdir)
     assert list(workdir.iterdir()) == []
 
@@ -368,7 +412,7 @@ def test_slow_only_source_gives_up_in_bounded_time(tiny_mirror, http_server, wor
     stall = {path: ["slow"] * 5 for path in NPZ_PATH + IDX_PATHS}
     url = http_server(mirror_dir, script=stall, slow_s=3.0)
     started = time.monotonic()
-    with pytest.raises(DownloadError, match="gave up after 3 attempts"):
+    with pytest.raises(StageError, match="gave up after 3 attempts"):
         download.download(data_params(checksums, timeout_s=0.5, retries=2),
                           {"MNIST_MIRROR": url}, workdir)
     elapsed = time.monotonic() - started
@@ -404,15 +448,16 @@ def test_failed_stage_exits_nonzero_and_leaves_nothing(failure, old_output, tiny
         served.mkdir()
     else:  # every file is there and downloads fine, but none matches its checksum
         served = mirror_dir
-        checksums = {name: digest.split(":")[0] + ":" + "0" * len(digest.split(":")[1])
-                     for name, digest in checksums.items()}
+        checksums = {name: {algo: "0" * len(d) for algo, d in digests.items()}
+                     for name, digests in checksums.items()}
     cwd = stage_dir(tmp_path / "stage", data_params(checksums))
     if old_output:
         (cwd / "data").mkdir()
         (cwd / "data/mnist.npz").write_bytes(b"an older download")
     result = run_stage(cwd, mirror=http_server(served))
     assert result.returncode != 0
-    assert "error: no source gave a complete, verified MNIST" in result.stderr
+    assert "error: no source gave a complete, verified mnist" in result.stderr
+    assert len(result.stderr.splitlines()[-1]) > 0 and "Traceback" not in result.stderr
     assert data_contents(cwd) == [], "no output, no temporary file or directory"
     if failure == "corrupt":
         assert "checksum mismatch for mnist.npz" in result.stderr
@@ -448,4 +493,228 @@ def test_sigterm_mid_download_leaves_nothing(tiny_mirror, idx_only, http_server,
             proc.kill()
             proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM
+    assert data_contents(cwd) == []
+
+
+# --- hostile sources: a failed source each, never a crash or a hang -----------------------------
+
+def test_malformed_content_length_fails_that_source_only(tiny_mirror, tiny_arrays, http_server,
+                                                        workdir):
+    mirror_dir, checksums = tiny_mirror
+    url = http_server(mirror_dir, script={"/mnist.npz": ["bad-length"]})
+    arrays = download.download(data_params(checksums), {"MNIST_MIRROR": url}, workdir)
+    assert_tiny(arrays, tiny_arrays)  # from the same mirror's IDX files
+    assert http_server.last.requests == NPZ_PATH + IDX_PATHS
+
+
+def test_a_trickling_server_is_abandoned_at_the_deadline(tiny_mirror, tiny_arrays, http_server,
+                                                         workdir):
+    """One byte every 0.1 s, no Content-Length: each read succeeds, so only a deadline ends it."""
+    mirror_dir, checksums = tiny_mirror
+    slow_url = http_server(mirror_dir, script={path: ["trickle"] for path in NPZ_PATH + IDX_PATHS})
+    good_url = http_server(mirror_dir)
+    started = time.monotonic()
+    arrays = download.download(data_params(checksums, mirrors=[good_url], timeout_s=3,
+                                           deadline_s=1.0), {"MNIST_MIRROR": slow_url}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    assert time.monotonic() - started < 8, "two files abandoned after about 1 s each"
+
+
+def test_a_trickling_only_source_says_it_missed_the_deadline(tiny_mirror, http_server, tmp_path,
+                                                             workdir):
+    mirror_dir, checksums = tiny_mirror
+    only_npz = copy_files(mirror_dir, tmp_path / "only-npz", ["mnist.npz"])
+    url = http_server(only_npz, script={"/mnist.npz": ["trickle"]})
+    with pytest.raises(StageError, match=r"not complete after 1 s \(data.deadline_s\)"):
+        download.download(data_params(checksums, deadline_s=1), {"MNIST_MIRROR": url}, workdir)
+
+
+@pytest.mark.parametrize("mirror, problem", [
+    ("http://[::1", "a malformed URL"),
+    ("http://a..b/", "has an empty or overlong part"),
+    ("ftp://mirror.example/", "scheme 'ftp'"),
+])
+def test_a_bad_mirror_variable_is_a_failed_source_with_its_reason(tiny_mirror, tiny_arrays, mirror,
+                                                                  problem, workdir):
+    mirror_dir, checksums = tiny_mirror
+    arrays = download.download(data_params(checksums, mirrors=[str(mirror_dir)]),
+                               {"MNIST_MIRROR": mirror}, workdir)
+    assert_tiny(arrays, tiny_arrays)
+    with pytest.raises(StageError, match=problem):
+        download.download(data_params(checksums), {"MNIST_MIRROR": mirror}, workdir)
+
+
+def write_dataset_mirror(directory, arrays):
+    """A mirror holding `arrays` as npz and IDX files, and the checksums that trust them."""
+    return directory, write_mirror(directory, arrays)
+
+
+@pytest.mark.parametrize("n_train, n_test, expected", [
+    (0, 0, "train split has 0 images of class 0 (0 in all)"),
+    (3, 3, "train split has 0 images of class 3 (3 in all)"),
+    (100, 20, "train split has 9 images of class 0"),  # 9 or 10 per class: too few
+    (200, 5, "test split has 0 images of class 5 (5 in all)"),
+])
+def test_implausible_datasets_are_refused_by_download(tmp_path, workdir, n_train, n_test,
+                                                      expected):
+    arrays = synthetic_mnist(n_train=n_train, n_test=n_test, seed=1)
+    if n_train == 100:  # one class short of ten images
+        keep = np.flatnonzero(arrays["y_train"] != 0)
+        keep = np.concatenate([keep, np.flatnonzero(arrays["y_train"] == 0)[:9]])
+        arrays["x_train"], arrays["y_train"] = arrays["x_train"][keep], arrays["y_train"][keep]
+    directory, checksums = write_dataset_mirror(tmp_path / "mirror", arrays)
+    with pytest.raises(StageError, match=re.escape(expected)):
+        download.download(data_params(checksums), {"MNIST_MIRROR": str(directory)}, workdir)
+
+
+def npy_header_only(shape):
+    """An .npy that declares `shape` of uint8 and holds no data: a few hundred bytes."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+    import io
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def test_npz_member_declaring_a_huge_array_is_refused_unallocated(tiny_mirror, tiny_arrays,
+                                                                  tmp_path, workdir):
+    import zipfile
+
+    mirror_dir, checksums = tiny_mirror
+    bomb = copy_files(mirror_dir, tmp_path / "bomb", IDX_FILES)
+    with zipfile.ZipFile(bomb / "mnist.npz", "w") as archive:
+        archive.writestr("x_train.npy", npy_header_only((2**31, 28, 28)))
+    data = data_params({**checksums, "mnist.npz": {"sha256": sha256(bomb / "mnist.npz")}})
+    started = time.monotonic()
+    arrays = download.download(data, {"MNIST_MIRROR": str(bomb)}, workdir)
+    assert_tiny(arrays, tiny_arrays)  # from the IDX files beside it
+    assert time.monotonic() - started < 5
+
+
+def test_npz_member_declaring_more_than_it_holds_is_named(tiny_mirror, tmp_path, workdir):
+    import zipfile
+
+    _, checksums = tiny_mirror
+    (tmp_path / "m").mkdir()
+    with zipfile.ZipFile(tmp_path / "m/mnist.npz", "w") as archive:
+        archive.writestr("x_train.npy", npy_header_only((1000, 28, 28)))
+    data = data_params({**checksums, "mnist.npz": {"sha256": sha256(tmp_path / "m/mnist.npz")}})
+    with pytest.raises(StageError, match=r"x_train.npy declares \(1000, 28, 28\) uint8 but holds"):
+        download.download(data, {"MNIST_MIRROR": str(tmp_path / "m")}, workdir)
+
+
+def test_gzip_bomb_is_refused_without_decompressing_it_all(tiny_mirror, idx_only, workdir):
+    """64 MB of zeros compress to 64 KB: more than any MNIST file holds, refused at the cap."""
+    _, checksums = tiny_mirror
+    name = "train-images-idx3-ubyte.gz"
+    bomb = gzip.compress(idx_bytes(np.zeros((85_000, 28, 28), np.uint8)), mtime=0)
+    assert len(bomb) < 200_000
+    (idx_only / name).write_bytes(bomb)
+    data = data_params({**checksums, name: {"gz_md5": md5(idx_only / name), "sha256": "0" * 64}})
+    with pytest.raises(StageError, match=f"{name}: decompresses to more than 47,040,016 bytes"):
+        download.download(data, {"MNIST_MIRROR": str(idx_only)}, workdir)
+
+
+# --- the stage as a process under signals and bad folders ----------------------------------------
+
+def start_stalled_download(tiny_mirror, idx_only, http_server, tmp_path):
+    """The stage process, waiting on the third IDX file with two verified files on disk."""
+    _, checksums = tiny_mirror
+    stalled = IDX_PATHS[2]
+    url = http_server(idx_only, script={stalled: ["slow"]}, slow_s=5.0)
+    server = http_server.last
+    cwd = stage_dir(tmp_path / "stage", data_params(checksums, timeout_s=10))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.download"], cwd=cwd,
+                            env=stage_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 20
+    while stalled not in server.requests:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the stage never asked for the stalled file"
+        time.sleep(0.02)
+    return proc, cwd
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+def test_sighup_or_ctrl_c_mid_download_leaves_nothing(signum, tiny_mirror, idx_only, http_server,
+                                                      tmp_path):
+    proc, cwd = start_stalled_download(tiny_mirror, idx_only, http_server, tmp_path)
+    try:
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert data_contents(cwd) == []
+    assert "Traceback" not in stderr
+
+
+def test_what_sigkill_leaves_is_removed_by_the_next_run(tiny_mirror, idx_only, http_server,
+                                                        tmp_path):
+    proc, cwd = start_stalled_download(tiny_mirror, idx_only, http_server, tmp_path)
+    proc.kill()
+    proc.communicate()
+    [leftover] = (cwd / "data").glob(".download-*")  # SIGKILL cannot be caught
+    assert sorted(p.name for p in leftover.iterdir()) == sorted(IDX_FILES[:2])
+    result = run_stage(cwd, mirror=str(idx_only))
+    assert result.returncode == 0, result.stderr
+    assert data_contents(cwd) == ["mnist.npz"]
+
+
+def test_a_live_writers_temporary_files_are_left_alone(tiny_mirror, tmp_path):
+    """Two downloads at once outside DVC: the second must not delete the first's work."""
+    mirror_dir, checksums = tiny_mirror
+    cwd = stage_dir(tmp_path / "stage", data_params(checksums))
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (cwd / "data").mkdir()
+        live = cwd / "data" / f".download-{other.pid}-abc"
+        live.mkdir()
+        dead = cwd / "data" / ".mnist.npz.999999999.x1y2.tmp"  # no such process
+        dead.write_bytes(b"half")
+        result = run_stage(cwd, mirror=str(mirror_dir))
+        assert result.returncode == 0, result.stderr
+        assert data_contents(cwd) == sorted([live.name, "mnist.npz"])
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("make, cause", [
+    (lambda data: (data / "mnist.npz").mkdir(parents=True), "data/mnist.npz: Is a directory"),
+    (lambda data: (data.mkdir(), data.chmod(0o555)), "Permission denied"),
+], ids=["output-is-a-folder", "read-only-data"])
+def test_an_unwritable_output_is_one_line(make, cause, tiny_mirror, tmp_path):
+    if cause == "Permission denied" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; see the RLIMIT_FSIZE test for a "
+                    "failing write")
+    mirror_dir, checksums = tiny_mirror
+    cwd = stage_dir(tmp_path / "stage", data_params(checksums))
+    make(cwd / "data")
+    result = run_stage(cwd, mirror=str(mirror_dir))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"error: {cause}" or cause in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_write_that_fails_midway_is_one_line_and_leaves_nothing(tiny_mirror, tmp_path):
+    """A full disk, as near as a test gets: files may not grow past 1 MB (RLIMIT_FSIZE)."""
+    import resource
+
+    mirror_dir, checksums = tiny_mirror
+    arrays = synthetic_mnist(n_train=2000, n_test=100, seed=2)  # a 1.6 MB npz
+    directory, checksums = write_dataset_mirror(tmp_path / "mirror", arrays)
+    cwd = stage_dir(tmp_path / "stage", data_params(checksums))
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    result = subprocess.run([sys.executable, "-m", "stages.download"], cwd=cwd,
+                            env=stage_env(str(directory)), capture_output=True, text=True,
+                            timeout=60, preexec_fn=limit_file_size)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("error: ")
+    assert "File too large" in result.stderr and "Traceback" not in result.stderr
     assert data_contents(cwd) == []

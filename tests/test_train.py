@@ -1,5 +1,5 @@
-"""The train stage's pieces on real TensorFlow: the model, the schedule, the batch shift, and
-a short deterministic training on the tiny drawn digits."""
+"""The train stage's pieces on real TensorFlow: both model families, the schedule, the batch
+shift, short deterministic trainings on the tiny drawn digits, and DVCLive's per-epoch files."""
 
 import json
 import os
@@ -8,19 +8,24 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
 
 from stages import train
-from stages.preprocess import normalize
-from tests.conftest import REPO
+from stages.models import build_model
+from stages.normalization import normalize
+from tests.conftest import REPO, TINY_TRAINING, repo_params
+
+
+def family_cfg(family, **overrides):
+    """The repo's params for `family`, as fit() reads them, shortened for the tiny dataset.
+    threads 0: TensorFlow is already running in this process, its thread pools are fixed."""
+    params = repo_params()["train"]
+    params[family].update(TINY_TRAINING[family])
+    return {**train.recipe({**params, "model": family}), "epochs": 3, "threads": 0, **overrides}
 
 
 @pytest.fixture
 def cfg():
-    """The repo's train params, shortened for the tiny dataset."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
-    # threads 0: TensorFlow is already running in this process, its thread pools are fixed.
-    return {**params, "epochs": 3, "batch_size": 32, "warmup_epochs": 0.5, "threads": 0}
+    return family_cfg("mlp")
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +36,42 @@ def tiny_splits(tiny_arrays):
     return {"x": x[:500], "y": y[:500]}, {"x": x[500:], "y": y[500:]}
 
 
-def test_default_model_is_the_classic_one(cfg):
-    model = train.build_model(cfg)
+def test_default_model_is_the_classic_one():
+    params = repo_params()["train"]
+    assert params["model"] == "mlp"
+    model = build_model("mlp", train.recipe(params))
     assert [layer.__class__.__name__ for layer in model.layers] == [
         "Flatten", "Dense", "Dropout", "Dense"]
     assert model.layers[1].units == 128 and model.layers[-1].units == 10
     assert model.count_params() == 101_770
+
+
+def test_default_cnn_has_the_parameters_it_claims():
+    params = repo_params()["train"]
+    cfg = train.recipe({**params, "model": "cnn"})
+    model = build_model("cnn", cfg)
+    kinds = [layer.__class__.__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == len(cfg["filters"]) and kinds[-1] == "Dense"
+    # Each 3x3 convolution: 9 weights per input channel and a bias, per filter.
+    channels, expected = 1, 0
+    for filters in cfg["filters"]:
+        expected += (cfg["kernel_size"] ** 2 * channels + 1) * filters
+        channels = filters
+    side = 28
+    for _ in cfg["filters"]:
+        side = (side - cfg["kernel_size"] + 1) // 2
+    features = side * side * channels
+    if cfg["dense_units"]:
+        expected += (features + 1) * cfg["dense_units"]
+        features = cfg["dense_units"]
+    expected += (features + 1) * 10
+    assert model.count_params() == expected <= 100_000
+
+
+def test_a_cnn_that_shrinks_images_to_nothing_is_refused_in_one_line():
+    cfg = family_cfg("cnn", filters=[8, 8, 8], kernel_size=5)
+    with pytest.raises(ValueError, match="shrink 28x28 images to nothing"):
+        build_model("cnn", cfg)
 
 
 def test_schedule_warms_up_then_decays_to_zero(cfg):
@@ -82,19 +117,20 @@ def test_shift_of_zero_changes_nothing():
 SCALE = {"method": "scale", "mean": 0.0, "std": 1.0}
 
 
-def trained_weights(cfg, splits):
+def trained_weights(cfg, splits, family="mlp"):
     train.configure_tensorflow(cfg)
-    model = train.build_model(cfg)
+    model = build_model(family, cfg)
     epochs_seen = []
     history, seconds = train.fit(model, cfg, *splits, SCALE,
-                                 on_epoch_end=lambda epoch, m: epochs_seen.append(epoch))
+                                 on_epoch_end=lambda epoch, values: epochs_seen.append(epoch))
     return [w.copy() for w in model.get_weights()], history, seconds, epochs_seen
 
 
 def test_fit_learns_and_reports_every_epoch(cfg, tiny_splits):
     _, history, seconds, epochs_seen = trained_weights({**cfg, "epochs": 6}, tiny_splits)
     assert epochs_seen == list(range(6)) and len(seconds) == 6
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert history["learning_rate"][-1] == pytest.approx(0.0, abs=1e-9)  # cosine ends at 0
     assert all(len(values) == 6 for values in history.values())
     assert history["loss"][-1] < 0.6 * history["loss"][0]
     assert history["val_accuracy"][-1] > 0.5, "printed digits are easy: far above chance (0.1)"
@@ -106,7 +142,7 @@ def test_history_is_the_mean_over_every_example_last_short_batch_included(cfg, t
     # own, over all 500 examples (15 batches of 32 and one of 20), each counted once.
     cfg = {**cfg, "learning_rate": 0.0, "dropout": 0.0, "augment_shift": 0, "epochs": 2}
     train.configure_tensorflow(cfg)
-    model = train.build_model(cfg)
+    model = build_model("mlp", cfg)
     before = [w.copy() for w in model.get_weights()]
     history, _ = train.fit(model, cfg, *tiny_splits, SCALE)
     for a, b in zip(before, model.get_weights()):
@@ -119,15 +155,46 @@ def test_history_is_the_mean_over_every_example_last_short_batch_included(cfg, t
         assert history[prefix + "accuracy"] == pytest.approx([accuracy] * 2, abs=1e-7)
 
 
-def test_fit_is_bit_identical_for_the_same_seed_and_differs_for_another(cfg, tiny_splits):
-    first, history, _, _ = trained_weights(cfg, tiny_splits)
-    again, history_again, _, _ = trained_weights(cfg, tiny_splits)
+@pytest.mark.parametrize("family", ["mlp", "cnn"])
+def test_fit_is_bit_identical_for_the_same_seed_and_differs_for_another(family, tiny_splits):
+    cfg = family_cfg(family)
+    first, history, _, _ = trained_weights(cfg, tiny_splits, family)
+    again, history_again, _, _ = trained_weights(cfg, tiny_splits, family)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert history == history_again
 
-    other, _, _, _ = trained_weights({**cfg, "seed": cfg["seed"] + 1}, tiny_splits)
+    other, _, _, _ = trained_weights({**cfg, "seed": cfg["seed"] + 1}, tiny_splits, family)
     assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_the_cnn_learns_the_tiny_digits(tiny_splits):
+    cfg = family_cfg("cnn", epochs=10, augment_shift=1, learning_rate=0.01)
+    _, history, _, _ = trained_weights(cfg, tiny_splits, "cnn")
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.5
+
+
+def test_dvclive_summary_holds_each_epoch_as_soon_as_it_ends(cfg, tiny_splits, tmp_path):
+    """What `dvc exp show` reads while a run trains: after epoch k, the summary file holds
+    epoch k's numbers (step k), and each curve has k rows."""
+    from dvclive import Live
+
+    seen = []
+    with Live(dir=str(tmp_path / "live"), dvcyaml=False, save_dvc_exp=False) as live:
+        log_epoch = train.live_logger(live)
+
+        def check_after(epoch, values):
+            log_epoch(epoch, values)
+            summary = json.loads((tmp_path / "live/metrics.json").read_text())
+            loss_rows = (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()
+            seen.append((summary.pop("step"), summary, len(loss_rows) - 1))
+            assert summary == values
+
+        train.configure_tensorflow(cfg)
+        train.fit(build_model("mlp", cfg), cfg, *tiny_splits, SCALE, on_epoch_end=check_after)
+    assert [(step, rows) for step, _, rows in seen] == [(1, 1), (2, 2), (3, 3)]
+    assert [sorted(summary) for _, summary, _ in seen] == [sorted(train.HISTORY_KEYS)] * 3
 
 
 # Trains the default model, at the default batch size, on 1,200 drawn digits; prints the weights.
@@ -135,7 +202,8 @@ TRAIN_AND_PRINT_WEIGHTS = """
 import json, sys
 import numpy as np
 from stages import train
-from stages.preprocess import normalize
+from stages.models import build_model
+from stages.normalization import normalize
 from tests.digits import synthetic_mnist
 
 cfg = json.loads(sys.argv[1])
@@ -143,7 +211,7 @@ digits = synthetic_mnist(n_train=1400, n_test=1, seed=0)
 scale = {"method": "scale", "mean": 0.0, "std": 1.0}
 x, y = normalize(digits["x_train"], scale), digits["y_train"]
 train.configure_tensorflow(cfg)
-model = train.build_model(cfg)
+model = build_model("mlp", cfg)
 train.fit(model, cfg, {"x": x[:1200], "y": y[:1200]}, {"x": x[1200:], "y": y[1200:]}, scale)
 print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())
 """

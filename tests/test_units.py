@@ -1,5 +1,5 @@
-"""Unit tests of the pipeline's pure functions: IDX parsing, reproducible writes, the split and
-normalisation, params validation, and the evaluation metrics."""
+"""Unit tests of the pipeline's pure functions: IDX parsing, bounded reads, reproducible writes,
+the split and normalisation, and the evaluation metrics."""
 
 import json
 import math
@@ -13,14 +13,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from stages import evaluate
 from stages.evaluate import classification_metrics
-from stages.fileio import (IdxError, ZIP_EPOCH, load_npz, parse_idx, read_json, save_npz,
-                           write_json)
-from stages.params import ParamsError, validate
-from stages.preprocess import blank_pixel, fit_normalization, normalize, stratified_split
+from stages.fileio import (
+    ZIP_EPOCH,
+    IdxError,
+    TooLarge,
+    gunzip,
+    load_npz,
+    parse_idx,
+    read_json,
+    save_npz,
+    write_json,
+)
+from stages.normalization import blank_pixel, fit_normalization, normalize
+from stages.params import save
+from stages.preprocess import stratified_split
+from tests.conftest import repo_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,7 +128,7 @@ def sample_arrays():
 def test_save_npz_loads_back_equal(tmp_path):
     arrays = sample_arrays()
     save_npz(tmp_path / "a.npz", **arrays)
-    loaded = load_npz(tmp_path / "a.npz")
+    loaded = load_npz(tmp_path / "a.npz", 2**20)
     assert set(loaded) == set(arrays)
     for name, array in arrays.items():
         assert loaded[name].dtype == array.dtype
@@ -243,10 +253,10 @@ def stage_dir(path, **sections):
     """A directory to run a stage in: the repo's params.yaml (with overrides) and the code."""
     path.mkdir()
     (path / "stages").symlink_to(REPO / "stages", target_is_directory=True)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = repo_params()
     for section, values in sections.items():
         params[section].update(values)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    save(params, path / "params.yaml")
     return path
 
 
@@ -265,7 +275,8 @@ def test_preprocess_stage_fits_constants_on_the_training_split_only(tmp_path):
     x_train[val_idx] = 255
     mnist = {"x_train": x_train, "y_train": y_train,
              "x_test": np.full((20, 28, 28), 255, np.uint8),
-             "y_test": np.arange(20, dtype=np.uint8) % 10}
+             "y_test": np.arange(20, dtype=np.uint8) % 10,
+             "class_names": np.array([str(d) for d in range(10)])}
     outputs = []
     for run in ("a", "b"):
         cwd = stage_dir(tmp_path / run, preprocess={"normalization": "standardize",
@@ -275,13 +286,14 @@ def test_preprocess_stage_fits_constants_on_the_training_split_only(tmp_path):
         assert result.returncode == 0, result.stderr
         processed = cwd / "data/processed"
         outputs.append({p.name: p.read_bytes() for p in sorted(processed.iterdir())})
-    assert list(outputs[0]) == ["normalization.json", "test.npz", "train.npz", "val.npz"]
+    assert list(outputs[0]) == ["dataset.json", "normalization.json", "test.npz", "train.npz",
+                                "val.npz"]
     assert outputs[0] == outputs[1], "the same input and params give the same bytes"
 
     constants = read_json(processed / "normalization.json")
     assert constants == fit_normalization(x_train[train_idx], "standardize")
-    train = load_npz(processed / "train.npz")
-    val = load_npz(processed / "val.npz")
+    train = load_npz(processed / "train.npz", 2**24)
+    val = load_npz(processed / "val.npz", 2**24)
     np.testing.assert_array_equal(train["y"], y_train[train_idx])
     np.testing.assert_array_equal(val["y"], y_train[val_idx])
     assert train["x"].dtype == np.float32
@@ -292,8 +304,10 @@ def test_preprocess_stage_fits_constants_on_the_training_split_only(tmp_path):
 def test_download_and_preprocess_never_import_tensorflow(tmp_path, tiny_mirror):
     """TensorFlow costs seconds and hundreds of MB to import; the data stages must not pay it."""
     mirror_dir, checksums = tiny_mirror
-    cwd = stage_dir(tmp_path / "stage", data={"checksums": checksums, "public_sources": False,
-                                              "mirrors": [str(mirror_dir)]})
+    data = repo_params()["data"]
+    data["public_sources"] = False
+    data["mnist"].update(checksums=checksums, mirrors=[str(mirror_dir)])
+    cwd = stage_dir(tmp_path / "stage", data=data)
     for name in ("download", "preprocess"):
         code = (f"import runpy, sys; runpy.run_module('stages.{name}', run_name='__main__'); "
                 "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
@@ -302,105 +316,6 @@ def test_download_and_preprocess_never_import_tensorflow(tmp_path, tiny_mirror):
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines()[-1] == "[]", f"{name} imported {result.stdout}"
     assert (cwd / "data/processed/train.npz").is_file()
-
-
-# --- params.validate ---------------------------------------------------------------------------
-
-@pytest.fixture
-def params():
-    return yaml.safe_load((REPO / "params.yaml").read_text())
-
-
-def test_repo_params_are_valid(params):
-    assert validate(params) is None
-
-
-def message_of(params):
-    with pytest.raises(ParamsError) as error:
-        validate(params)
-    message = str(error.value)
-    assert "\n" not in message, "one line"
-    return message
-
-
-def test_unknown_section(params):
-    params["training"] = {"epochs": 3}
-    message = message_of(params)
-    assert "unknown section 'training'" in message
-    assert "allowed: data, preprocess, train, evaluate" in message
-
-
-def test_unknown_key(params):
-    params["train"]["epoch"] = 5
-    message = message_of(params)
-    assert "unknown key train.epoch = 5" in message
-    assert "allowed keys: seed, hidden_units" in message and "epochs" in message
-
-
-def test_missing_key(params):
-    del params["data"]["retries"]
-    assert message_of(params).endswith(
-        "missing key data.retries; expected an integer from 0 to 10")
-
-
-def test_missing_section(params):
-    del params["evaluate"]
-    assert "section 'evaluate' is missing or not a mapping" in message_of(params)
-
-
-@pytest.mark.parametrize("section, key, value, allowed", [
-    # wrong types
-    ("train", "epochs", "ten", "an integer from 1 to 1000"),
-    ("train", "epochs", 10.0, "an integer from 1 to 1000"),
-    ("data", "retries", True, "an integer from 0 to 10"),  # YAML's `true` is no integer
-    ("data", "timeout_s", False, "a number > 0 and <= 600"),
-    ("data", "public_sources", "yes", "true or false"),
-    ("data", "mirrors", "/srv/mnist", "a list of directory paths or file://"),
-    ("train", "hidden_units", 128, "a list of 1 to 8 integers from 1 to 8192"),
-    ("preprocess", "normalization", "minmax", "one of scale, standardize"),
-    # out of range
-    ("train", "epochs", 0, "an integer from 1 to 1000"),
-    ("preprocess", "val_fraction", 1.5, "a number > 0 and <= 0.5"),
-    ("preprocess", "val_fraction", 0, "a number > 0 and <= 0.5"),
-    ("train", "hidden_units", [], "a list of 1 to 8 integers from 1 to 8192"),
-    ("train", "hidden_units", [128, 0], "a list of 1 to 8 integers from 1 to 8192"),
-    ("train", "dropout", 0.95, "a number >= 0 and <= 0.9"),
-    ("train", "learning_rate", float("nan"), "a number > 0 and <= 1"),
-    ("data", "checksums", {"mnist.npz": "sha256:abc"}, "a mapping of exactly mnist.npz"),
-])
-def test_bad_value_names_key_value_and_what_is_allowed(params, section, key, value, allowed):
-    params[section][key] = value
-    message = message_of(params)
-    assert f"{section}.{key} = {value!r} is not allowed; expected {allowed}" in message
-
-
-@pytest.mark.parametrize("text", [
-    "train:\n  epochs: ten\n",  # merged into the repo's params below
-    "preprocess:\n  val_fraction: 1.5\n",
-    "preprocess:\n  normalise: scale\n",
-    "data: [unclosed\n",  # not YAML
-    None,  # no params.yaml at all
-], ids=["wrong-type", "out-of-range", "unknown-key", "not-yaml", "no-file"])
-def test_preprocess_with_bad_params_exits_with_one_line_before_any_work(tmp_path, text):
-    cwd = stage_dir(tmp_path / "stage")
-    params_file = cwd / "params.yaml"
-    if text is None:
-        params_file.unlink()
-    elif text.startswith("data: ["):
-        params_file.write_text(text)
-    else:
-        params = yaml.safe_load(params_file.read_text())
-        for section, values in yaml.safe_load(text).items():
-            params[section].update(values)
-        params_file.write_text(yaml.safe_dump(params))
-    result = run_stage("preprocess", cwd)
-    assert result.returncode != 0
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "params.yaml" in lines[0]
-    assert result.stdout == ""
-    assert sorted(os.listdir(cwd)) == sorted(["stages"] + (["params.yaml"] if text else [])), \
-        "nothing read or written: there is no data/ and it did not ask for one"
 
 
 # --- evaluate.classification_metrics ----------------------------------------------------------
@@ -422,21 +337,25 @@ def test_classification_metrics_by_hand():
     # class 2: TP 1, predicted 2, actual 1 -> precision 1/2, recall 1,   F1 2/3
     y_true = np.array([0, 0, 0, 1, 1, 2])
     y_pred = [0, 0, 1, 1, 2, 2]
-    metrics = classification_metrics(y_true, probs_for(y_pred, y_true, 3), num_classes=3)
+    metrics, per_class = classification_metrics(y_true, probs_for(y_pred, y_true, 3),
+                                                num_classes=3)
     assert metrics["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
     assert metrics["misclassified"] == 2 and metrics["test_images"] == 6
     # The true class got 0.8 four times and 0.1 twice.
     assert metrics["loss"] == pytest.approx(-(4 * math.log(0.8) + 2 * math.log(0.1)) / 6, abs=1e-6)
-    expected = {"0": (1.0, 2 / 3, 0.8), "1": (0.5, 0.5, 0.5), "2": (0.5, 1.0, 2 / 3)}
-    assert set(metrics["per_class"]) == set(expected)
-    for c, (precision, recall, f1) in expected.items():
-        got = metrics["per_class"][c]
+    expected = [(1.0, 2 / 3, 0.8), (0.5, 0.5, 0.5), (0.5, 1.0, 2 / 3)]
+    assert len(per_class) == len(expected)
+    for got, (precision, recall, f1) in zip(per_class, expected):
         assert got["precision"] == pytest.approx(precision, abs=1e-6)
         assert got["recall"] == pytest.approx(recall, abs=1e-6)
         assert got["f1"] == pytest.approx(f1, abs=1e-6)
-        assert got["accuracy"] == got["recall"]  # per-class accuracy is the class's recall
     assert metrics["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3, abs=1e-6)
+    # The headline numbers only: `dvc exp show` stays readable; classes go to per_class.csv.
+    assert set(metrics) == {"accuracy", "loss", "macro_f1", "misclassified", "test_images"}
     json.dumps(metrics)  # written as is to metrics/accuracy.json
+    assert evaluate.per_class_csv(per_class, ["zero", "one, with a comma", "two"]) == (
+        "class,name,precision,recall,f1\n0,zero,1.0,0.666667,0.8\n"
+        '1,"one, with a comma",0.5,0.5,0.5\n2,two,0.5,1.0,0.666667\n')
 
 
 def test_classification_metrics_absent_class_scores_zero_without_warnings():
@@ -444,12 +363,11 @@ def test_classification_metrics_absent_class_scores_zero_without_warnings():
     probs = probs_for([0, 1, 0], y_true, 4)  # class 2 never occurs, class 3 never predicted
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        metrics = classification_metrics(y_true, probs, num_classes=4)
-    for c in ("2", "3"):
-        assert metrics["per_class"][c] == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0,
-                                           "f1": 0.0}
-    assert metrics["per_class"]["0"]["precision"] == pytest.approx(0.5)
-    assert metrics["per_class"]["1"]["recall"] == pytest.approx(0.5)
+        metrics, per_class = classification_metrics(y_true, probs, num_classes=4)
+    for c in (2, 3):
+        assert per_class[c] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert per_class[0]["precision"] == pytest.approx(0.5)
+    assert per_class[1]["recall"] == pytest.approx(0.5)
     assert metrics["accuracy"] == pytest.approx(2 / 3, abs=1e-6)
 
 
@@ -468,7 +386,44 @@ def test_error_grid_has_one_captioned_cell_per_error():
     images = rng.random((12, 28, 28)).astype(np.float32)
     y_true = np.arange(12) % 10
     probs = np.eye(10)[(y_true + 1) % 10] * 0.9 + 0.01  # every prediction wrong
-    grid = evaluate.error_grid(images, y_true, probs, count=7, columns=5, zoom=2)
+    grid = evaluate.error_grid(images, y_true, probs, 7, [str(d) for d in range(10)], columns=5,
+                               zoom=2)
     cell = 28 * 2
     assert grid.size[0] == 5 * cell and grid.size[1] == 2 * (cell + 14)  # 7 cells: 2 rows
     assert np.asarray(grid)[:cell, :cell].std() > 0  # the first cell shows an image
+
+
+def test_confusion_csv_names_the_classes():
+    names = ["T-shirt/top", "Trouser", "Ankle boot"]
+    assert evaluate.confusion_csv([0, 2], [1, 2], names) == (
+        "actual,predicted\nT-shirt/top,Trouser\nAnkle boot,Ankle boot\n")
+
+
+# --- bounded reads: a small file cannot make us allocate gigabytes -------------------------------
+
+def test_load_npz_refuses_a_member_over_the_limit_from_its_header(tmp_path):
+    save_npz(tmp_path / "a.npz", x=np.zeros((100, 28, 28), np.uint8))
+    assert load_npz(tmp_path / "a.npz", 78_400)["x"].shape == (100, 28, 28)
+    with pytest.raises(TooLarge, match=r"x.npy declares \(100, 28, 28\) uint8, 78,400 bytes"):
+        load_npz(tmp_path / "a.npz", 78_399)
+
+
+def test_load_npz_refuses_pickles_and_foreign_members(tmp_path):
+    with zipfile.ZipFile(tmp_path / "a.npz", "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(ValueError, match="not an .npy array"):
+        load_npz(tmp_path / "a.npz", 2**20)
+    np.savez(tmp_path / "b.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="pickled Python objects"):
+        load_npz(tmp_path / "b.npz", 2**20)
+
+
+def test_gunzip_stops_at_its_limit():
+    import gzip
+
+    data = gzip.compress(bytes(1000))
+    assert gunzip(data, 1000) == bytes(1000)
+    with pytest.raises(TooLarge, match="more than 999 bytes"):
+        gunzip(data, 999)
+    with pytest.raises(EOFError, match="truncated"):
+        gunzip(data[:-12], 1000)

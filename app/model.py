@@ -1,0 +1,115 @@
+"""The exported model as the app runs it: ONNX Runtime, and the metadata.json train wrote.
+
+The metadata (class names, the input shape, the normalisation constants) is checked against the
+model once, when it is loaded: a model and metadata that do not belong together are refused in
+one line rather than producing wrong answers later.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages.normalization import normalize
+
+MODEL_FILE = Path("model/model.onnx")
+FIELD = 28  # MNIST's images are 28x28
+
+
+class ModelError(Exception):
+    """The model or its metadata cannot be used; the message says why, in one line."""
+
+
+def ort_errors():
+    """What ONNX Runtime raises for a file it cannot load or run (no common base class)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(getattr(state, name) for name in (
+        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+        "InvalidProtobuf", "NotImplemented", "InvalidGraph", "EPFail") if hasattr(state, name))
+
+
+@dataclass
+class Classifier:
+    session: object
+    input_name: str
+    class_names: list
+    normalization: dict
+    dataset: str
+    family: str
+    path: Path
+
+    def probabilities(self, pixels):
+        """(N, classes) probabilities for N images of 28x28 grey levels 0-255 in MNIST form."""
+        x = normalize(np.asarray(pixels), self.normalization)
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+def check_metadata(metadata, path):
+    """Raise ModelError unless `metadata` is what train writes."""
+    def bad(what):
+        return ModelError(f"{path}: {what}; it must be the metadata.json that train wrote")
+
+    if not isinstance(metadata, dict):
+        raise bad("not a JSON object")
+    names = metadata.get("class_names")
+    if not (isinstance(names, list) and len(names) >= 2
+            and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
+        raise bad("class_names is not a list of two or more different names")
+    if metadata.get("input_shape") != [FIELD, FIELD]:
+        raise bad(f"input_shape is {metadata.get('input_shape')!r}, not [{FIELD}, {FIELD}]")
+    norm = metadata.get("normalization")
+    if not isinstance(norm, dict):
+        raise bad("it has no normalization")
+    for key in ("mean", "std"):
+        value = norm.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise bad(f"normalization.{key} is {value!r}, not a finite number")
+    if norm["std"] <= 0:
+        raise bad(f"normalization.std is {norm['std']}; it must be above 0")
+
+
+def load_classifier(model_file=MODEL_FILE):
+    """The ONNX model and its metadata.json, checked against each other. Raises ModelError."""
+    import onnxruntime
+
+    model_file = Path(model_file)
+    meta_file = model_file.parent / "metadata.json"
+    if not model_file.is_file():
+        raise ModelError(f"{model_file}: model file not found (run `dvc repro`, or pass --model)")
+    try:
+        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{meta_file}: not found; train writes it beside the model") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{meta_file}: cannot read it ({e})") from e
+    check_metadata(metadata, meta_file)
+
+    options = onnxruntime.SessionOptions()
+    # One image at a time is microseconds of arithmetic: a thread pool costs more than it saves.
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    try:
+        session = onnxruntime.InferenceSession(str(model_file), options,
+                                               providers=["CPUExecutionProvider"])
+    except ort_errors() as e:
+        cause = str(e).split(":", 3)[-1].strip() or type(e).__name__
+        raise ModelError(f"{model_file}: cannot load the model ({cause[:200]})") from e
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names = metadata["class_names"]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{model_file}: the model has {len(inputs)} inputs and {len(outputs)} "
+                         "outputs; expected one of each")
+    if list(inputs[0].shape[1:]) != [FIELD, FIELD] or inputs[0].type != "tensor(float)":
+        raise ModelError(f"{model_file}: the model takes {inputs[0].type} of shape "
+                         f"{inputs[0].shape}; expected float images of [N, {FIELD}, {FIELD}]")
+    if outputs[0].shape[-1] != len(names):
+        raise ModelError(f"{model_file}: the model gives {outputs[0].shape[-1]} outputs but "
+                         f"{meta_file} names {len(names)} classes")
+    return Classifier(session, inputs[0].name, names, metadata["normalization"],
+                      metadata.get("dataset", "mnist"), metadata.get("family", "mlp"),
+                      model_file)

@@ -1,0 +1,185 @@
+"""Predict: which digit is in each image, according to the trained model.
+
+    python -m app.predict digit.png [more.png ...] [--top K] [--json] [--model PATH]
+
+Runs the exported ONNX model (model/model.onnx, with the metadata.json train wrote beside it)
+with ONNX Runtime: no TensorFlow, so a cold start takes a fraction of a second.
+
+Images (PNG, JPEG or BMP, any size and colour mode) are brought to MNIST form by
+app/transform.py, the same transform the API uses. `.npy` arrays of shape (28, 28) or
+(N, 28, 28) are taken as already in that form, white digits on black, uint8 0-255 or float
+0-255 (or 0-1); they are neither cropped nor moved. The model's own normalisation is applied
+last, exactly as in training.
+
+One line per image on stdout. A file that cannot be used gets one line on stderr and the others
+are still predicted. Exit status: 0 if every image was predicted, 1 if any was not (or the model
+could not be loaded), 2 for a usage error.
+"""
+
+import argparse
+import json
+import math
+import os
+import stat
+import sys
+import tokenize
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from app.model import MODEL_FILE, ModelError, load_classifier
+from app.transform import FIELD, FORMATS, InputError, read_image, to_mnist_form
+
+MAX_NPY_BYTES = 64 * 2**20  # an (N, 28, 28) batch: 80,000 images of float32 at most
+
+# What reading one bad file raises: ours, Pillow's and numpy's. Beyond OSError and ValueError,
+# Pillow raises SyntaxError on some broken PNG chunks and its bomb error (or warning, made an
+# error in transform.read_image) on huge images; numpy raises EOFError on an empty .npy and
+# lets tokenize's error out of some cut headers.
+INPUT_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError,
+                Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+# The first bytes of files people may name .npy by mistake.
+MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"BM": "a BMP image",
+         b"PK\x03\x04": "a zip archive (an .npz?)", b"\x80": "a Python pickle"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m app.predict",
+        description="Predict the class of each image with the trained model (ONNX Runtime).")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                        help="PNG, JPEG or BMP image, or .npy array of shape (28, 28) or "
+                             "(N, 28, 28) already in MNIST form (white on black)")
+    parser.add_argument("--top", type=int, default=1, metavar="K",
+                        help="show the K most likely classes (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    parser.add_argument("--model", type=Path, default=MODEL_FILE,
+                        help="ONNX model, with its metadata.json beside it "
+                             f"(default: {MODEL_FILE})")
+    args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error("--top must be at least 1")
+    return args
+
+
+# --- reading inputs -----------------------------------------------------------------------------
+
+def what_it_is(head):
+    for magic, name in MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return "not an .npy array" if head else "empty"
+
+
+def read_array(path):
+    """An .npy file -> float32 grey levels 0-255 of (28, 28) or (N, 28, 28), as they are.
+    The header is checked against the file's size before anything is allocated."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+        if head != b"\x93NUMPY":
+            kind = what_it_is(head)
+            raise InputError(f"is {kind}, not an .npy array" if kind[0] == "a" else
+                             f"not an .npy array ({kind})")
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:
+            raise InputError("holds pickled Python objects (refused: allow_pickle is off)")
+        declared = math.prod(shape) * dtype.itemsize  # Python ints: cannot wrap
+        available = os.fstat(f.fileno()).st_size - f.tell()
+        if declared > available:
+            raise InputError(f"declares shape {shape} ({declared:,} bytes) but holds only "
+                             f"{available:,} bytes")
+        if declared > MAX_NPY_BYTES:
+            raise InputError(f"shape {shape} is over the {MAX_NPY_BYTES // 2**20} MiB limit")
+        f.seek(0)
+        array = np.load(f, allow_pickle=False)
+    if array.ndim not in (2, 3) or array.shape[-2:] != (FIELD, FIELD) or array.size == 0:
+        raise InputError(f"array of shape {array.shape}; expected ({FIELD}, {FIELD}) or "
+                         f"(N, {FIELD}, {FIELD}) in MNIST form")
+    if array.dtype.kind not in "uif":
+        raise InputError(f"array of {array.dtype}; expected integer or float pixels")
+    if not (np.isfinite(array).all() and 0 <= array.min() and array.max() <= 255):
+        raise InputError("pixel values outside 0-255")
+    pixels = array.astype(np.float32)
+    return pixels * 255 if array.dtype.kind == "f" and pixels.max() <= 1 else pixels
+
+
+def read_input(path):
+    """One file -> [(name, pixels in MNIST form)]: an (N, 28, 28) array gives N named file[i]."""
+    mode = os.stat(path).st_mode  # FileNotFoundError for a missing file, as open would
+    if not stat.S_ISREG(mode):
+        raise InputError("not a regular file" + (" (a folder)" if stat.S_ISDIR(mode) else ""))
+    if path.suffix.lower() == ".npy":
+        pixels = read_array(path)
+        if pixels.ndim == 2:
+            return [(str(path), pixels)]
+        return [(f"{path}[{i}]", p) for i, p in enumerate(pixels)]
+    return [(str(path), to_mnist_form(read_image(path)))]
+
+
+def problem(error):
+    """What went wrong, in a few words, without repeating the file name."""
+    if isinstance(error, UnidentifiedImageError):
+        return f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__
+
+
+def printable(name):
+    """A file name on one line of output: newlines and other control characters escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def ranked(probs, names, k):
+    return [{"digit": names[i], "probability": round(float(probs[i]), 6)}
+            for i in np.argsort(-probs, kind="stable")[:k]]
+
+
+def text_line(result):
+    best = ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in result["top"])
+    return f"{printable(result['file'])}: {best}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        classifier = load_classifier(args.model)
+    except ModelError as error:
+        print(f"error: {printable(str(error))}", file=sys.stderr)
+        return 1
+
+    results, pixels = [], []  # results in the order given; pixels of those that can be predicted
+    for path in args.images:
+        try:
+            inputs = read_input(path)
+        except INPUT_ERRORS as error:
+            print(f"error: {printable(str(path))}: {problem(error)}", file=sys.stderr)
+            results.append({"file": str(path), "error": problem(error)})
+            continue
+        for name, image in inputs:
+            results.append({"file": name})
+            pixels.append(image)
+
+    good = [r for r in results if "error" not in r]
+    if good:
+        for result, probs in zip(good, classifier.probabilities(np.stack(pixels))):
+            top = ranked(probs, classifier.class_names, args.top)
+            result.update(top[0], top=top)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result in good:
+            print(text_line(result))
+    return 0 if len(good) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

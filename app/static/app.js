@@ -1,0 +1,106 @@
+// The draw-a-digit page: strokes on a canvas, sent as a PNG to POST /predict after each one.
+// Pointer events cover the mouse, a pen and touch alike.
+"use strict";
+
+const pad = document.getElementById("pad");
+const ink = pad.getContext("2d");
+const digit = document.getElementById("digit");
+const statusLine = document.getElementById("status");
+const bars = document.getElementById("bars");
+let drawing = false;
+let asked = 0;  // the latest request: an older answer arriving late is ignored
+
+function blank() {
+  ink.fillStyle = "#fff";
+  ink.fillRect(0, 0, pad.width, pad.height);
+  ink.strokeStyle = "#000";
+  ink.lineWidth = 18;  // about a 2-pixel pen once scaled to 28x28, like MNIST's
+  ink.lineCap = ink.lineJoin = "round";
+}
+
+function at(event) {
+  // The drawing surface starts inside the border: clientLeft/Top, clientWidth/Height.
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left - pad.clientLeft) * pad.width / pad.clientWidth,
+          (event.clientY - box.top - pad.clientTop) * pad.height / pad.clientHeight];
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  drawing = true;
+  pad.setPointerCapture(event.pointerId);
+  const [x, y] = at(event);
+  ink.beginPath();
+  ink.moveTo(x, y);
+  ink.lineTo(x + 0.1, y);  // a tap leaves a dot
+  ink.stroke();
+});
+
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const [x, y] = at(event);
+  ink.lineTo(x, y);
+  ink.stroke();
+});
+
+function endStroke() {
+  if (!drawing) return;
+  drawing = false;
+  predict();
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+function show(prediction) {
+  digit.textContent = prediction.digit;
+  statusLine.textContent = `${(prediction.probability * 100).toFixed(1)} % sure`;
+  statusLine.classList.remove("error");
+  bars.replaceChildren(...prediction.top
+    .slice().sort((a, b) => a.digit.localeCompare(b.digit, undefined, {numeric: true}))
+    .map((entry) => {
+      const row = document.createElement("li");
+      row.dataset.testid = `bar-${entry.digit}`;
+      row.dataset.probability = entry.probability;
+      if (entry.digit === prediction.digit) row.classList.add("best");
+      const percent = (entry.probability * 100).toFixed(1);
+      row.innerHTML = '<span class="name"></span><span class="track"><span class="fill">' +
+                      '</span></span><span class="value"></span>';
+      row.querySelector(".name").textContent = entry.digit;
+      row.querySelector(".fill").style.width = `${percent}%`;
+      row.querySelector(".value").textContent = `${percent} %`;
+      return row;
+    }));
+}
+
+function fail(message) {
+  digit.textContent = "?";
+  statusLine.textContent = message;
+  statusLine.classList.add("error");
+  bars.replaceChildren();
+}
+
+function predict() {
+  const mine = ++asked;
+  pad.toBlob(async (png) => {
+    const form = new FormData();
+    form.append("file", png, "drawing.png");
+    try {
+      const response = await fetch("/predict", {method: "POST", body: form});
+      const body = await response.json();
+      if (mine !== asked) return;
+      if (response.ok) show(body); else fail(body.detail || `error ${response.status}`);
+    } catch (error) {
+      if (mine === asked) fail(`cannot reach the server (${error.message})`);
+    }
+  }, "image/png");
+}
+
+document.getElementById("clear").addEventListener("click", () => {
+  asked += 1;
+  blank();
+  digit.textContent = "?";
+  statusLine.textContent = "Draw something.";
+  statusLine.classList.remove("error");
+  bars.replaceChildren();
+});
+
+blank();

@@ -1,0 +1,94 @@
+"""Export stage: the trained Keras model as ONNX, checked against Keras on the whole test set.
+
+The app (predict, the API) runs model/model.onnx with ONNX Runtime, which starts in a fraction
+of a second where TensorFlow takes seconds. Before the export is kept, both models score every
+test image: the predicted classes must be the same and no probability may differ by more than
+TOLERANCE. The numbers go to metrics/export.json; a mismatch fails the stage and keeps no
+model.onnx. The export (Keras' own `model.export(format="onnx")`, which uses tf2onnx) holds no
+timestamp: the same model gives the same bytes.
+"""
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from stages.fileio import (
+    read_input,
+    read_json,
+    read_split,
+    remove_stale_temporaries,
+    temporary_dir,
+    write_json,
+)
+from stages.runner import StageError, import_tensorflow, run
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train: the same kernels on every CPU
+
+log = logging.getLogger("export")
+logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate the conversion
+
+KERAS_FILE = Path("model/model.keras")
+ONNX_FILE = Path("model/model.onnx")
+TEST_FILE = Path("data/processed/test.npz")
+DATASET_FILE = Path("data/processed/dataset.json")
+METRICS_FILE = Path("metrics/export.json")
+TOLERANCE = 1e-5
+
+
+def export_onnx(model, target, sample):
+    """Write `model` as ONNX to `target`; `sample` is a batch to call it on first (a loaded
+    model must have been called before Keras will export it)."""
+    model(sample)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # tf2onnx probes np.object
+        model.export(str(target), format="onnx", verbose=False)
+
+
+def onnx_probabilities(path, x):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def parity(keras_probs, onnx_probs):
+    """What metrics/export.json records: how far apart the two models' answers are."""
+    return {
+        "max_abs_diff": float(np.abs(keras_probs - onnx_probs).max()),
+        "mismatched_predictions": int(np.sum(keras_probs.argmax(1) != onnx_probs.argmax(1))),
+        "test_images": len(keras_probs),
+        "tolerance": TOLERANCE,
+    }
+
+
+def main():
+    import_tensorflow()
+    from stages.keras_file import load_model_checked
+
+    test = read_split(TEST_FILE)
+    class_names = read_input(DATASET_FILE, "preprocess", read_json)["class_names"]
+    model = load_model_checked(KERAS_FILE, test["x"].shape[1:], len(class_names))
+    keras_probs = model.predict(test["x"], batch_size=1024, verbose=0)
+
+    ONNX_FILE.unlink(missing_ok=True)  # a failed check must not leave an older export behind
+    remove_stale_temporaries(ONNX_FILE.parent)
+    with temporary_dir(ONNX_FILE.parent, "export") as tmp:
+        export_onnx(model, tmp / ONNX_FILE.name, test["x"][:1])
+        result = parity(keras_probs, onnx_probabilities(tmp / ONNX_FILE.name, test["x"]))
+        log.info("ONNX vs Keras on %d test images: max |difference| %.2g, %d predictions differ",
+                 result["test_images"], result["max_abs_diff"], result["mismatched_predictions"])
+        write_json(METRICS_FILE, result)
+        if result["mismatched_predictions"] or result["max_abs_diff"] > TOLERANCE:
+            raise StageError(f"the ONNX export does not match Keras: "
+                             f"{result['mismatched_predictions']} of {result['test_images']} test "
+                             f"predictions differ, and probabilities by up to "
+                             f"{result['max_abs_diff']:.2g} (allowed: {TOLERANCE:g}); "
+                             f"{ONNX_FILE} was not written")
+        os.replace(tmp / ONNX_FILE.name, ONNX_FILE)
+
+
+if __name__ == "__main__":
+    run(main)

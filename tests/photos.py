@@ -1,0 +1,173 @@
+"""A photo test set of our own: digits written with a pen stroke by stroke, photographed badly.
+
+Each picture is made here, from a seed, with no download: a digit drawn as strokes (a slanted,
+jittered hand), on paper, then what phones do to it: sensor noise and JPEG at low quality, light
+that falls off across the page, a vignette, the sheet lying on a darker desk, the digit small and
+off-centre; chalk on a board (light ink); and clean scans as controls. Every picture comes with
+its truth: the digit, where its ink is, and whether the ink is darker or lighter than the paper.
+
+    python -m tests.photos OUT_DIR      # writes the set as PNG/JPEG files to look at
+"""
+
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# Strokes of each digit in a unit box (x to the right, y down), as a hand writes them.
+def _ellipse(cx, cy, rx, ry, start=0.0, end=1.0, points=24):
+    return [(cx + rx * math.sin(2 * math.pi * t), cy - ry * math.cos(2 * math.pi * t))
+            for t in np.linspace(start, end, points)]
+
+
+STROKES = {
+    0: [_ellipse(0.5, 0.5, 0.3, 0.46)],
+    1: [[(0.35, 0.2), (0.56, 0.04), (0.52, 0.96)]],
+    2: [[(0.2, 0.28), (0.3, 0.1), (0.55, 0.04), (0.76, 0.14), (0.78, 0.34), (0.6, 0.55),
+         (0.18, 0.95), (0.86, 0.94)]],
+    3: [[(0.2, 0.12), (0.5, 0.03), (0.76, 0.14), (0.72, 0.36), (0.45, 0.47), (0.78, 0.6),
+         (0.8, 0.82), (0.52, 0.96), (0.18, 0.88)]],
+    4: [[(0.62, 0.04), (0.14, 0.66), (0.86, 0.66)], [(0.62, 0.3), (0.62, 0.97)]],
+    5: [[(0.8, 0.05), (0.3, 0.05), (0.24, 0.45), (0.5, 0.38), (0.76, 0.5), (0.8, 0.75),
+         (0.56, 0.95), (0.2, 0.88)]],
+    6: [[(0.72, 0.05), (0.42, 0.24), (0.24, 0.58), (0.3, 0.88), (0.54, 0.96), (0.76, 0.8),
+         (0.72, 0.58), (0.46, 0.5), (0.26, 0.64)]],
+    7: [[(0.14, 0.08), (0.86, 0.08), (0.44, 0.97)]],
+    8: [_ellipse(0.5, 0.27, 0.22, 0.23), _ellipse(0.5, 0.72, 0.28, 0.25)],
+    9: [_ellipse(0.5, 0.3, 0.25, 0.24), [(0.75, 0.3), (0.7, 0.65), (0.6, 0.97)]],
+}
+
+KINDS = ("clean", "clean-inverse", "noise-jpeg", "uneven-light", "sheet-on-desk",
+         "small-off-centre", "chalk")
+CONTROLS = ("clean", "clean-inverse")
+
+
+@dataclass
+class Photo:
+    image: np.ndarray   # uint8 grey levels, (height, width)
+    digit: int
+    box: tuple          # (x0, y0, x1, y1) of the ink, in pixels, x1 and y1 exclusive
+    polarity: str       # "dark" ink on light paper, or "light" ink on a dark ground
+    kind: str
+    name: str
+
+
+def ink_mask(digit, shape, box, rng, thickness):
+    """The digit's strokes as a float mask 0-1 of `shape`, drawn into `box` (x, y, w, h) with
+    the hand's slant and jitter."""
+    x, y, w, h = box
+    slant = rng.uniform(-0.18, 0.18)
+    mask = np.zeros(shape, np.uint8)
+    scale = 8  # cv2 draws with sub-pixel precision in fixed point: shift=3
+    for stroke in STROKES[digit]:
+        points = []
+        for px, py in stroke:
+            px, py = px + rng.normal(0, 0.02), py + rng.normal(0, 0.02)
+            px += slant * (0.5 - py)
+            points.append((round((x + px * w) * scale), round((y + py * h) * scale)))
+        cv2.polylines(mask, [np.array(points, np.int32)], False, 255, thickness, cv2.LINE_AA,
+                      shift=3)
+    return mask.astype(np.float32) / 255
+
+
+def lighting(shape, rng, strength):
+    """Light falling off across the page (a gradient from a random side) and a vignette."""
+    height, width = shape
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = (math.cos(angle) * (xx / width - 0.5) + math.sin(angle) * (yy / height - 0.5))
+    gradient = 1 - strength * (ramp - ramp.min()) / (np.ptp(ramp) or 1)
+    radius = np.hypot(xx / width - 0.5, yy / height - 0.5) / math.hypot(0.5, 0.5)
+    return gradient * (1 - 0.35 * strength * radius ** 2)
+
+
+def jpeg(image, quality):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
+
+
+def texture(shape, rng, amount):
+    """Paper or desk grain: smooth random variation of the given amplitude."""
+    small = rng.normal(0, 1, (max(2, shape[0] // 16), max(2, shape[1] // 16))).astype(np.float32)
+    return cv2.resize(small, shape[::-1], interpolation=cv2.INTER_CUBIC) * amount
+
+
+def make_photo(digit, kind, seed):
+    """One picture of `digit`, as `kind` describes, reproducible from `seed`."""
+    rng = np.random.default_rng(seed)
+    height, width = (int(rng.integers(420, 640)), int(rng.integers(420, 640)))
+    if kind in ("clean", "clean-inverse"):
+        height, width = int(rng.integers(120, 300)), int(rng.integers(120, 300))
+    shape = (height, width)
+    side = min(shape)
+    size = side * (rng.uniform(0.12, 0.2) if kind == "small-off-centre" else
+                   rng.uniform(0.35, 0.6))
+    box_w, box_h = size * rng.uniform(0.55, 0.75), size
+    if kind == "small-off-centre":  # in a corner region, away from the border
+        cx = rng.choice([0.28, 0.72]) * width + rng.uniform(-0.05, 0.05) * width
+        cy = rng.choice([0.3, 0.7]) * height + rng.uniform(-0.05, 0.05) * height
+    else:
+        cx = width / 2 + rng.uniform(-0.08, 0.08) * width
+        cy = height / 2 + rng.uniform(-0.08, 0.08) * height
+    box = (cx - box_w / 2, cy - box_h / 2, box_w, box_h)
+    thickness = max(2, round(size * rng.uniform(0.07, 0.11)))
+    mask = ink_mask(digit, shape, box, rng, thickness)
+
+    polarity = "light" if kind in ("clean-inverse", "chalk") else "dark"
+    if kind in ("clean", "clean-inverse"):
+        paper = np.full(shape, 255.0, np.float32)
+        ink = 0.0
+    elif kind == "chalk":
+        paper = 45 + texture(shape, rng, 6) + rng.uniform(-10, 10)
+        ink = rng.uniform(170, 220)
+    else:
+        paper = rng.uniform(200, 235) + texture(shape, rng, 4)
+        ink = rng.uniform(25, 70)
+    image = paper * (1 - mask) + ink * mask
+
+    if kind == "sheet-on-desk":  # the page is a rotated rectangle; the desk, darker, around it
+        desk = rng.uniform(60, 120) + texture(shape, rng, 10)
+        corners = cv2.boxPoints(((cx + rng.uniform(-0.05, 0.05) * width, cy),
+                                 (width * rng.uniform(0.6, 0.8), height * rng.uniform(0.65, 0.85)),
+                                 rng.uniform(-12, 12)))
+        sheet = np.zeros(shape, np.uint8)
+        cv2.fillConvexPoly(sheet, corners.astype(np.int32), 255)
+        sheet = cv2.GaussianBlur(sheet, (5, 5), 0).astype(np.float32) / 255
+        image = desk * (1 - sheet) + image * sheet
+    if kind in ("uneven-light", "sheet-on-desk", "small-off-centre", "chalk"):
+        image = image * lighting(shape, rng, rng.uniform(0.3, 0.55))
+    if kind != "clean" and kind != "clean-inverse":
+        image = image + rng.normal(0, rng.uniform(5, 12), shape)
+    image = np.clip(image, 0, 255).round().astype(np.uint8)
+    if kind in ("noise-jpeg", "sheet-on-desk", "small-off-centre", "chalk"):
+        image = jpeg(image, int(rng.integers(15, 40)))
+    if kind == "clean-inverse":
+        image = 255 - image
+
+    rows, cols = np.flatnonzero(mask.max(axis=1) > 0.5), np.flatnonzero(mask.max(axis=0) > 0.5)
+    truth = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    return Photo(image, digit, truth, polarity, kind, f"{kind}-{digit}-{seed}")
+
+
+def photo_set(per_kind=20, seed=0):
+    """`per_kind` pictures of every kind, the ten digits in turn."""
+    return [make_photo(i % 10, kind, seed * 100_000 + k * 1000 + i)
+            for k, kind in enumerate(KINDS) for i in range(per_kind)]
+
+
+def main(out_dir):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for photo in photo_set():
+        Image.fromarray(photo.image).save(out / f"{photo.name}.png")
+    print(f"wrote {len(KINDS) * 20} pictures to {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "photos")

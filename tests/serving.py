@@ -1,0 +1,161 @@
+"""The API served for real: uvicorn on 127.0.0.1 on a free port, in a thread of the test process;
+standard-library HTTP helpers that return 4xx/5xx answers instead of raising; and headless
+Chromium under Selenium, with a pen to draw on the page's pad.
+
+Used by tests/test_api.py, tests/test_page.py and docs/screenshot_page.py.
+"""
+
+import json
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from contextlib import contextmanager
+
+import pytest
+import uvicorn
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+
+from app.api import create_app
+
+START_TIMEOUT_S = 60  # generous: training experiments may share this machine's two cores
+REQUEST_TIMEOUT_S = 60
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's packages
+CHROMIUM_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    # Nothing but the page's own requests: no updates, sync, metrics or field trials.
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run", "--no-default-browser-check", "--disable-domain-reliability",
+    "--metrics-recording-only")
+PAD_SIDE = 280  # the page's pad in CSS pixels; strokes are in those units, (0, 0) top left
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8")
+
+
+def request(url, data=None, headers=None, method=None):
+    """One HTTP request; an error status is an answer to look at, not an exception."""
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as answer:
+            return Response(answer.status, answer.headers, answer.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return Response(error.code, error.headers, error.read())
+
+
+def multipart(fields):
+    """(body, content type) of a multipart/form-data form: fields maps a name to
+    (filename, content type, bytes)."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, (filename, content_type, data) in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                     f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'.encode()
+                     + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def post_file(base_url, data, filename="digit.png", content_type="image/png", field="file"):
+    """POST /predict with `data` uploaded as the multipart field `field`."""
+    body, form_type = multipart({field: (filename, content_type, data)})
+    return request(f"{base_url}/predict", body, {"Content-Type": form_type}, "POST")
+
+
+def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if request(f"{base_url}/health").status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{base_url} did not answer within {timeout_s} s")
+        time.sleep(0.05)
+
+
+class ServedApp:
+    """uvicorn serving `create_app(model_file)` on 127.0.0.1, on a port the OS picks."""
+
+    def __init__(self, model_file):
+        config = uvicorn.Config(create_app(model_file), host="127.0.0.1", port=0,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        # Not the main thread, so uvicorn leaves the test process's signal handlers alone.
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.server.should_exit = True
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]  # port=0: the OS chose it
+        self.url = f"http://127.0.0.1:{port}"
+        wait_until_answering(self.url)
+        return self.url
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=START_TIMEOUT_S)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture(scope="module", name="base_url")
+def base_url_fixture(model_dir):
+    """`base_url`: the URL (no trailing slash) of the API serving the fixture model. Import
+    base_url_fixture into a test module to use it."""
+    with ServedApp(model_dir / "model.onnx") as url:
+        yield url
+
+
+@contextmanager
+def chromium(window=(1000, 800), timeout_s=START_TIMEOUT_S):
+    """A headless Chromium driven by Selenium, with a fresh profile that is deleted after."""
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        options = webdriver.ChromeOptions()
+        # Both paths given, so Selenium Manager has nothing to look up or download.
+        options.binary_location = CHROMIUM
+        for flag in (*CHROMIUM_FLAGS, f"--window-size={window[0]},{window[1]}",
+                     f"--user-data-dir={profile}"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+        try:
+            driver.set_page_load_timeout(timeout_s)
+            driver.set_script_timeout(timeout_s)
+            yield driver
+        finally:
+            driver.quit()
+
+
+def draw(driver, strokes):
+    """Draw on the pad ([data-testid=pad]) with the mouse. Each stroke, a list of (x, y): press
+    at its first point, move through the rest with the button down, release."""
+    pad = driver.find_element(By.CSS_SELECTOR, "[data-testid=pad]")
+    for stroke in strokes:
+        # Offsets are from the pad's centre; each move takes 10 ms rather than 250.
+        actions = ActionChains(driver, duration=10)
+        for i, (x, y) in enumerate(stroke):
+            actions.move_to_element_with_offset(pad, round(x - PAD_SIDE / 2),
+                                                round(y - PAD_SIDE / 2))
+            if i == 0:
+                actions.click_and_hold()
+        actions.release().perform()

@@ -1,0 +1,264 @@
+"""The HTTP API under a real uvicorn on 127.0.0.1, with real requests and the fixture model.
+
+A good image gets the same answer the predict CLI gives; every kind of bad input gets a 4xx
+with a JSON `detail` naming it (never a 500), and the server goes on answering; the docs pages
+work offline.
+"""
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.api import MAX_UPLOAD_BYTES
+from tests.digits import draw_digit
+from tests.serving import base_url_fixture, post_file, request, wait_until_answering  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = [str(d) for d in range(10)]
+
+
+def digit_image(digit, seed=0, size=140):
+    """A digit as people send it: black ink on white paper, far larger than 28x28."""
+    white_on_black = draw_digit(digit, np.random.default_rng(seed))
+    return Image.fromarray(255 - white_on_black).resize((size, size), Image.Resampling.BILINEAR)
+
+
+def encoded(image, fmt):
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def port_of(url):
+    return int(url.rsplit(":", 1)[1])
+
+
+def assert_still_serving(url):
+    answer = post_file(url, encoded(digit_image(3), "PNG"))
+    assert answer.status == 200, answer.body
+
+
+def assert_prediction(body):
+    """The shape of a prediction: the best class, then all ten ranked, summing to 1."""
+    assert set(body) == {"digit", "probability", "top"}
+    top = body["top"]
+    assert sorted(t["digit"] for t in top) == CLASSES
+    probs = [t["probability"] for t in top]
+    assert probs == sorted(probs, reverse=True)
+    assert sum(probs) == pytest.approx(1, abs=1e-4)
+    assert top[0] == {"digit": body["digit"], "probability": body["probability"]}
+
+
+@pytest.mark.parametrize("digit", [2, 7])
+def test_png_is_predicted_as_the_cli_predicts_it(base_url, model_dir, tmp_path, digit):
+    png = tmp_path / f"{digit}.png"
+    digit_image(digit).save(png)
+
+    answer = post_file(base_url, png.read_bytes())
+
+    assert answer.status == 200, answer.body
+    assert answer.headers["content-type"] == "application/json"
+    body = answer.json()
+    assert_prediction(body)
+    assert body["digit"] == str(digit)
+    cli = subprocess.run([sys.executable, "-m", "app.predict", "--json", "--top", "10",
+                          "--model", str(model_dir / "model.onnx"), str(png)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    [printed] = json.loads(cli.stdout)
+    assert printed == {"file": str(png), **body}
+
+
+@pytest.mark.parametrize("fmt, content_type", [("JPEG", "image/jpeg"), ("BMP", "image/bmp")])
+def test_jpeg_and_bmp_are_predicted(base_url, fmt, content_type):
+    data = encoded(digit_image(5, seed=3).convert("RGB"), fmt)
+
+    answer = post_file(base_url, data, f"digit.{fmt.lower()}", content_type)
+
+    assert answer.status == 200, answer.body
+    assert_prediction(answer.json())
+    assert answer.json()["digit"] == "5"
+
+
+def test_health_names_the_model(base_url, model_dir):
+    model = model_dir / "model.onnx"
+
+    answer = request(f"{base_url}/health")
+
+    assert answer.status == 200
+    assert answer.json() == {
+        "status": "ok", "model": str(model),
+        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "family": "mlp", "dataset": "mnist", "class_names": CLASSES}
+
+
+def truncated_png():
+    data = encoded(digit_image(4), "PNG")
+    return data[:len(data) // 2]
+
+
+def huge_png():
+    """7000x7000 pixels, 49 megapixels, in a few KB: a 1-bit PNG of blank paper compresses
+    to almost nothing, so only its header can tell."""
+    return encoded(Image.new("1", (7000, 7000), 1), "PNG")
+
+
+BAD_UPLOADS = {
+    # name: (upload bytes, expected status, words the detail must contain)
+    "text": (b"hello, this is not an image\n", 400, "not a PNG, JPEG or BMP image"),
+    "empty": (b"", 400, "empty"),
+    "truncated png": (truncated_png(), 400, "cannot read the image"),
+    "too many pixels": (huge_png(), 413, "megapixel limit"),
+    "blank page": (encoded(Image.new("L", (200, 200), 255), "PNG"), 422, "no digit found"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_UPLOADS)
+def test_bad_upload_gets_a_4xx_naming_it(base_url, name):
+    data, status, words = BAD_UPLOADS[name]
+
+    answer = post_file(base_url, data)
+
+    assert answer.status == status, answer.body
+    assert words in answer.json()["detail"]
+    assert_still_serving(base_url)
+
+
+def test_missing_file_field_is_named(base_url):
+    answer = post_file(base_url, encoded(digit_image(1), "PNG"), field="image")
+
+    assert answer.status == 422
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["body", "file"] and error["type"] == "missing"
+    assert_still_serving(base_url)
+
+
+def test_declared_oversize_upload_is_refused_before_its_body_is_sent(base_url):
+    """Content-Length says 11 MB, a few bytes follow: the 413 must come back at once. A server
+    that read the body first would wait for the rest, and getresponse would time out."""
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(base_url), timeout=30)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=b")
+    conn.putheader("Content-Length", str(11 * 2**20))
+    conn.endheaders(b"--b\r\n")
+    answer = conn.getresponse()
+
+    assert answer.status == 413
+    assert "10 MB limit" in json.loads(answer.read())["detail"]
+    conn.close()
+    assert_still_serving(base_url)
+
+
+def send_chunked(url, head, filler_bytes, tail=b""):
+    """POST /predict with Transfer-Encoding: chunked, so no length is declared up front: `head`,
+    then `filler_bytes` of file data in 1 MiB chunks, then `tail`. Sending stops early if the
+    server hangs up; the answer is read either way."""
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=60)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=b")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    chunks = [head] + [b"\0" * 2**20] * (filler_bytes // 2**20) + [tail]
+    try:
+        for chunk in filter(None, chunks):
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused mid-way: the answer is already waiting
+    answer = conn.getresponse()
+    status, body = answer.status, answer.read()
+    conn.close()
+    return status, body
+
+
+PART_HEAD = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+             b"Content-Type: image/png\r\n\r\n")
+
+
+def test_chunked_upload_within_the_limit_is_predicted(base_url):
+    png = encoded(digit_image(7), "PNG")
+
+    status, body = send_chunked(base_url, PART_HEAD + png, 0, b"\r\n--b--\r\n")
+
+    assert status == 200, body
+    assert json.loads(body)["digit"] == "7"
+
+
+def test_chunked_upload_over_the_limit_is_refused(base_url):
+    status, body = send_chunked(base_url, PART_HEAD, MAX_UPLOAD_BYTES + 2**20)
+
+    assert status == 413, body
+    assert "10 MB limit" in json.loads(body)["detail"]
+    assert_still_serving(base_url)
+
+
+@pytest.mark.parametrize("path", ["/", "/docs", "/redoc"])
+def test_pages_use_only_their_own_assets(base_url, path):
+    """Offline, a page that fetched a CDN's script would be blank: everything it references
+    must come from the app itself, and be there."""
+    answer = request(base_url + path)
+
+    assert answer.status == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    html = answer.text
+    absolute = re.findall(r"""https?://[^\s"'<>)]+""", html)
+    assert [url for url in absolute if not url.startswith(base_url + "/")] == []
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert assets, "the page references no assets"
+    for asset in assets:
+        served = request(base_url + asset if asset.startswith("/") else asset)
+        assert served.status == 200, asset
+        assert served.body, asset
+
+
+def test_openapi_schema_is_served(base_url):
+    # Both docs pages are drawn from it.
+    answer = request(f"{base_url}/openapi.json")
+
+    assert answer.status == 200
+    assert "/predict" in answer.json()["paths"]
+
+
+def test_server_refuses_to_start_without_its_model():
+    env = {**os.environ, "MODEL": "/nonexistent/model.onnx", "PORT": "0"}
+
+    done = subprocess.run([sys.executable, "-m", "app.api"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: /nonexistent/model.onnx: model file not found")
+
+
+def test_the_api_serves_where_tensorflow_cannot_be_imported(model_dir):
+    """`python -m app.api` as a serving host runs it: the training packages are not there."""
+    from tests.test_app_predict import WITHOUT_TRAINING_PACKAGES
+
+    with socket.socket() as probe:  # a free port for the server to take
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port)}
+    code = ("import runpy, sys\n" + WITHOUT_TRAINING_PACKAGES
+            + "runpy.run_module('app.api', run_name='__main__', alter_sys=True)\n")
+    server = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(url)
+        answer = post_file(url, encoded(digit_image(7), "PNG"))
+        assert answer.status == 200 and answer.json()["digit"] == "7"
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert "Traceback" not in output, output

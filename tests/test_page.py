@@ -1,0 +1,138 @@
+"""The draw-a-digit page in a real headless Chromium (Selenium, Debian's chromium and
+chromedriver), against the API under uvicorn with the fixture model: strokes drawn with the
+mouse are read as the digit drawn, the bars show every class, Clear starts over, and the page
+asks nothing of any host but the app."""
+
+import math
+import os
+import shutil
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.serving import CHROMEDRIVER, CHROMIUM, base_url_fixture, chromium, draw  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+WAIT_S = 60  # generous: Chromium and a training run may share two cores
+
+
+def ellipse(cx, cy, rx, ry, points=36):
+    return [(cx + rx * math.sin(2 * math.pi * i / points),
+             cy - ry * math.cos(2 * math.pi * i / points)) for i in range(points + 1)]
+
+
+# Digits as a hand draws them on the 280x280 pad, stroke by stroke, in shapes a model trained
+# on printed digits reads (the fixture model gives each over 95 %).
+DRAWINGS = {
+    "1": [[(140, 40), (140, 240)]],
+    "7": [[(70, 50), (210, 50)], [(210, 50), (120, 240)]],
+    "0": [ellipse(140, 140, 60, 95)],
+    "4": [[(170, 40), (60, 170), (215, 170)], [(170, 40), (170, 245)]],
+}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        why = f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
+        if os.environ.get("REQUIRE_BROWSER"):  # .ci/run: a skipped browser test is a failure
+            pytest.fail(why)
+        pytest.skip(why)
+    with chromium(timeout_s=WAIT_S) as driver:
+        yield driver
+
+
+@pytest.fixture
+def page(browser, base_url):
+    browser.get(base_url + "/")
+    return browser
+
+
+def find(driver, testid):
+    return driver.find_element(By.CSS_SELECTOR, f"[data-testid={testid}]")
+
+
+def predict_requests(driver):
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => new URL(e.name).pathname === '/predict').length")
+
+
+def settled(driver, requests):
+    """What the page shows once its `requests`-th /predict answer is in (every stroke asks,
+    and an earlier stroke's answer must not pass for the drawing's): (digit, bars), bars as
+    {class: (probability, marked best?)}."""
+    WebDriverWait(driver, WAIT_S).until(lambda d: predict_requests(d) >= requests)
+    # The timing entry is in when the answer's last byte is; the page shows it a moment later.
+    driver.execute_async_script("setTimeout(arguments[0], 200)")
+    bars = {li.get_attribute("data-testid").removeprefix("bar-"):
+            (float(li.get_attribute("data-probability")), "best" in li.get_attribute("class"))
+            for li in driver.find_elements(By.CSS_SELECTOR, "li[data-testid^=bar-]")}
+    return find(driver, "digit").text, bars
+
+
+def assert_reads(driver, digit, requests):
+    shown, bars = settled(driver, requests)
+    status = find(driver, "status")
+    assert "error" not in status.get_attribute("class"), status.text
+    assert shown == digit, f"drew {digit}, the page reads {shown}: {bars}"
+    assert sorted(bars) == [str(d) for d in range(10)]
+    assert sum(p for p, _ in bars.values()) == pytest.approx(1, abs=1e-3)
+    assert max(bars, key=lambda name: bars[name][0]) == shown
+    assert [name for name, (_, best) in bars.items() if best] == [shown]
+
+
+@pytest.mark.parametrize("digit", DRAWINGS)
+def test_drawn_digit_is_read(page, digit):
+    assert find(page, "digit").text == "?"
+
+    draw(page, DRAWINGS[digit])
+
+    assert_reads(page, digit, requests=len(DRAWINGS[digit]))
+
+
+def test_bars_are_drawn_to_scale(page):
+    """Each bar's coloured part is as long, in its track, as its class is probable."""
+    draw(page, DRAWINGS["1"])
+    assert_reads(page, "1", requests=1)
+
+    shown = page.execute_script(
+        "return [...document.querySelectorAll('li[data-testid^=bar-]')].map(li => ["
+        "  li.dataset.testid, +li.dataset.probability,"
+        "  li.querySelector('.fill').getBoundingClientRect().width"
+        "    / li.querySelector('.track').getBoundingClientRect().width])")
+
+    assert len(shown) == 10
+    for name, probability, fraction in shown:
+        assert fraction == pytest.approx(probability, abs=0.02), name
+
+
+def test_clear_starts_over(page):
+    draw(page, DRAWINGS["7"])
+    assert_reads(page, "7", requests=2)
+
+    find(page, "clear").click()
+
+    assert find(page, "digit").text == "?"
+    assert page.find_elements(By.CSS_SELECTOR, "li[data-testid^=bar-]") == []
+    white = page.execute_script(
+        "const pad = arguments[0];"
+        "const px = pad.getContext('2d').getImageData(0, 0, pad.width, pad.height).data;"
+        "return px.every(v => v === 255);", find(page, "pad"))
+    assert white, "the pad still has ink on it"
+    # On the cleared pad a 1 reads as a 1: nothing of the 7 is left in the picture sent.
+    draw(page, DRAWINGS["1"])
+    assert_reads(page, "1", requests=3)
+
+
+def test_page_asks_only_the_app(page, base_url):
+    draw(page, DRAWINGS["0"])
+    assert_reads(page, "0", requests=1)
+
+    names = page.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+
+    assert any(name.endswith("/static/app.js") for name in names)
+    assert [name for name in names if not name.startswith(base_url + "/")] == []

@@ -1,0 +1,122 @@
+"""Digits in photos (tests/photos.py makes them): the transform finds each digit (its box and
+whether the ink is dark or light), refuses honestly when there is none or several, reads clean
+pictures as it always did, and the trained model reads the photos right.
+
+The last test needs the model `dvc repro` trains on real MNIST (model/model.onnx): it is skipped
+where that is missing, and `.ci/run` runs it after `make repro` with REQUIRE_TRAINED_MODEL=1.
+"""
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.model import load_classifier
+from app.transform import InputError, find_digit, fit_and_centre, to_mnist_form
+from tests.digits import draw_digit, mnist_form_digits
+from tests.photos import CONTROLS, KINDS, make_photo, photo_set
+
+REPO = Path(__file__).resolve().parent.parent
+TRAINED_MODEL = REPO / "model/model.onnx"
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return photo_set(per_kind=20)
+
+
+def overlap(a, b):
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
+    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_digit_is_found_where_it_is_with_its_polarity(photos, kind):
+    for photo in (p for p in photos if p.kind == kind):
+        found = find_digit(photo.image)
+        assert found.polarity == photo.polarity, photo.name
+        assert overlap(found.box, photo.box) >= 0.6, (photo.name, found.box, photo.box)
+
+
+def old_to_mnist_form(grey):
+    """The transform before photos were handled (one paper level for the whole picture, ink
+    on the side the mean leans to): clean pictures must come out as they did."""
+    grey = np.asarray(grey, dtype=np.float32)
+    paper = np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    ink = np.clip(paper - grey if grey.mean() < paper else grey - paper, 0, None)
+    ink = np.clip((ink / ink.max() - 0.1) / 0.9, 0, 1) * 255
+    return fit_and_centre(ink)
+
+
+def test_clean_pictures_come_out_as_they_did(photos):
+    clean = [p for p in photos if p.kind in CONTROLS]
+    drawn = [np.asarray(Image.fromarray(draw_digit(d, np.random.default_rng(d)))
+                        .resize((140, 140), Image.Resampling.BICUBIC)) for d in range(10)]
+    mnist_form, _ = mnist_form_digits(20, seed=9)
+    for grey in [p.image for p in clean] + drawn + list(mnist_form):
+        new, old = to_mnist_form(grey).astype(int), old_to_mnist_form(grey).astype(int)
+        assert np.abs(new - old).mean() < 2, "a clean picture changed"
+
+
+def paper_photo(seed, draw=None):
+    """A photo of plain paper (light falling off, noise, JPEG); `draw(image)` may add ink."""
+    photo = make_photo(0, "uneven-light", seed)
+    rng = np.random.default_rng(seed)
+    image = np.full_like(photo.image, 215).astype(np.float32) + rng.normal(0, 8, photo.image.shape)
+    ramp = np.linspace(1.0, 0.55, image.shape[1])[None, :]
+    image = np.clip(image * ramp, 0, 255).astype(np.uint8)
+    if draw:
+        draw(image)
+    return image
+
+
+def test_a_photo_of_blank_paper_has_no_digit():
+    for seed in range(5):
+        with pytest.raises(InputError, match="no digit found"):
+            to_mnist_form(paper_photo(seed))
+
+
+def test_two_digits_are_refused_rather_than_guessed():
+    left, right = make_photo(3, "noise-jpeg", 1), make_photo(8, "noise-jpeg", 2)
+    height = min(left.image.shape[0], right.image.shape[0])
+    pair = np.hstack([left.image[:height], right.image[:height]])
+    with pytest.raises(InputError, match="several"):
+        to_mnist_form(pair)
+
+
+def test_a_thin_faint_one_is_found():
+    """A "1" in pencil is little ink, and faint: it must not be taken for a blank page."""
+    for kind in ("noise-jpeg", "uneven-light"):
+        for seed in range(100, 110):
+            photo = make_photo(1, kind, seed)
+            paper = np.median(photo.image)
+            faint = (paper + 0.4 * (photo.image.astype(np.float32) - paper)).astype(np.uint8)
+            found = find_digit(faint)
+            assert found.polarity == "dark" and overlap(found.box, photo.box) >= 0.5, photo.name
+
+
+def trained_model():
+    if not TRAINED_MODEL.is_file():
+        if os.environ.get("REQUIRE_TRAINED_MODEL"):
+            pytest.fail(f"{TRAINED_MODEL} is missing: run `make repro` first")
+        pytest.skip(f"needs the model trained on real MNIST: {TRAINED_MODEL} (make repro)")
+    return load_classifier(TRAINED_MODEL)
+
+
+def test_the_trained_model_reads_the_photos(photos):
+    classifier = trained_model()
+    right, seen = Counter(), Counter()
+    for photo in photos:
+        probs = classifier.probabilities(to_mnist_form(photo.image)[np.newaxis])[0]
+        seen[photo.kind] += 1
+        right[photo.kind] += int(classifier.class_names[int(probs.argmax())] == str(photo.digit))
+    print({kind: f"{right[kind]}/{seen[kind]}" for kind in KINDS})
+    assert all(right[kind] == seen[kind] for kind in CONTROLS), "every clean control read right"
+    in_photos = [kind for kind in KINDS if kind not in CONTROLS]
+    assert sum(right[k] for k in in_photos) >= 0.9 * sum(seen[k] for k in in_photos)

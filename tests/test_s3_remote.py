@@ -1,0 +1,209 @@
+"""DVC's S3 remote against a real S3 server on 127.0.0.1 (moto), with the real dvc and git CLIs:
+the commands of the README's S3 section, a server outage, experiments shared through git and S3,
+and the GitHub workflow's pull step. The bucket is s3://mnist-dvc, the remote `s3`, as there."""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, PipelineRepo, run
+from tests.s3_server import BUCKET, S3Server, s3_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+URL = f"s3://{BUCKET}/store"
+WORKFLOW = REPO / ".github/workflows/pipeline.yml"
+# The workflow's secrets this test gives values to, as a user would in the repository settings.
+WORKFLOW_SECRETS = ["DVC_REMOTE_URL", "DVC_REMOTE_ENDPOINT", "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY"]
+
+
+@pytest.fixture
+def s3_server():
+    """A running moto server holding an empty bucket BUCKET; emptied and stopped afterwards."""
+    server = S3Server()
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
+    if not server.running:
+        server.start()
+    server.reset()
+    server.stop()
+
+
+def add_s3_remote(repo, endpoint, *flags):
+    """The README's two commands; flags: () to share the remote in .dvc/config, ("--local",)
+    to keep it in .dvc/config.local."""
+    repo.dvc("remote", "add", *flags, "-d", "s3", URL)
+    repo.dvc("remote", "modify", *flags, "s3", "endpointurl", endpoint)
+
+
+def commit_all(repo, message):
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", message)
+
+
+def trained(repo):
+    """Run the pipeline and commit its results."""
+    assert repo.repro()
+    commit_all(repo, "results")
+
+
+def clone(repo, source, path, env):
+    """A fresh `git clone` of source: code, dvc.lock and committed metrics, and no DVC cache."""
+    repo.git("clone", "-q", str(source), str(path))
+    copy = PipelineRepo(path, repo.env["MNIST_MIRROR"])
+    copy.env = env
+    return copy
+
+
+def cloud_status(repo):
+    """`dvc status -c` as JSON: {} when the remote holds everything the workspace uses."""
+    return json.loads(repo.dvc("status", "-c", "--json").stdout)
+
+
+def lock_outs(repo):
+    """{path: md5} of every output dvc.lock records: data, model, metrics and plots."""
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values()
+            for out in stage.get("outs", [])}
+
+
+def contents(repo):
+    """{path: sha256} of every file in the outputs of dvc.lock, as they are in the workspace."""
+    digests = {}
+    for out in lock_outs(repo):
+        path = repo.path / out
+        assert path.exists(), f"{out} is missing"
+        for file in [path] if path.is_file() else sorted(path.rglob("*")):
+            digests[str(file.relative_to(repo.path))] = hashlib.sha256(file.read_bytes()).digest()
+    return digests
+
+
+def test_push_then_a_fresh_clone_pulls_everything(pipeline_repo, s3_server, tmp_path):
+    repo = pipeline_repo
+    repo.env = s3_env(repo.env, tmp_path, credentials=False)
+    add_s3_remote(repo, s3_server.endpoint)
+    # Credentials in .dvc/config.local, which git ignores.
+    repo.dvc("remote", "modify", "--local", "s3", "access_key_id", "testing")
+    repo.dvc("remote", "modify", "--local", "s3", "secret_access_key", "testing")
+    trained(repo)
+
+    assert "files pushed" in repo.dvc("push").stdout
+    assert cloud_status(repo) == {}
+    keys = s3_server.object_keys()
+    assert keys and all(key.startswith("store/files/md5/") for key in keys)
+
+    # The clone has the remote from git, but no credentials: those never left the first repo.
+    copy = clone(repo, repo.path, tmp_path / "clone", repo.env)
+    assert "endpointurl" in (copy.path / ".dvc/config").read_text()
+    assert "access_key_id" not in (copy.path / ".dvc/config").read_text()
+    assert not (copy.path / ".dvc/config.local").exists()
+    refused = copy.dvc("pull", check=False)
+    assert refused.returncode != 0
+    assert "Unable to locate credentials" in refused.stderr
+
+    copy.env = s3_env(repo.env, tmp_path)  # credentials from the environment
+    copy.dvc("pull")
+    assert cloud_status(copy) == {}
+    assert copy.repro() == []
+    assert contents(copy) == contents(repo)
+    assert s3_server.object_keys() == keys
+
+
+def test_a_push_while_the_server_is_down_fails_then_completes(pipeline_repo, s3_server,
+                                                              tmp_path):
+    repo = pipeline_repo
+    repo.env = s3_env(repo.env, tmp_path)
+    add_s3_remote(repo, s3_server.endpoint)
+    trained(repo)
+
+    s3_server.stop()
+    failed = repo.dvc("push", check=False)
+    assert failed.returncode != 0
+    assert f'Could not connect to the endpoint URL: "{s3_server.endpoint}/' in failed.stderr
+
+    s3_server.start()
+    assert s3_server.object_keys() == set()
+    assert "files pushed" in repo.dvc("push").stdout
+    assert cloud_status(repo) == {}
+    copy = clone(repo, repo.path, tmp_path / "clone", repo.env)
+    copy.dvc("pull")
+    assert cloud_status(copy) == {}
+    assert copy.repro() == []
+    assert contents(copy) == contents(repo)
+
+
+def test_an_experiment_travels_through_git_and_s3(pipeline_repo, s3_server, tmp_path):
+    repo = pipeline_repo
+    repo.env = s3_env(repo.env, tmp_path)
+    origin = tmp_path / "origin.git"
+    repo.git("init", "-q", "--bare", "-b", "main", str(origin))
+    repo.git("remote", "add", "origin", str(origin))
+    add_s3_remote(repo, s3_server.endpoint)
+    trained(repo)
+    repo.git("push", "-q", "origin", "main")
+    repo.dvc("push")
+
+    repo.dvc("exp", "run", "-n", "epochs3", "-S", "train.mlp.epochs=3")
+    model_md5 = lock_outs(repo)["model/model.keras"]
+    model_key = f"store/files/md5/{model_md5[:2]}/{model_md5[2:]}"
+    assert model_key not in s3_server.object_keys()
+    repo.dvc("exp", "push", "origin", "epochs3")
+    assert model_key in s3_server.object_keys()
+
+    copy = clone(repo, origin, tmp_path / "clone", repo.env)
+    assert "epochs3" not in copy.dvc("exp", "show", "--csv").stdout
+    copy.dvc("exp", "pull", "origin", "epochs3")
+    assert "epochs3" in copy.dvc("exp", "show", "--csv").stdout
+    # apply checks the outputs out from the cache, which only `dvc exp pull` filled, from S3.
+    copy.dvc("exp", "apply", "epochs3")
+    assert copy.params()["train"]["mlp"]["epochs"] == 3
+    assert lock_outs(copy)["model/model.keras"] == model_md5
+    assert contents(copy) == contents(repo)
+    assert cloud_status(copy) == {}
+    assert copy.repro() == []
+
+
+def workflow_step(name):
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["repro"]["steps"]
+    return next(step for step in steps if step.get("name") == name)
+
+
+def test_the_workflow_pulls_from_an_s3_compatible_store(pipeline_repo, s3_server, tmp_path):
+    """The workflow's "Pull from the DVC remote" step, its script run as GitHub runs it, in a
+    fresh clone, given the secrets DVC_REMOTE_URL (s3://), DVC_REMOTE_ENDPOINT and AWS keys."""
+    step = workflow_step("Pull from the DVC remote")
+    workflow_env = {**yaml.safe_load(WORKFLOW.read_text())["env"], **step.get("env", {})}
+    for name in WORKFLOW_SECRETS:
+        wired = workflow_env.get(name) == f"${{{{ secrets.{name} }}}}"
+        assert wired, f"the workflow does not pass secrets.{name} as ${name}"
+    secrets = {"DVC_REMOTE_URL": URL, "DVC_REMOTE_ENDPOINT": s3_server.endpoint,
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    # What the step sets itself (the checksum settings), as it sets it.
+    literal = {k: str(v) for k, v in step.get("env", {}).items() if "${{" not in str(v)}
+
+    # A developer pushes with a remote of their own (.dvc/config.local), as the README shows.
+    repo = pipeline_repo
+    repo.env = s3_env(repo.env, tmp_path)
+    add_s3_remote(repo, s3_server.endpoint, "--local")
+    (repo.path / "requirements-s3.txt").write_text((REPO / "requirements-s3.txt").read_text())
+    trained(repo)
+    repo.dvc("push")
+
+    # The runner: a checkout with the venv `make venv` built, and nothing else. pip may not
+    # reach an index: requirements-s3.txt must be what this venv has.
+    copy = clone(repo, repo.path, tmp_path / "checkout", {
+        **s3_env(repo.env, tmp_path, credentials=False), **literal, **secrets,
+        "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    (copy.path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    assert not (copy.path / ".dvc/config.local").exists()
+    run(["bash", "-e", "-c", step["run"]], copy.path, copy.env)  # GitHub's default shell
+
+    assert copy.dvc("remote", "default").stdout.strip() == "ci"
+    assert cloud_status(copy) == {}
+    assert copy.repro() == []
+    assert contents(copy) == contents(repo)

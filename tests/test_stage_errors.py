@@ -1,0 +1,191 @@
+"""Each stage as a process, as DVC runs it, when its inputs are missing or damaged, or when it is
+stopped midway: one line naming the file and the cause (never a traceback), a non-zero exit, and
+nothing half-written left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from stages.fileio import read_json, save_npz
+from stages.params import save
+from tests.conftest import REPO, repo_params
+
+DIGITS = np.array([str(d) for d in range(10)])
+
+
+def stage_dir(path, **overrides):
+    """A folder to run stages in: the code, params.yaml (sections updated with `overrides`)."""
+    path.mkdir(parents=True)
+    (path / "stages").symlink_to(REPO / "stages", target_is_directory=True)
+    params = repo_params()
+    params["train"]["mlp"].update(epochs=1, batch_size=64)
+    for section, values in overrides.items():
+        params[section].update(values)
+    save(params, path / "params.yaml")
+    return path
+
+
+def start(name, cwd):
+    return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=cwd,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run(name, cwd):
+    proc = start(name, cwd)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def one_error_line(err):
+    """The stage's last stderr line, checked to be its only complaint and not a traceback."""
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: "), err
+    return line
+
+
+def random_dataset(n_train, n_test=100, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+            "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+            "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+            "y_test": (np.arange(n_test) % 10).astype(np.uint8), "class_names": DIGITS}
+
+
+# --- inputs that are not there, or not what they should be ---------------------------------------
+
+@pytest.mark.parametrize("stage, missing, writer", [
+    ("preprocess", "data/mnist.npz", "download"),
+    ("train", "data/processed/train.npz", "preprocess"),
+    ("evaluate", "data/processed/test.npz", "preprocess"),
+    ("export", "data/processed/test.npz", "preprocess"),
+])
+def test_a_stage_run_before_its_inputs_exist_says_what_to_run(tmp_path, stage, missing, writer):
+    cwd = stage_dir(tmp_path / "stage")
+    status, out, err = run(stage, cwd)
+    assert status == 1
+    assert one_error_line(err) == (f"error: {missing}: not found; run `dvc repro` (the {writer} "
+                                   "stage writes it)")
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    """A folder where download and preprocess have run, on 1,000 random images."""
+    cwd = stage_dir(tmp_path_factory.mktemp("processed") / "stage")
+    save_npz(cwd / "data/mnist.npz", **random_dataset(1000))
+    status, _, err = run("preprocess", cwd)
+    assert status == 0, err
+    return cwd
+
+
+def copy_stage(source, target):
+    """A fresh stage folder holding a copy of `source`'s data."""
+    import shutil
+
+    cwd = stage_dir(target)
+    shutil.copytree(source / "data", cwd / "data")
+    return cwd
+
+
+@pytest.mark.parametrize("stage, damaged, content, cause", [
+    ("train", "data/processed/train.npz", b"PK\x03\x04 not really a zip", "damaged or not what"),
+    ("train", "data/processed/normalization.json", b"{", "damaged or not what"),
+    ("evaluate", "data/processed/test.npz", b"", "damaged or not what"),
+    ("evaluate", "model/model.keras", b"PK\x03\x04" + bytes(200), "cannot load the model"),
+    ("export", "model/model.keras", b"not a model", "cannot load the model"),
+    ("preprocess", "data/mnist.npz", None, "not a regular file"),
+])
+def test_a_damaged_input_is_one_line_naming_it(processed, tmp_path, stage, damaged, content,
+                                               cause):
+    cwd = copy_stage(processed, tmp_path / "stage")
+    target = cwd / damaged
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        target.unlink()
+        target.mkdir()
+    else:
+        target.write_bytes(content)
+    status, _, err = run(stage, cwd)
+    assert status == 1
+    line = one_error_line(err)
+    assert line.startswith(f"error: {damaged}: ") and cause in line.lower(), line
+
+
+def test_a_model_trained_for_other_data_is_refused_by_evaluate(processed, tmp_path):
+    """A model of 10 classes against data of 3: named, not a shape error deep in Keras."""
+    cwd = copy_stage(processed, tmp_path / "stage")
+    status, _, err = run("train", cwd)
+    assert status == 0, err
+    meta = read_json(cwd / "data/processed/dataset.json")
+    (cwd / "data/processed/dataset.json").write_text(
+        '{"name": "mnist", "class_names": ["a", "b", "c"]}')
+    status, _, err = run("evaluate", cwd)
+    assert status == 1 and meta["class_names"] == list(DIGITS)
+    assert "gives 10 outputs; the data are (28, 28) images of 3 classes" in one_error_line(err)
+
+
+def test_preprocess_refuses_a_split_that_leaves_validation_empty(tmp_path):
+    cwd = stage_dir(tmp_path / "stage")
+    save_npz(cwd / "data/mnist.npz", **random_dataset(30))  # 3 per class: 0.1 of 3 rounds to 0
+    status, _, err = run("preprocess", cwd)
+    assert status == 1
+    assert one_error_line(err) == ("error: preprocess.val_fraction = 0.1 holds out no validation "
+                                   "image of the 30 training images; raise it")
+    assert not (cwd / "data/processed").exists()
+
+
+# --- stopped midway -------------------------------------------------------------------------------
+
+def wait_for(path_glob, cwd, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not list(cwd.glob(path_glob)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path_glob} never appeared"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def big_input(tmp_path):
+    """A stage folder whose preprocess has run once (scale) on 60,000 random images: long enough
+    to be stopped while it writes the next run's files."""
+    cwd = stage_dir(tmp_path / "stage")
+    save_npz(cwd / "data/mnist.npz", **random_dataset(60_000, 10_000))
+    status, _, err = run("preprocess", cwd)
+    assert status == 0, err
+    first = {p.name: p.read_bytes() for p in (cwd / "data/processed").iterdir()}
+    params = repo_params()
+    params["preprocess"]["normalization"] = "standardize"  # the next run writes other bytes
+    save(params, cwd / "params.yaml")
+    return cwd, first
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_preprocess_stopped_while_writing_keeps_the_old_set_whole(big_input, signum):
+    cwd, first = big_input
+    proc = start("preprocess", cwd)
+    wait_for("data/.processed-*/train.npz", cwd, proc)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum and "Traceback" not in err
+    assert sorted(p.name for p in (cwd / "data").iterdir()) == ["mnist.npz", "processed"]
+    now = {p.name: p.read_bytes() for p in (cwd / "data/processed").iterdir()}
+    assert now == first, "the earlier run's outputs, all of them, unchanged: no mixed set"
+
+
+def test_what_sigkill_leaves_behind_the_next_run_removes(big_input):
+    cwd, _ = big_input
+    proc = start("preprocess", cwd)
+    wait_for("data/.processed-*/train.npz", cwd, proc)
+    proc.kill()
+    proc.communicate()
+    assert list((cwd / "data").glob(".processed-*")), "SIGKILL cannot be caught"
+    status, _, err = run("preprocess", cwd)
+    assert status == 0, err
+    assert sorted(p.name for p in (cwd / "data").iterdir()) == ["mnist.npz", "processed"]
+    assert read_json(cwd / "data/processed/normalization.json")["method"] == "standardize"
