@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from app.model import MODEL_FILE, load_classifier
 from app.predict import INPUT_ERRORS, ranked
-from app.transform import FORMATS, MAX_PIXELS, InputError, TooManyPixels, read_image, to_mnist_form
+from app.transform import FORMATS, MAX_PIXELS, InputError, TooManyPixels, read_image, to_model_form
 
 MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-8 MB; a drawing from the page a few KB
 STATIC = Path(__file__).parent / "static"
@@ -137,7 +137,7 @@ def create_app(model_file=None):
         if not data:
             raise HTTPException(400, "the upload is empty")
         try:
-            pixels = to_mnist_form(read_image(io.BytesIO(data)))
+            pixels = to_model_form(read_image(io.BytesIO(data)), classifier.dataset)
         except UnidentifiedImageError:
             raise HTTPException(400, f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} "
                                      "image") from None

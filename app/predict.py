@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from app.model import MODEL_FILE, ModelError, load_classifier
-from app.transform import FIELD, FORMATS, InputError, read_image, to_mnist_form
+from app.transform import FIELD, FORMATS, InputError, read_image, to_model_form
 
 MAX_NPY_BYTES = 64 * 2**20  # an (N, 28, 28) batch: 80,000 images of float32 at most
 
@@ -55,6 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--top", type=int, default=1, metavar="K",
                         help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    parser.add_argument("--debug", type=Path, metavar="DIR",
+                        help="write the 28x28 image the model saw for each input into DIR "
+                             "(as NAME.28x28.png), to see why a guess went wrong")
     parser.add_argument("--model", type=Path, default=MODEL_FILE,
                         help="ONNX model, with its metadata.json beside it "
                              f"(default: {MODEL_FILE})")
@@ -109,8 +112,9 @@ def read_array(path):
     return pixels * 255 if array.dtype.kind == "f" and pixels.max() <= 1 else pixels
 
 
-def read_input(path):
-    """One file -> [(name, pixels in MNIST form)]: an (N, 28, 28) array gives N named file[i]."""
+def read_input(path, dataset="mnist"):
+    """One file -> [(name, pixels in MNIST form)]: an (N, 28, 28) array gives N named file[i].
+    An image is brought to the form of `dataset`'s images (app/transform.py)."""
     mode = os.stat(path).st_mode  # FileNotFoundError for a missing file, as open would
     if not stat.S_ISREG(mode):
         raise InputError("not a regular file" + (" (a folder)" if stat.S_ISDIR(mode) else ""))
@@ -119,7 +123,7 @@ def read_input(path):
         if pixels.ndim == 2:
             return [(str(path), pixels)]
         return [(f"{path}[{i}]", p) for i, p in enumerate(pixels)]
-    return [(str(path), to_mnist_form(read_image(path)))]
+    return [(str(path), to_model_form(read_image(path), dataset))]
 
 
 def problem(error):
@@ -137,6 +141,14 @@ def printable(name):
 
 
 # --- output -------------------------------------------------------------------------------------
+
+def save_debug_image(directory, name, pixels):
+    """The input as the model saw it: 28x28, white on black, before normalisation."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = Path(name).name.replace("[", "-").replace("]", "")
+    Image.fromarray(np.asarray(pixels).round().clip(0, 255).astype(np.uint8)).save(
+        directory / f"{stem}.28x28.png")
+
 
 def ranked(probs, names, k):
     return [{"digit": names[i], "probability": round(float(probs[i]), 6)}
@@ -159,7 +171,7 @@ def main(argv=None):
     results, pixels = [], []  # results in the order given; pixels of those that can be predicted
     for path in args.images:
         try:
-            inputs = read_input(path)
+            inputs = read_input(path, classifier.dataset)
         except INPUT_ERRORS as error:
             print(f"error: {printable(str(path))}: {problem(error)}", file=sys.stderr)
             results.append({"file": str(path), "error": problem(error)})
@@ -167,6 +179,8 @@ def main(argv=None):
         for name, image in inputs:
             results.append({"file": name})
             pixels.append(image)
+            if args.debug:
+                save_debug_image(args.debug, name, image)
 
     good = [r for r in results if "error" not in r]
     if good:

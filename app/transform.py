@@ -84,6 +84,37 @@ def to_mnist_form(grey):
     return fit_and_centre(find_digit(grey).ink)
 
 
+FASHION_TRIM = 0.05 * 255  # Fashion-MNIST trimmed edges within 5 % of the corner colour
+
+
+def to_fashion_form(grey):
+    """2-D grey levels -> 28x28 uint8 the way Fashion-MNIST was made from product photos: the
+    edges that are the background's colour trimmed, the longer side scaled to 28 (the whole
+    item, not a 20x20 box, and no centring by mass), centred, and negated so that the
+    background is black. A picture on a dark background is taken as already negated."""
+    grey = np.asarray(grey, dtype=np.float32)
+    background = float(np.median(border(grey)))
+    item = np.abs(grey - background) > FASHION_TRIM
+    rows, cols = np.flatnonzero(item.any(axis=1)), np.flatnonzero(item.any(axis=0))
+    if not len(rows):
+        raise InputError("nothing found: the image is one colour")
+    crop = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    if background > 127:  # a light background, as in product photos: negate, as they did
+        crop = 255 - crop
+    scale = FIELD / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    field = np.zeros((FIELD, FIELD), np.float32)
+    top, left = (FIELD - size[1]) // 2, (FIELD - size[0]) // 2
+    field[top:top + size[1], left:left + size[0]] = small
+    return field.clip(0, 255).round().astype(np.uint8)
+
+
+def to_model_form(grey, dataset):
+    """The transform for the data the model was trained on (its metadata's `dataset`)."""
+    return to_fashion_form(grey) if dataset == "fashion-mnist" else to_mnist_form(grey)
+
+
 # --- finding the digit ----------------------------------------------------------------------------
 
 def find_digit(grey):

@@ -1,12 +1,15 @@
-"""The benchmark: training speed against PyTorch and scikit-learn, time to 98 %, and the
-pipeline's wall times and memory, in one run. Writes bench/results.md and prints it.
+"""The benchmark: training speed of both model families against PyTorch (and Keras' model.fit
+and scikit-learn), predict's cold start, the API under load, and the pipeline's wall times and
+memory, in one run. Writes bench/results.md and prints it.
 
-    pip install -r bench/requirements.txt     # into the project's .venv
+    pip install -r bench/requirements.txt     # into the project's .venv; apt-get install wrk
     MNIST_MIRROR=../shared/mnist python -m bench
+    python -m bench --only training --families cnn --epochs 2 --threads 2   # a quick look
 
-With MNIST_MIRROR the pipeline runs on real MNIST; without it, on random data of MNIST's shapes
-(timings hold, accuracies mean nothing). Nothing here is part of `make test`: timings belong in
-a benchmark that a person reads, not in tests that fail on a busy machine.
+With MNIST_MIRROR the pipeline and the training runs use real MNIST; without it, random data of
+MNIST's shapes (timings hold, accuracies mean nothing). predict and the API run the repository's
+model/model.onnx. Nothing here is part of `make test`: timings belong in a benchmark that a
+person reads, not in tests that fail on a busy machine.
 """
 
 import argparse
@@ -14,53 +17,33 @@ import json
 import logging
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 from datetime import date
 from importlib import metadata
 from pathlib import Path
 
-from bench import pipeline
-from bench.trainers import TRAINERS
+from bench import coldstart, load, pipeline, training
 from stages import params
+from stages.train import recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.md"
+MODEL = REPO / "model" / "model.onnx"
+PARTS = ("training", "predict", "api", "pipeline")
 log = logging.getLogger("bench")
-TARGET = 0.98
 # The goals this benchmark checks, and their limits.
 GOALS = {
-    "P1": "one epoch of the default model takes no longer than a PyTorch eager loop (ratio <= 1.0)",
-    "P2": "the default params reach >= 98.0 % test accuracy in <= 10 s of training",
+    "P1": "one epoch of this project's trainer takes no longer than a PyTorch eager loop's, "
+          "each at its best thread count (ratio <= 1.0)",
+    "P2": "the MLP's params reach >= 98.0 % test accuracy in <= 10 s of training",
     "P3": "full `dvc repro` <= 30 s, no-op <= 2 s; download and preprocess <= 2 s each "
           "without TensorFlow",
     "P5": "peak RSS of the train stage <= 1.5 GB",
+    "predict": "`python -m app.predict one.png` cold: median <= 0.5 s, peak RSS <= 150 MB, "
+               "no TensorFlow",
+    "api": ">= 400 requests/s, p99 <= 100 ms, no errors (load generator on the same machine)",
 }
-
-
-def run_trainer(name, data_dir, threads, epochs):
-    cmd = [sys.executable, "-m", "bench.trainers", name, str(data_dir), "--threads", str(threads)]
-    if epochs:
-        cmd += ["--epochs", str(epochs)]
-    log.info("training with %s ...", name)
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.splitlines()[-1])
-
-
-def summarise(run):
-    """Median epoch (the first, which compiles or warms up, left out), and time to TARGET."""
-    seconds, scores = run["epoch_seconds"], run["test_accuracy"]
-    elapsed, to_target = 0.0, None
-    for epoch, (s, score) in enumerate(zip(seconds, scores), start=1):
-        elapsed += s
-        if score >= TARGET and to_target is None:
-            to_target = (elapsed, epoch)
-    return {"median_epoch_s": statistics.median(seconds[1:]), "epochs": len(seconds),
-            "final_accuracy": scores[-1], "train_s": sum(seconds), "to_target": to_target}
 
 
 def cpu_name():
@@ -84,132 +67,192 @@ def verdict(ok, short_by=""):
     return "**met**" if ok else f"**missed**{': ' + short_by if short_by else ''}"
 
 
-def training_table(trainers, threads, batch_size):
-    torch = trainers["torch"]
-    lines = [
-        f"## Training: default model, batch {batch_size}, {threads} thread"
-        f"{'s' if threads > 1 else ''} each",
-        "",
-        "Median epoch of all but the first (which compiles or warms up). Test accuracy is scored "
-        "after every epoch, outside the timed part; time to 98 % adds up the epochs up to the "
-        "first one that reaches it.",
-        "",
-        "| trainer | median epoch (s) | vs PyTorch | epochs | training (s) | final test accuracy "
-        "| time to 98 % |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, (_, label, _) in TRAINERS.items():
-        t = trainers[name]
-        reached = (f"{t['to_target'][0]:.1f} s (epoch {t['to_target'][1]})" if t["to_target"]
-                   else f"not in {t['epochs']} epochs")
-        lines.append(f"| {label} | {t['median_epoch_s']:.3f} | "
-                     f"{t['median_epoch_s'] / torch['median_epoch_s']:.2f}× | {t['epochs']} | "
-                     f"{t['train_s']:.1f} | {t['final_accuracy']:.2%} | {reached} |")
-    lines += [
-        "",
-        "Each runs the project's recipe as far as its library allows: Adam with warm-up and "
-        "cosine decay, dropout and the one-pixel batch shift for the project and PyTorch; "
-        "`model.fit` without the shift; scikit-learn with Adam at a constant rate and no dropout. "
-        "The project's and `model.fit`'s epochs also score the validation split; the others' "
-        "do not.",
-    ]
-    return lines
+def training_goals(results, real_data):
+    rows = []
+    for family, runs in results.items():
+        ours = training.best_of_threads(runs["project"])
+        torch = training.best_of_threads(runs["torch"])
+        ratio = ours["median_epoch_s"] / torch["median_epoch_s"]
+        rows.append(f"| P1 ({family.upper()}): {GOALS['P1']} | {ours['median_epoch_s']:.3f} s "
+                    f"({ours['threads']} thr.) vs {torch['median_epoch_s']:.3f} s "
+                    f"({torch['threads']} thr.): ratio {ratio:.2f} | "
+                    f"{verdict(ratio <= 1.0, f'{ratio - 1:.0%} slower')} |")
+    if "mlp" in results:
+        mlp = training.best_of_threads(results["mlp"]["project"])
+        to = mlp["to_target"]
+        measured = (f"98 % after {to[0]:.1f} s (epoch {to[1]}); the whole {mlp['epochs']}-epoch "
+                    f"run: {mlp['train_s']:.1f} s, {mlp['final_accuracy']:.2%}" if to
+                    else f"98 % {training.reached(mlp, 0.98)}")
+        ok = verdict(to is not None and to[0] <= 10) if real_data else \
+            verdict(False, "needs real MNIST")
+        rows.append(f"| P2: {GOALS['P2']} | {measured} | {ok} |")
+    return rows
 
 
-def pipeline_table(stages_run):
-    lines = [
-        "## Pipeline: a fresh copy of the repository, data from the mirror",
-        "",
-        "| step | wall (s) | peak RSS (MB) | imports TensorFlow |",
-        "|---|---:|---:|---|",
-    ]
-    for name, s in stages_run["stages"].items():
-        lines.append(f"| `python -m stages.{name}` | {s['seconds']:.1f} | "
-                     f"{s['peak_rss_mb']:.0f} | {'yes' if s['imports_tensorflow'] else 'no'} |")
-    lines += [f"| `dvc repro --force`, clean copy: every stage | "
-              f"{stages_run['repro_full_s']:.1f} | | |",
-              f"| `dvc repro`, nothing to do | {stages_run['repro_noop_s']:.1f} | | |"]
-    return lines
-
-
-def goals_table(real_data, trainers, stages_run):
-    project, torch, st = trainers["project"], trainers["torch"], stages_run["stages"]
-    ratio = project["median_epoch_s"] / torch["median_epoch_s"]
-    p2_time = project["to_target"][0] if project["to_target"] else None
-    p2_ok = p2_time is not None and p2_time <= 10
-    data_stages_ok = all(st[n]["seconds"] <= 2 and not st[n]["imports_tensorflow"]
-                         for n in ("download", "preprocess"))
-    p3_ok = (stages_run["repro_full_s"] <= 30 and stages_run["repro_noop_s"] <= 2
-             and data_stages_ok)
-    train_rss_gb = st["train"]["peak_rss_mb"] / 1024
+def pipeline_goals(stages_run):
+    st = stages_run["stages"]
+    data_ok = all(st[n]["seconds"] <= 2 and not st[n]["imports_tensorflow"]
+                  for n in ("download", "preprocess"))
+    p3_ok = stages_run["repro_full_s"] <= 30 and stages_run["repro_noop_s"] <= 2 and data_ok
+    train_gb = st["train"]["peak_rss_mb"] / 1024
     return [
-        "## Goals",
-        "",
-        "| goal | measured | |",
-        "|---|---|---|",
-        f"| P1: {GOALS['P1']} | {project['median_epoch_s']:.3f} s vs "
-        f"{torch['median_epoch_s']:.3f} s: ratio {ratio:.2f} | "
-        f"{verdict(ratio <= 1.0, f'{ratio - 1:.0%} slower')} |",
-        f"| P2: {GOALS['P2']} | "
-        + (f"98 % after {p2_time:.1f} s (epoch {project['to_target'][1]}); the whole "
-           f"{project['epochs']}-epoch run: {project['train_s']:.1f} s, "
-           f"{project['final_accuracy']:.2%}" if p2_time is not None else "98 % not reached")
-        + f" | {verdict(p2_ok) if real_data else verdict(False, 'needs real MNIST')} |",
         f"| P3: {GOALS['P3']} | full {stages_run['repro_full_s']:.1f} s, no-op "
         f"{stages_run['repro_noop_s']:.1f} s, download {st['download']['seconds']:.1f} s, "
         f"preprocess {st['preprocess']['seconds']:.1f} s | {verdict(p3_ok)} |",
-        f"| P5: {GOALS['P5']} | {train_rss_gb:.2f} GB | {verdict(train_rss_gb <= 1.5)} |",
+        f"| P5: {GOALS['P5']} | {train_gb:.2f} GB | {verdict(train_gb <= 1.5)} |",
     ]
 
 
-def report(real_data, threads, batch_size, trainers, stages_run):
-    """The markdown page: the machine, then training, pipeline and goals tables."""
+def serving_goals(cold, api):
+    rows = []
+    if cold:
+        ok = cold["median_s"] <= 0.5 and cold["peak_rss_mb"] <= 150 and not cold["heavy_imports"]
+        rows.append(f"| predict: {GOALS['predict']} | median {cold['median_s']:.3f} s (max "
+                    f"{cold['max_s']:.3f} s), {cold['peak_rss_mb']:.0f} MB, TensorFlow "
+                    f"{'imported' if cold['heavy_imports'] else 'not imported'} | {verdict(ok)} |")
+    for workers, r in (api["runs"].items() if api else ()):
+        errors = r["non_2xx"] + r["socket_errors"]
+        ok = r["rps"] >= 400 and r["p99_ms"] <= 100 and errors == 0
+        rows.append(f"| API, {workers} worker{'s' if workers > 1 else ''}: {GOALS['api']} | "
+                    f"{r['rps']:.0f} requests/s, p99 {r['p99_ms']:.1f} ms, {errors} errors | "
+                    f"{verdict(ok)} |")
+    return rows
+
+
+def report(real_data, command, sections, goal_rows, load_avg):
     header = [
         "# Benchmark results",
         "",
         f"Measured {date.today().isoformat()} by `python -m bench` on {cpu_name()}, "
-        f"{os.cpu_count()} cores; Python {platform.python_version()}, TensorFlow "
-        f"{version('tensorflow', 'tensorflow-cpu')}, PyTorch {version('torch')}, scikit-learn "
-        f"{version('scikit-learn')}. Data: "
-        + ("real MNIST from `MNIST_MIRROR`." if real_data else
-           "**random data of MNIST's shapes** (no `MNIST_MIRROR`): accuracies mean nothing."),
+        f"{os.cpu_count()} cores (load average {load_avg:.2f} at the start); Python "
+        f"{platform.python_version()}, TensorFlow {version('tensorflow', 'tensorflow-cpu')}, "
+        f"PyTorch {version('torch')}, scikit-learn {version('scikit-learn')}, ONNX Runtime "
+        f"{version('onnxruntime')}. Command: `{command}`."
+        + ("" if real_data is None else " Data: real MNIST from `MNIST_MIRROR`." if real_data
+           else " Data: **random data of MNIST's shapes** (no `MNIST_MIRROR`): accuracies "
+           "mean nothing."),
     ]
-    sections = [header, training_table(trainers, threads, batch_size),
-                pipeline_table(stages_run), goals_table(real_data, trainers, stages_run)]
-    return "\n\n".join("\n".join(section) for section in sections) + "\n"
+    goals = ["## Goals", "", "| goal | measured | |", "|---|---|---|", *goal_rows]
+    return "\n\n".join("\n".join(s) for s in [header, *sections, goals]) + "\n"
 
 
-def main():
+def comma_list(convert):
+    return lambda text: [convert(item) for item in text.split(",") if item]
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"default: {RESULTS}")
-    parser.add_argument("--threads", type=int, help="threads for every trainer (default: "
-                        "params.yaml's train.threads, or all cores where that is 0)")
-    args = parser.parse_args()
+    parser.add_argument("--only", type=comma_list(str), default=list(PARTS),
+                        help=f"the parts to run, of {','.join(PARTS)} (default: all)")
+    parser.add_argument("--families", type=comma_list(str), default=["mlp", "cnn"])
+    parser.add_argument("--threads", type=comma_list(int), default=[1, 2],
+                        help="thread counts every trainer runs at (default: 1,2)")
+    parser.add_argument("--epochs", type=int, help="epochs of every trainer (default: each "
+                        "family's recipe; model.fit at most 4): a small number for a smoke run")
+    parser.add_argument("--model", type=Path, default=MODEL, help=f"default: {MODEL}")
+    parser.add_argument("--runs", type=int, default=7, help="predict cold starts (default: 7)")
+    parser.add_argument("--workers", type=comma_list(int), default=[1, 2],
+                        help="API worker counts (default: 1,2)")
+    parser.add_argument("--api-seconds", type=int, default=10,
+                        help="seconds of load for each worker count (default: 10)")
+    parser.add_argument("--output", type=Path, help=f"default: {RESULTS} when every part "
+                        "runs, else only printed")
+    args = parser.parse_args(argv)
+    for value, allowed in ((args.only, PARTS), (args.families, ("mlp", "cnn"))):
+        if not value or set(value) - set(allowed):
+            parser.error(f"expected a comma-separated list of {', '.join(allowed)}")
+    if args.output is None and set(args.only) == set(PARTS):
+        args.output = RESULTS
+    args.model = args.model.resolve()  # predict and the API run in the repository's root
+    return args
 
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    train_cfg = params.load("train", REPO / "params.yaml")
-    threads = args.threads or train_cfg["threads"] or os.cpu_count()
+
+def measure_training(args, parts, tmp, train_params):
+    """The pipeline (in a fresh copy of the repository) and the trainers (on that copy's data):
+    their sections of the page, their rows of the goals, the pipeline's last."""
+    sections, goal_rows = [], []
     mirror = os.environ.get("MNIST_MIRROR")
-    real_data = bool(mirror)
     if mirror and "://" not in mirror:
         mirror = str(Path(mirror).resolve())  # the stages run in a temporary directory
-    with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
-        repo = Path(tmp) / "repo"
-        repo.mkdir()
-        pipeline.copy_repo(repo)
-        if not mirror:
-            mirror = Path(tmp) / "random-mirror"
-            mirror.mkdir()
-            pipeline.use_random_data(repo, mirror)
+    repo = tmp / "repo"
+    repo.mkdir()
+    pipeline.copy_repo(repo)
+    if not mirror:
+        mirror = tmp / "random-mirror"
+        mirror.mkdir()
+        pipeline.use_random_data(repo, mirror)
+    env = pipeline.pipeline_env(mirror)
+    stages_run = None
+    if "pipeline" in parts:
         log.info("dvc repro and each stage in a fresh copy ...")
-        stages_run = pipeline.measure(repo, pipeline.pipeline_env(mirror))
-        data_dir = repo / "data" / "processed"
-        trainers = {name: summarise(run_trainer(name, data_dir, threads, epochs))
-                    for name, (_, _, epochs) in TRAINERS.items()}
+        stages_run = pipeline.measure(repo, env)
+    if "training" in parts:
+        data_dir = repo / "data" / "processed" if stages_run else pipeline.prepare_data(repo, env)
+        results = training.measure(args.families, data_dir, args.threads, args.epochs)
+        for family, runs in results.items():
+            cfg = recipe({**train_params, "model": family})
+            parity = (training.affine_parity(family, data_dir)
+                      if cfg["augment"] == "affine" else None)
+            sections.append(training.table(family, runs, args.threads, cfg, parity))
+        goal_rows += training_goals(results, bool(os.environ.get("MNIST_MIRROR")))
+    if stages_run:
+        pipeline_section = pipeline.table(stages_run, train_params["model"])
+        return sections + [pipeline_section], goal_rows + pipeline_goals(stages_run)
+    return sections, goal_rows
 
-    text = report(real_data, threads, train_cfg["batch_size"], trainers, stages_run)
-    args.output.write_text(text)
+
+def measure_serving(args, parts, tmp):
+    """predict's cold start and the API under load, with the repository's model."""
+    if not args.model.is_file():
+        return [["## predict and the API", "",
+                 f"Not measured: no model at {args.model} (run `dvc repro`)."]], []
+    png, label = coldstart.digit_png(tmp / "one.png"), model_label(args.model)
+    sections, cold, api = [], None, None
+    if "predict" in parts:
+        log.info("predict's cold start ...")
+        cold = coldstart.measure(args.model, png, args.runs)
+        sections.append(coldstart.table(cold, label))
+    if "api" in parts:
+        log.info("the API under load ...")
+        api = load.measure(args.model, png, args.workers, seconds=args.api_seconds)
+        sections.append(load.table(api, label))
+    return sections, serving_goals(cold, api)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    load_avg = os.getloadavg()[0]
+    parts = [p for p in PARTS if p in args.only]
+    train_params = params.load("train", REPO / "params.yaml")
+    real_data = None  # None: no part used the data set
+    sections, goal_rows = [], []
+    with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
+        if {"pipeline", "training"} & set(parts):
+            sections, goal_rows = measure_training(args, parts, Path(tmp), train_params)
+            real_data = bool(os.environ.get("MNIST_MIRROR"))
+        if {"predict", "api"} & set(parts):
+            more_sections, more_rows = measure_serving(args, parts, Path(tmp))
+            sections, goal_rows = sections + more_sections, goal_rows + more_rows
+
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    text = report(real_data, command, sections, goal_rows, load_avg)
+    if args.output:
+        args.output.write_text(text)
     print(text)
+
+
+def model_label(model):
+    """`model/model.onnx` (the MLP): the path as a user types it, and the family train wrote."""
+    try:
+        shown = model.relative_to(REPO)
+    except ValueError:
+        shown = model
+    try:
+        family = json.loads((model.parent / "metadata.json").read_text())["family"].upper()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        family = "family unknown"
+    return f"`{shown}` ({family})"
 
 
 if __name__ == "__main__":

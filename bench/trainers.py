@@ -1,11 +1,12 @@
 """One trainer per process: time each epoch and score the test set after it.
 
-    python -m bench.trainers {project,keras_fit,torch,sklearn} DATA_DIR --threads N --epochs E
+    python -m bench.trainers {project,torch,keras_fit,keras_fit_32,sklearn} {mlp,cnn} DATA_DIR \
+        --threads N [--epochs E]
 
-DATA_DIR holds preprocess' output (train/val/test .npz). Each trainer runs the same recipe as
-far as its library allows: the project's default params (batch size, epochs, Adam with warm-up
-and cosine decay, dropout, the one-pixel batch shift). The test set is scored after every epoch,
-outside the timed part, so that time-to-accuracy can be read off. Prints one JSON object.
+DATA_DIR holds preprocess' output (train/val/test .npz). Every trainer runs the family's recipe
+from params.yaml (`stages.train.recipe()`) as far as its library allows, with `threads` and
+`epochs` replaced. The test set is scored after every epoch, outside the timed part, so that
+time-to-accuracy can be read off. Prints one JSON object.
 
 Each trainer gets a process of its own: TensorFlow and PyTorch fix their thread pools once, and
 a clean process is what a user's run looks like.
@@ -14,49 +15,50 @@ a clean process is what a user's run looks like.
 import argparse
 import functools
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from stages import params
-from stages.fileio import load_npz, read_json
-from stages.preprocess import blank_pixel
+# Imported first: stages.train asks for oneDNN before TensorFlow is imported (see there).
+from stages import params, train
+from stages.fileio import read_json, read_split
+from stages.normalization import blank_pixel
 
 REPO = Path(__file__).resolve().parent.parent
+CHUNK = 1000  # images scored at once: the CNN's first maps of 10,000 images would take 1 GB
 
 
 def accuracy(probs, labels):
     return float(np.mean(np.asarray(probs).argmax(axis=1) == labels))
 
 
-def project(cfg, data):
+def project(family, cfg, data):
     """The train stage's own fit(), exactly as `dvc repro` runs it."""
-    from stages import train
+    from stages.models import build_model
 
     train.configure_tensorflow(cfg)
-    model = train.build_model(cfg)
+    model = build_model(family, cfg, data["train"]["x"].shape[1:], data["classes"])
     scores = []
 
-    def score(epoch, model):
-        scores.append(accuracy(model(data["test"]["x"], training=False), data["test"]["y"]))
+    def score(epoch, values):
+        probs = model.predict(data["test"]["x"], batch_size=CHUNK, verbose=0)
+        scores.append(accuracy(probs, data["test"]["y"]))
 
     _, seconds = train.fit(model, cfg, data["train"], data["val"], data["normalization"],
                            on_epoch_end=score)
     return seconds, scores
 
 
-def keras_fit(cfg, data, steps_per_execution=1):
-    """model.compile + model.fit on arrays in memory (no batch shift). With steps_per_execution
-    32, as the train stage had it before its own loop, each call into the compiled graph runs 32
-    steps rather than one."""
+def keras_fit(family, cfg, data, steps_per_execution=1):
+    """model.compile + model.fit on arrays in memory, no augmentation. With steps_per_execution
+    32 each call into the compiled graph runs 32 steps rather than one."""
     import keras
 
-    from stages import train
+    from stages.models import build_model
 
     train.configure_tensorflow(cfg)
-    model = train.build_model(cfg)
+    model = build_model(family, cfg, data["train"]["x"].shape[1:], data["classes"])
     optimizer = train.build_optimizer(
         cfg, train.steps_per_epoch(len(data["train"]["y"]), cfg["batch_size"]))
     model.compile(optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
@@ -71,7 +73,7 @@ def keras_fit(cfg, data, steps_per_execution=1):
 
         def on_epoch_end(self, epoch, logs=None):
             seconds.append(time.perf_counter() - self.started)
-            scores.append(accuracy(model.predict(data["test"]["x"], batch_size=1024, verbose=0),
+            scores.append(accuracy(model.predict(data["test"]["x"], batch_size=CHUNK, verbose=0),
                                    data["test"]["y"]))
 
     model.fit(data["train"]["x"], data["train"]["y"], batch_size=cfg["batch_size"],
@@ -80,54 +82,77 @@ def keras_fit(cfg, data, steps_per_execution=1):
     return seconds, scores
 
 
-def torch(cfg, data):
-    """A plain PyTorch 2 eager loop: the same model, optimizer, schedule, shift and batches."""
+def torch_loop(family, cfg, data):
+    """A plain PyTorch 2 eager loop doing what fit() does: the same model, optimizer, schedule,
+    batches and augmentation (drawn from the same seeded generator in the same order), the
+    training loss and accuracy summed up, and the validation split scored within the epoch."""
     import torch
 
-    from stages import train
+    from bench import torch_twin
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
-    x, y = (torch.from_numpy(data["train"][k]) for k in ("x", "y"))
-    y = y.long()
-    n, batch_size, shift = len(y), cfg["batch_size"], cfg["augment_shift"]
+    x, y = torch.from_numpy(data["train"]["x"]), torch.from_numpy(data["train"]["y"]).long()
+    n, side, batch_size, shift = len(y), x.shape[1], cfg["batch_size"], cfg["augment_shift"]
     steps = train.steps_per_epoch(n, batch_size)
-    model = torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(28 * 28, cfg["hidden_units"][0]), torch.nn.ReLU(),
-        torch.nn.Dropout(cfg["dropout"]), torch.nn.Linear(cfg["hidden_units"][0], 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"])
-    total, warmup = cfg["epochs"] * steps, round(cfg["warmup_epochs"] * steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
-        step / warmup if step < warmup
-        else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))))
+    model = torch_twin.build_model(family, cfg, side, data["classes"])
+    optimizer = torch_twin.build_optimizer(cfg, model)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                 torch_twin.schedule_factor(cfg, steps))
     loss_fn = torch.nn.CrossEntropyLoss()
     blank = blank_pixel(data["normalization"])
-    x_test = torch.from_numpy(data["test"]["x"])
+    x_val, y_val = (torch.from_numpy(data["val"][k]) for k in ("x", "y"))
+
+    def augmented(images, step, moves):
+        if cfg["augment"] == "affine":
+            return torch_twin.transform_images(
+                images, moves[step * batch_size:(step + 1) * batch_size], blank)
+        if cfg["augment"] == "shift":
+            top, left = moves[step]
+            padded = torch.nn.functional.pad(images, (shift,) * 4, value=blank)
+            return padded[:, top:top + side, left:left + side]
+        return images
+
+    def logits(images):
+        with torch.no_grad():
+            return torch.cat([model(images[i:i + CHUNK]) for i in range(0, len(images), CHUNK)])
 
     rng = np.random.default_rng(cfg["seed"])
-    seconds, scores = [], []
+    seconds, scores, history = [], [], []
     for _ in range(cfg["epochs"]):
         started = time.perf_counter()
         model.train()
         order = torch.from_numpy(rng.permutation(n))
-        offsets = rng.integers(0, 2 * shift + 1, size=(steps, 2))
+        if cfg["augment"] == "affine":
+            moves = torch_twin.affine_thetas(train.affine_transforms(rng, n, cfg, side),
+                                             side, side)
+        else:
+            moves = rng.integers(0, 2 * shift + 1, size=(steps, 2))
+        loss_sum, hits = torch.zeros(()), torch.zeros((), dtype=torch.long)
         for step in range(steps):
             batch = order[step * batch_size:(step + 1) * batch_size]
-            top, left = offsets[step]
-            xb = torch.nn.functional.pad(x[batch], (shift,) * 4, value=blank)
-            xb = xb[:, top:top + 28, left:left + 28]
+            with torch.no_grad():
+                xb = augmented(x[batch], step, moves)
+            yb = y[batch]
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(xb), y[batch]).backward()
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            loss.backward()
             optimizer.step()
             schedule.step()
-        seconds.append(time.perf_counter() - started)
+            loss_sum += loss.detach() * len(batch)
+            hits += (out.detach().argmax(1) == yb).sum()
         model.eval()
-        with torch.no_grad():
-            scores.append(accuracy(model(x_test), data["test"]["y"]))
+        val_out = logits(x_val)
+        val_loss, val_hits = loss_fn(val_out, y_val.long()), (val_out.argmax(1) == y_val).sum()
+        history.append((float(loss_sum) / n, int(hits) / n, float(val_loss),  # as fit() has
+                        int(val_hits) / len(y_val)))
+        seconds.append(time.perf_counter() - started)
+        scores.append(accuracy(logits(torch.from_numpy(data["test"]["x"])), data["test"]["y"]))
     return seconds, scores
 
 
-def sklearn(cfg, data):
+def sklearn(family, cfg, data):
     """scikit-learn's MLPClassifier, one partial_fit per epoch: Adam at its default constant
     rate of 0.001 (it has no schedule, and 0.003 without one did no better), no dropout."""
     from sklearn.neural_network import MLPClassifier
@@ -142,38 +167,48 @@ def sklearn(cfg, data):
     with threadpool_limits(cfg["threads"]):
         for _ in range(cfg["epochs"]):
             started = time.perf_counter()
-            model.partial_fit(flat["train"], data["train"]["y"], classes=np.arange(10))
+            model.partial_fit(flat["train"], data["train"]["y"],
+                              classes=np.arange(data["classes"]))
             seconds.append(time.perf_counter() - started)
             scores.append(accuracy(model.predict_proba(flat["test"]), data["test"]["y"]))
     return seconds, scores
 
 
-# name -> (function, label in the results, epochs to run: None for params' train.epochs)
+class Trainer:
+    def __init__(self, function, label, families=("mlp", "cnn"), max_epochs=None):
+        self.function, self.label = function, label
+        self.families, self.max_epochs = families, max_epochs  # None: the recipe's epochs
+
+
 TRAINERS = {
-    "project": (project, "this project (`stages/train.py`)", None),
-    "torch": (torch, "PyTorch 2 eager loop", None),
-    "keras_fit": (keras_fit, "Keras `model.fit` (for reference)", 4),
-    "keras_fit_32": (functools.partial(keras_fit, steps_per_execution=32),
-                     "Keras `model.fit`, `steps_per_execution=32` (for reference)", 4),
-    "sklearn": (sklearn, "scikit-learn `MLPClassifier`", None),
+    "project": Trainer(project, "this project (`stages/train.py`)"),
+    "torch": Trainer(torch_loop, "PyTorch 2 eager loop"),
+    "keras_fit": Trainer(keras_fit, "Keras `model.fit` (reference)", max_epochs=4),
+    "keras_fit_32": Trainer(functools.partial(keras_fit, steps_per_execution=32),
+                            "Keras `model.fit`, `steps_per_execution=32` (reference)",
+                            max_epochs=4),
+    "sklearn": Trainer(sklearn, "scikit-learn `MLPClassifier`", families=("mlp",)),
 }
 
 
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.trainers")
     parser.add_argument("trainer", choices=TRAINERS)
+    parser.add_argument("family", choices=("mlp", "cnn"))
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--epochs", type=int, help="default: params.yaml's train.epochs")
+    parser.add_argument("--epochs", type=int, help="default: the family's recipe's epochs")
     args = parser.parse_args()
 
-    cfg = {**params.load("train", REPO / "params.yaml"), "threads": args.threads}
-    cfg["epochs"] = args.epochs or cfg["epochs"]
-    data = {split: load_npz(args.data_dir / f"{split}.npz") for split in ("train", "val", "test")}
+    trainer = TRAINERS[args.trainer]
+    cfg = train.recipe({**params.load("train", REPO / "params.yaml"), "model": args.family})
+    cfg["threads"], cfg["epochs"] = args.threads, args.epochs or cfg["epochs"]
+    cfg["epochs"] = min(cfg["epochs"], trainer.max_epochs or cfg["epochs"])
+    data = {split: read_split(args.data_dir / f"{split}.npz") for split in ("train", "val", "test")}
     data["normalization"] = read_json(args.data_dir / "normalization.json")
-    function = TRAINERS[args.trainer][0]
-    seconds, scores = function(cfg, data)
-    print(json.dumps({"trainer": args.trainer, "threads": args.threads,
+    data["classes"] = len(read_json(args.data_dir / "dataset.json")["class_names"])
+    seconds, scores = trainer.function(args.family, cfg, data)
+    print(json.dumps({"trainer": args.trainer, "family": args.family, "threads": args.threads,
                       "batch_size": cfg["batch_size"], "epoch_seconds": seconds,
                       "test_accuracy": scores}))
 

@@ -64,6 +64,16 @@ def parity(keras_probs, onnx_probs):
     }
 
 
+def check_parity(result):
+    """Raise StageError unless the export gives Keras' classes within TOLERANCE."""
+    if result["mismatched_predictions"] or result["max_abs_diff"] > TOLERANCE:
+        raise StageError(f"the ONNX export does not match Keras: "
+                         f"{result['mismatched_predictions']} of {result['test_images']} test "
+                         f"predictions differ, and probabilities by up to "
+                         f"{result['max_abs_diff']:.2g} (allowed: {TOLERANCE:g}); "
+                         f"{ONNX_FILE} was not written")
+
+
 def main():
     import_tensorflow()
     from stages.keras_file import load_model_checked
@@ -81,12 +91,7 @@ def main():
         log.info("ONNX vs Keras on %d test images: max |difference| %.2g, %d predictions differ",
                  result["test_images"], result["max_abs_diff"], result["mismatched_predictions"])
         write_json(METRICS_FILE, result)
-        if result["mismatched_predictions"] or result["max_abs_diff"] > TOLERANCE:
-            raise StageError(f"the ONNX export does not match Keras: "
-                             f"{result['mismatched_predictions']} of {result['test_images']} test "
-                             f"predictions differ, and probabilities by up to "
-                             f"{result['max_abs_diff']:.2g} (allowed: {TOLERANCE:g}); "
-                             f"{ONNX_FILE} was not written")
+        check_parity(result)
         os.replace(tmp / ONNX_FILE.name, ONNX_FILE)
 
 

@@ -52,6 +52,28 @@ def parse_yaml(text, version=None):
         return yaml.load(text)
 
 
+def bracket_depth(text):
+    """How deep `[` and `{` nest in `text`, quoted strings and comments aside. ruamel's scanner
+    takes quadratic time on deep flow nesting (100,000 brackets: seconds), so this is checked
+    before parsing."""
+    depth = deepest = 0
+    for line in text.splitlines():
+        quote = None  # an apostrophe in a plain word (don't) ends with its line
+        for char in line:
+            if quote:
+                quote = None if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char == "#":
+                break
+            elif char in "[{":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif char in "]}":
+                depth -= 1
+    return deepest
+
+
 def check_size(node, path="", depth=0, sizes=None):
     """Count values as if aliases were expanded, without expanding them: each shared object is
     counted once and its size reused. Raises ParamsError past MAX_VALUES or MAX_DEPTH."""
@@ -114,6 +136,9 @@ def read_params(path=PARAMS_FILE):
         if Path(path).stat().st_size > MAX_FILE_BYTES:
             raise ParamsError(f"{path}: over {MAX_FILE_BYTES:,} bytes; params.yaml is a few KB")
         text = Path(path).read_text(encoding="utf-8")
+        if bracket_depth(text) > MAX_DEPTH:
+            raise ParamsError(f"{path}: [ and {{ nest more than {MAX_DEPTH} levels deep; "
+                              "params.yaml needs a few")
         as_dvc = parse_yaml(text)
         check_size(as_dvc)
         as_yaml11 = parse_yaml(text, version=(1, 1))
@@ -172,11 +197,11 @@ def boolean(v):
     return None if isinstance(v, bool) else "true or false"
 
 
-def int_list(lo, hi, max_len):
+def int_list(lo, hi, max_len, min_len=1):
     def check(v):
-        ok = (isinstance(v, list) and 1 <= len(v) <= max_len
+        ok = (isinstance(v, list) and min_len <= len(v) <= max_len
               and all(integer(lo, hi)(x) is None for x in v))
-        return None if ok else f"a list of 1 to {max_len} integers from {lo} to {hi}"
+        return None if ok else f"a list of {min_len} to {max_len} integers from {lo} to {hi}"
     return check
 
 
@@ -273,6 +298,13 @@ DATASETS = ("mnist", "fashion-mnist")
 
 # --- the schema: every key params.yaml may hold, and what it may be ----------------------------
 
+FAMILIES = ("mlp", "cnn")
+
+
+class Optional(dict):
+    """A section of the schema that may be left out, as may each of its keys."""
+
+
 # How a model is trained: each family has its own copy of these keys, tuned for it.
 RECIPE = {
     "optimizer": choice("adam", "adamw", "sgd"),
@@ -282,8 +314,30 @@ RECIPE = {
     "warmup_epochs": number(0, 100),
     "batch_size": integer(1, 60000),
     "epochs": integer(1, 1000),
+    "augment": choice("none", "shift", "affine"),
     "augment_shift": integer(0, 4),
+    "augment_rotate": number(0, 45),
+    "augment_scale": number(0, 0.5),
+    "augment_flip": boolean,
     "threads": integer(0, 256),
+}
+
+FAMILY_SCHEMAS = {
+    "mlp": {
+        "hidden_units": int_list(1, 8192, 8),
+        "activation": choice("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish"),
+        "dropout": number(0, 0.9),
+        **RECIPE,
+    },
+    "cnn": {
+        "filters": int_list(1, 512, 3),
+        "final_filters": int_list(1, 512, 3, min_len=0),
+        "kernel_size": integer(1, 7),
+        "padding": choice("valid", "same"),
+        "dense_units": integer(0, 4096),
+        "dropout": number(0, 0.9),
+        **RECIPE,
+    },
 }
 
 SCHEMA = {
@@ -302,21 +356,12 @@ SCHEMA = {
         "seed": integer(0, 2**31 - 1),
     },
     "train": {
-        "model": choice("mlp", "cnn"),
+        "model": choice(*FAMILIES),
         "seed": integer(0, 2**31 - 1),
-        "mlp": {
-            "hidden_units": int_list(1, 8192, 8),
-            "activation": choice("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish"),
-            "dropout": number(0, 0.9),
-            **RECIPE,
-        },
-        "cnn": {
-            "filters": int_list(1, 512, 3),
-            "kernel_size": integer(1, 7),
-            "dense_units": integer(0, 4096),
-            "dropout": number(0, 0.9),
-            **RECIPE,
-        },
+        **FAMILY_SCHEMAS,
+        # What a dataset changes in a family's recipe: any of its keys, each optional.
+        **{name: Optional({family: Optional(keys) for family, keys in FAMILY_SCHEMAS.items()})
+           for name in DATASETS},
     },
     "evaluate": {
         "batch_size": integer(1, 60000),
@@ -340,6 +385,8 @@ def validate(params, schema=SCHEMA, where=""):
             raise ParamsError(f"{PARAMS_FILE}: unknown key {key_name(where, key)} = "
                               f"{shown(params[key])}; allowed here: {', '.join(schema)}")
     for key, check in schema.items():
+        if key not in params and (isinstance(schema, Optional) or isinstance(check, Optional)):
+            continue
         if key not in params:
             # Every check rejects None, so check(None) is the text of what is allowed.
             expected = "a mapping" if isinstance(check, dict) else check(None)

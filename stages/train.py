@@ -42,9 +42,12 @@ LIVE_DIR = Path("metrics/train")  # DVCLive: metrics.json (the summary) and plot
 TIMING_FILE = Path("metrics/timing.json")  # git-ignored, not a DVC out: timings vary per run
 
 
-def recipe(train_params):
-    """The section of the chosen family, with the shared seed: what build and fit read."""
-    return {**train_params[train_params["model"]], "seed": train_params["seed"]}
+def recipe(train_params, dataset="mnist"):
+    """The section of the chosen family, with what params.yaml changes for `dataset` (if
+    anything) and the shared seed: what build and fit read."""
+    family = train_params["model"]
+    changes = train_params.get(dataset, {}).get(family, {})
+    return {**train_params[family], **changes, "seed": train_params["seed"]}
 
 
 def learning_rate_schedule(cfg, steps_per_epoch):
@@ -100,6 +103,36 @@ def shift_images(images, offset, shift, background):
     return padded[:, offset[0]:offset[0] + height, offset[1]:offset[1] + width]
 
 
+def affine_transforms(rng, count, cfg, side=28):
+    """`count` random transforms, one per image: a shift of up to augment_shift pixels, a turn
+    of up to augment_rotate degrees and a scaling by up to augment_scale, about the centre,
+    and with augment_flip, a mirror image half the time. Each row is the 8 numbers
+    ImageProjectiveTransformV3 takes: the map from a pixel of the output to the point of the
+    input it shows."""
+    angle = np.deg2rad(rng.uniform(-cfg["augment_rotate"], cfg["augment_rotate"], count))
+    scale = 1 + rng.uniform(-cfg["augment_scale"], cfg["augment_scale"], count)
+    dx, dy = rng.uniform(-cfg["augment_shift"], cfg["augment_shift"], (2, count))
+    mirror = np.where(rng.random(count) < 0.5, -1.0, 1.0) if cfg["augment_flip"] else 1.0
+    centre = (side - 1) / 2
+    a0, a1 = mirror * np.cos(angle) / scale, np.sin(angle) / scale
+    b0, b1 = -mirror * np.sin(angle) / scale, np.cos(angle) / scale
+    a2 = centre - a0 * (centre + dx) - a1 * (centre + dy)
+    b2 = centre - b0 * (centre + dx) - b1 * (centre + dy)
+    zeros = np.zeros(count)
+    return np.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1).astype(np.float32)
+
+
+def transform_images(images, transforms, background):
+    """Apply one projective transform per image (bilinear), filling with `background`."""
+    import tensorflow as tf
+
+    height, width = images.shape[1:]
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images[..., tf.newaxis], transforms=transforms, output_shape=[height, width],
+        fill_value=background, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return moved[..., 0]
+
+
 def steps_per_epoch(examples, batch_size):
     return math.ceil(examples / batch_size)  # the last batch may be smaller
 
@@ -115,17 +148,22 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
     model.fit does the same arithmetic but pays for its data iterator, metric objects and a
     Python round-trip per step, which for the small MLP cost more than the arithmetic: it
     takes over twice as long per epoch, and still about 45 % longer with 32 steps per call
-    (see bench/). All randomness (the order of the examples, each batch's shift) comes from one
-    generator seeded from params, drawn outside the graph.
+    (see bench/). All randomness (the order of the examples, each batch's shift or each image's
+    transform) comes from one generator seeded from params, drawn outside the graph.
 
-    `normalization` holds the constants preprocess applied: a shifted batch is filled in with
-    what a blank pixel became. `on_epoch_end(epoch, values)` is called after each epoch with
-    that epoch's entry of each history key, outside the timed part.
+    Augmentation (cfg["augment"]): "shift" moves each batch as a whole by whole pixels, which
+    costs next to nothing (the MLP's recipe); "affine" moves, turns and scales each image on
+    its own (the CNN's); "none". `normalization` holds the constants preprocess applied: what
+    moves in from outside an image is what a blank pixel became.
+
+    `on_epoch_end(epoch, values)` is called after each epoch with that epoch's entry of each
+    history key, outside the timed part.
     """
     import keras
     import tensorflow as tf
 
     n, batch_size, shift = len(train["y"]), cfg["batch_size"], cfg["augment_shift"]
+    augment = cfg["augment"]
     steps = steps_per_epoch(n, batch_size)
     x, y = tf.constant(train["x"]), tf.constant(train["y"].astype(np.int32))
     x_val, y_val = tf.constant(val["x"]), tf.constant(val["y"].astype(np.int32))
@@ -139,12 +177,20 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
         return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=1, output_type=tf.int32),
                                               labels), tf.float32))
 
+    def augmented(images, step, moves):
+        if augment == "affine":
+            return transform_images(images, moves[step * batch_size:(step + 1) * batch_size],
+                                    blank)
+        if augment == "shift":
+            return shift_images(images, moves[step], shift, blank)
+        return images
+
     @tf.function
-    def train_epoch(order, offsets):
+    def train_epoch(order, moves):
         loss_sum, hits = tf.constant(0.0), tf.constant(0.0)
         for step in tf.range(steps):
             batch = order[step * batch_size:(step + 1) * batch_size]
-            xb = shift_images(tf.gather(x, batch), offsets[step], shift, blank)
+            xb = augmented(tf.gather(x, batch), step, moves)
             yb = tf.gather(y, batch)
             with tf.GradientTape() as tape:
                 probs = model(xb, training=True)
@@ -166,8 +212,11 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
     for epoch in range(cfg["epochs"]):
         started = time.perf_counter()
         order = rng.permutation(n).astype(np.int32)
-        offsets = rng.integers(0, 2 * shift + 1, size=(steps, 2), dtype=np.int32)
-        values = [*train_epoch(tf.constant(order), tf.constant(offsets)), *score(x_val, y_val)]
+        if augment == "affine":  # one transform per image, in batch order
+            moves = affine_transforms(rng, n, cfg, side=x.shape[1])
+        else:  # one offset per batch (unused without augmentation)
+            moves = rng.integers(0, 2 * shift + 1, size=(steps, 2), dtype=np.int32)
+        values = [*train_epoch(tf.constant(order), tf.constant(moves)), *score(x_val, y_val)]
         epoch_seconds.append(time.perf_counter() - started)
         # The rate of the epoch's last step: what the schedule had reached.
         values.append(optimizer.learning_rate)
@@ -201,11 +250,11 @@ def main():
     from stages.models import build_model
 
     train_params = params_module.load("train")
-    family, cfg = train_params["model"], recipe(train_params)
     train, val = read_split(DATA_DIR / "train.npz"), read_split(DATA_DIR / "val.npz")
     normalization = read_input(DATA_DIR / "normalization.json", "preprocess", read_json)
     dataset = read_input(DATA_DIR / "dataset.json", "preprocess", read_json)
     class_names = dataset["class_names"]
+    family, cfg = train_params["model"], recipe(train_params, dataset["name"])
 
     configure_tensorflow(cfg)
     try:

@@ -100,6 +100,13 @@ def http_server():
         server.server_close()
 
 
+def read_yaml(path):
+    """A YAML file (dvc.lock, a workflow) read with DVC's own loader."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(Path(path).read_text())
+
+
 def repo_params():
     """The repository's params.yaml, read as the stages (and DVC) read it."""
     return params_module.read_params(REPO / "params.yaml")
@@ -109,8 +116,8 @@ def repo_params():
 # train in seconds (the real one takes minutes).
 TINY_TRAINING = {
     "mlp": {"epochs": 5, "batch_size": 32, "warmup_epochs": 0.5},
-    "cnn": {"filters": [8, 16], "epochs": 3, "batch_size": 32, "warmup_epochs": 0.5,
-            "threads": 0},
+    "cnn": {"filters": [8, 16], "final_filters": [16], "epochs": 3, "batch_size": 32,
+            "warmup_epochs": 0.5, "threads": 0},
 }
 
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+
 # Strokes of each digit in a unit box (x to the right, y down), as a hand writes them.
 def _ellipse(cx, cy, rx, ry, start=0.0, end=1.0, points=24):
     return [(cx + rx * math.sin(2 * math.pi * t), cy - ry * math.cos(2 * math.pi * t))

@@ -419,3 +419,11 @@ def test_usage_errors_exit_2(args, capsys):
     with pytest.raises(SystemExit) as exit:
         predict.main(args)
     assert exit.value.code == 2
+
+
+def test_debug_writes_the_28x28_image_the_model_saw(tmp_path, capsys, model_file, good_png):
+    status, out, _ = run_main(capsys, "--debug", tmp_path / "seen", "--model", model_file,
+                              good_png)
+    assert status == 0 and out.startswith(f"{good_png}: ")
+    seen = np.asarray(Image.open(tmp_path / "seen" / f"{good_png.name}.28x28.png"))
+    np.testing.assert_array_equal(seen, to_mnist_form(read_image(good_png)))

@@ -2,19 +2,120 @@
 
 import pytest
 
-from bench.run import summarise
+from bench.coldstart import all_imports, top_level_imports
+from bench.load import multipart_body, percentile, summarise_client, wrk_result
+from bench.run import parse_args, serving_goals
+from bench.training import best_of_threads, ratio_to_torch, reached, summarise
 
 
-def test_summary_leaves_out_the_first_epoch_and_adds_up_time_to_98():
-    run = {"epoch_seconds": [5.0, 1.0, 3.0, 2.0, 2.5],
-           "test_accuracy": [0.90, 0.97, 0.981, 0.979, 0.985]}
-    summary = summarise(run)
+def run(seconds, scores, threads=1):
+    return {"epoch_seconds": seconds, "test_accuracy": scores, "threads": threads}
+
+
+def test_summary_leaves_out_the_first_epoch_and_adds_up_time_to_target():
+    summary = summarise(run([5.0, 1.0, 3.0, 2.0, 2.5], [0.90, 0.97, 0.981, 0.979, 0.985]), 0.98)
     assert summary["median_epoch_s"] == pytest.approx(2.25)  # of 1, 3, 2, 2.5: not the 5 s
     assert summary["to_target"] == (pytest.approx(9.0), 3)   # 5 + 1 + 3, first over 98 %
     assert summary["train_s"] == pytest.approx(13.5)
     assert summary["final_accuracy"] == 0.985 and summary["epochs"] == 5
 
 
-def test_summary_says_when_98_is_never_reached():
-    run = {"epoch_seconds": [1.0, 1.0, 1.0], "test_accuracy": [0.5, 0.9, 0.97]}
-    assert summarise(run)["to_target"] is None
+def test_summary_of_the_cnn_counts_to_its_own_target():
+    summary = summarise(run([4.0, 2.0, 2.0], [0.99, 0.994, 0.996]), 0.995)
+    assert summary["to_target"] == (pytest.approx(8.0), 3)
+    assert reached(summary, 0.995) == "8.0 s (epoch 3)"
+
+
+def test_summary_says_when_the_target_is_never_reached():
+    summary = summarise(run([1.0, 1.0, 1.0], [0.5, 0.9, 0.97]), 0.98)
+    assert summary["to_target"] is None
+    assert reached(summary, 0.98) == "not in 3 epochs"
+
+
+def test_a_single_epoch_is_its_own_median():  # a smoke run of --epochs 1
+    assert summarise(run([7.0], [0.9]), 0.98)["median_epoch_s"] == 7.0
+
+
+def test_each_trainer_is_compared_at_its_own_best_thread_count():
+    runs = {
+        "project": [summarise(run([9, 1.0, 1.0], [0.9] * 3, 1), 0.98),
+                    summarise(run([9, 0.6, 0.6], [0.9] * 3, 2), 0.98)],
+        "torch": [summarise(run([9, 0.8, 0.8], [0.9] * 3, 1), 0.98),
+                  summarise(run([9, 1.2, 1.2], [0.9] * 3, 2), 0.98)],
+    }
+    assert best_of_threads(runs["project"])["threads"] == 2
+    assert best_of_threads(runs["torch"])["threads"] == 1
+    assert ratio_to_torch(runs) == {"project": pytest.approx(0.75), "torch": pytest.approx(1.0)}
+
+
+def test_a_tie_goes_to_fewer_threads():
+    tied = [summarise(run([1, 0.5], [0.9, 0.9], t), 0.98) for t in (2, 1)]
+    assert best_of_threads(tied)["threads"] == 1
+
+
+def test_percentiles_interpolate_between_ranks_as_numpy_does():
+    values = [5, 1, 4, 2, 3]
+    assert percentile(values, 50) == 3
+    assert percentile(values, 0) == 1 and percentile(values, 100) == 5
+    assert percentile(values, 99) == pytest.approx(4.96)  # numpy.percentile(values, 99)
+    assert percentile([0.010, 0.020], 50) == pytest.approx(0.015)
+
+
+def test_the_python_client_summary_counts_non_2xx_and_socket_errors():
+    summary = summarise_client([0.01] * 98 + [0.2, 0.3], [200] * 99 + [500], 2, seconds=0.5)
+    assert summary["requests"] == 100 and summary["rps"] == pytest.approx(200)
+    assert summary["p50_ms"] == pytest.approx(10)
+    assert summary["p99_ms"] == pytest.approx(201)  # between 200 and 300 ms, at 0.01 of a rank
+    assert summary["non_2xx"] == 1 and summary["socket_errors"] == 2
+
+
+def test_wrk_results_come_from_the_script_line_in_microseconds():
+    stdout = ("Running 10s test @ http://127.0.0.1:1/predict\n  Latency  12.00ms\n"
+              'BENCH {"requests": 5000, "duration_us": 10000000, "status_errors": 3, '
+              '"socket_errors": 1, "p50_us": 12500, "p99_us": 98000, "max_us": 150000}\n')
+    result = wrk_result(stdout)
+    assert result["rps"] == pytest.approx(500) and result["seconds"] == pytest.approx(10)
+    assert (result["p50_ms"], result["p99_ms"], result["max_ms"]) == (12.5, 98.0, 150.0)
+    assert result["non_2xx"] == 3 and result["socket_errors"] == 1
+
+
+def test_api_and_predict_goals():
+    fast = {"rps": 450, "p99_ms": 80, "non_2xx": 0, "socket_errors": 0}
+    cold = {"median_s": 0.3, "max_s": 0.6, "peak_rss_mb": 140, "heavy_imports": []}
+    rows = serving_goals(cold, {"runs": {1: fast, 2: {**fast, "socket_errors": 1}}})
+    assert ["**met**" in row for row in rows] == [True, True, False]
+    assert "**missed**" in serving_goals({**cold, "heavy_imports": ["tensorflow"]}, None)[0]
+
+
+def test_the_multipart_body_holds_the_png_in_the_file_field():
+    body = multipart_body(b"\x89PNG-bytes")
+    assert b'name="file"; filename="digit.png"' in body
+    assert b"\r\n\r\n\x89PNG-bytes\r\n--" in body and body.endswith(b"--\r\n")
+
+
+IMPORTTIME = """\
+import time: self [us] | cumulative | imported package
+import time:       120 |        120 |     _io
+import time:      5000 |     150000 |   numpy._core
+import time:      1494 |     189663 | numpy
+import time:       838 |     108798 | onnxruntime
+import time:        40 |         40 |   tensorflow.python
+"""
+
+
+def test_imports_are_read_from_importtime():
+    assert top_level_imports(IMPORTTIME) == {"numpy": pytest.approx(0.189663),
+                                             "onnxruntime": pytest.approx(0.108798)}
+    assert "tensorflow.python" in all_imports(IMPORTTIME)
+    assert "imported package" not in all_imports(IMPORTTIME)
+
+
+def test_options():
+    args = parse_args(["--only", "training", "--families", "cnn", "--threads", "1,2",
+                       "--epochs", "1"])
+    assert (args.only, args.families, args.threads, args.epochs) == (["training"], ["cnn"],
+                                                                     [1, 2], 1)
+    assert args.output is None  # a partial run does not overwrite results.md
+    assert parse_args([]).output.name == "results.md"
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "trainnig"])

@@ -8,9 +8,8 @@ import json
 import time
 
 import pytest
-import yaml
 
-from tests.conftest import PipelineRepo
+from tests.conftest import PipelineRepo, read_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +19,7 @@ AFTER_TRAIN = ["train", "evaluate", "export"]
 
 def lock_md5s(repo):
     """{out path: md5} for every output of every stage in dvc.lock."""
-    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
+    lock = read_yaml(repo.path / "dvc.lock")
     return {out["path"]: out["md5"] for stage in lock["stages"].values()
             for out in stage.get("outs", [])}
 

@@ -83,7 +83,10 @@ def billion_laughs(levels=9):
     ("train:\n  epochs: 5\n  bomb: " + billion_laughs().split("\n", 1)[0].split(": ", 1)[1]
      + "\n", None),  # one small alias: fine here, refused later as an unknown key
     ("a: " + "9" * 5_000 + "\n", "Exceeds the limit"),  # Python refuses > 4300-digit ints
-    ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "cannot read"),
+    ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "nest more than 50 levels deep"),
+    ("a: " + "[" * 60 + "]" * 60 + "\n", "nest more than 50 levels deep"),
+    ("a:\n" + "".join(" " * i + f"k{i}:\n" for i in range(60)) + " " * 60 + "v: 1\n",
+     "nested more than 50 levels deep"),  # block mappings: checked once parsed
     ("a: " + "9" * 1_000_001 + "\n", "over 1,000,000 bytes"),
     (b"a: \xff\xfe\n", "not UTF-8"),
     ("a: !!python/object/apply:os.system ['true']\n", "could not determine a constructor"),

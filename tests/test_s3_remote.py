@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO, PipelineRepo, run
+from tests.conftest import REPO, PipelineRepo, read_yaml, run
 from tests.s3_server import BUCKET, S3Server, s3_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -67,7 +66,7 @@ def cloud_status(repo):
 
 def lock_outs(repo):
     """{path: md5} of every output dvc.lock records: data, model, metrics and plots."""
-    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
+    lock = read_yaml(repo.path / "dvc.lock")
     return {out["path"]: out["md5"] for stage in lock["stages"].values()
             for out in stage.get("outs", [])}
 
@@ -169,7 +168,7 @@ def test_an_experiment_travels_through_git_and_s3(pipeline_repo, s3_server, tmp_
 
 
 def workflow_step(name):
-    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["repro"]["steps"]
+    steps = read_yaml(WORKFLOW)["jobs"]["repro"]["steps"]
     return next(step for step in steps if step.get("name") == name)
 
 
@@ -177,7 +176,7 @@ def test_the_workflow_pulls_from_an_s3_compatible_store(pipeline_repo, s3_server
     """The workflow's "Pull from the DVC remote" step, its script run as GitHub runs it, in a
     fresh clone, given the secrets DVC_REMOTE_URL (s3://), DVC_REMOTE_ENDPOINT and AWS keys."""
     step = workflow_step("Pull from the DVC remote")
-    workflow_env = {**yaml.safe_load(WORKFLOW.read_text())["env"], **step.get("env", {})}
+    workflow_env = {**read_yaml(WORKFLOW)["env"], **step.get("env", {})}
     for name in WORKFLOW_SECRETS:
         wired = workflow_env.get(name) == f"${{{{ secrets.{name} }}}}"
         assert wired, f"the workflow does not pass secrets.{name} as ${name}"

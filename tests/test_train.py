@@ -51,10 +51,11 @@ def test_default_cnn_has_the_parameters_it_claims():
     cfg = train.recipe({**params, "model": "cnn"})
     model = build_model("cnn", cfg)
     kinds = [layer.__class__.__name__ for layer in model.layers]
-    assert kinds.count("Conv2D") == len(cfg["filters"]) and kinds[-1] == "Dense"
+    assert kinds.count("Conv2D") == len(cfg["filters"]) + len(cfg["final_filters"])
+    assert kinds.count("MaxPooling2D") == len(cfg["filters"]) and kinds[-1] == "Dense"
     # Each 3x3 convolution: 9 weights per input channel and a bias, per filter.
     channels, expected = 1, 0
-    for filters in cfg["filters"]:
+    for filters in cfg["filters"] + cfg["final_filters"]:
         expected += (cfg["kernel_size"] ** 2 * channels + 1) * filters
         channels = filters
     side = 28
@@ -112,6 +113,42 @@ def test_shift_images_moves_the_ink_and_fills_with_background(offset, moved_to):
 def test_shift_of_zero_changes_nothing():
     images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
     np.testing.assert_array_equal(train.shift_images(images, np.array([0, 0]), 0, 0.0), images)
+
+
+def affine(rng_seed=0, count=1, **cfg):
+    cfg = {"augment_shift": 0, "augment_rotate": 0, "augment_scale": 0, "augment_flip": False,
+           **cfg}
+    return train.affine_transforms(np.random.default_rng(rng_seed), count, cfg)
+
+
+def test_affine_with_nothing_to_do_is_the_identity():
+    images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
+    moved = train.transform_images(images, affine(count=3), 0.0)
+    np.testing.assert_allclose(np.asarray(moved), images, atol=1e-6)
+
+
+def test_affine_moves_turns_and_scales_each_image_on_its_own():
+    image = np.full((1, 28, 28), -0.5, np.float32)
+    image[0, 8:20, 13:15] = 2.0  # a vertical bar through the middle
+    images = np.repeat(image, 64, axis=0)
+    moved = np.asarray(train.transform_images(
+        images, affine(count=64, augment_shift=2, augment_rotate=20, augment_scale=0.2), -0.5))
+    assert len({m.tobytes() for m in moved}) == 64, "every image gets its own transform"
+    assert moved.min() >= -0.5 and np.isclose(moved[:, 0, 0], -0.5).all(), "background fills"
+    # Ink moves by at most the shift plus what turning and scaling add at the bar's ends.
+    centres = [np.argwhere(m > 0.5).mean(axis=0) for m in moved]
+    assert max(np.abs(np.array(centres) - [13.5, 14.0]).max(axis=1)) <= 2 + 1.5
+
+
+def test_affine_flip_mirrors_about_half_the_images():
+    image = np.zeros((1, 28, 28), np.float32)
+    image[0, 5:23, 4:9] = 1.0  # a bar on the left
+    images = np.repeat(image, 200, axis=0)
+    moved = np.asarray(train.transform_images(images, affine(count=200, augment_flip=True), 0.0))
+    mirrored = [np.allclose(m, image[0, :, ::-1], atol=1e-5) for m in moved]
+    unchanged = [np.allclose(m, image[0], atol=1e-5) for m in moved]
+    assert all(a != b for a, b in zip(mirrored, unchanged)), "each one or the other"
+    assert 70 <= sum(mirrored) <= 130
 
 
 SCALE = {"method": "scale", "mean": 0.0, "std": 1.0}
@@ -230,3 +267,13 @@ def test_thread_count_does_not_change_the_result(cfg):
         return result.stdout.split()[-1]
 
     assert weights_with(1) == weights_with(os.cpu_count())
+
+
+def test_a_dataset_changes_only_what_params_say_for_it():
+    params = repo_params()["train"]
+    params["fashion-mnist"] = {"mlp": {"epochs": 40, "hidden_units": [256]}}
+    mnist, fashion = train.recipe(params, "mnist"), train.recipe(params, "fashion-mnist")
+    assert (mnist["epochs"], mnist["hidden_units"]) == (20, [128])
+    assert (fashion["epochs"], fashion["hidden_units"]) == (40, [256])
+    assert {k: v for k, v in fashion.items() if k not in ("epochs", "hidden_units")} == {
+        k: v for k, v in mnist.items() if k not in ("epochs", "hidden_units")}
