@@ -189,8 +189,9 @@ def measure_training(args, parts, tmp, train_params):
     if "training" in parts:
         data_dir = repo / "data" / "processed" if stages_run else pipeline.prepare_data(repo, env)
         results = training.measure(args.families, data_dir, args.threads, args.epochs)
+        dataset = json.loads((data_dir / "dataset.json").read_text())["name"]
         for family, runs in results.items():
-            cfg = recipe({**train_params, "model": family})
+            cfg = recipe({**train_params, "model": family}, dataset)
             parity = (training.affine_parity(family, data_dir)
                       if cfg["augment"] == "affine" else None)
             sections.append(training.table(family, runs, args.threads, cfg, parity))

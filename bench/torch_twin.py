@@ -32,13 +32,16 @@ def build_mlp(cfg, side, classes):
 
 
 def build_cnn(cfg, side, classes):
-    """Conv (valid) + ReLU + MaxPool per `filters`, Conv (same) + ReLU per `final_filters`,
-    flatten, optional Dense + ReLU, dropout, linear: as stages/models.py's build_cnn."""
+    """Conv (`padding`) + ReLU + MaxPool per `filters`, Conv (same) + ReLU per
+    `final_filters`, flatten, optional Dense + ReLU, dropout, linear: as stages/models.py's
+    build_cnn."""
     # (N, H, W) -> (N, 1, H, W): Keras' Reshape, channels first.
     size, channels, layers = cfg["kernel_size"], 1, [nn.Unflatten(1, (1, side))]
+    trim = size - 1 if cfg["padding"] == "valid" else 0
     for filters in cfg["filters"]:
-        layers += [nn.Conv2d(channels, filters, size), nn.ReLU(), nn.MaxPool2d(2)]
-        channels, side = filters, (side - size + 1) // 2
+        layers += [nn.Conv2d(channels, filters, size, padding=cfg["padding"]), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+        channels, side = filters, (side - trim) // 2
     for filters in cfg["final_filters"]:
         layers += [nn.Conv2d(channels, filters, size, padding="same"), nn.ReLU()]
         channels = filters
@@ -143,7 +146,8 @@ def main():
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--family", default="cnn", choices=("mlp", "cnn"))
     args = parser.parse_args()
-    cfg = recipe({**params.load("train"), "model": args.family})
+    dataset = read_json(args.data_dir / "dataset.json")["name"]
+    cfg = recipe({**params.load("train"), "model": args.family}, dataset)
     images = read_split(args.data_dir / "test.npz")["x"][:64]
     background = blank_pixel(read_json(args.data_dir / "normalization.json"))
     spread = float(images.max() - images.min())

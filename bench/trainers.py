@@ -201,12 +201,14 @@ def main():
     args = parser.parse_args()
 
     trainer = TRAINERS[args.trainer]
-    cfg = train.recipe({**params.load("train", REPO / "params.yaml"), "model": args.family})
+    dataset = read_json(args.data_dir / "dataset.json")
+    cfg = train.recipe({**params.load("train", REPO / "params.yaml"), "model": args.family},
+                       dataset["name"])
     cfg["threads"], cfg["epochs"] = args.threads, args.epochs or cfg["epochs"]
     cfg["epochs"] = min(cfg["epochs"], trainer.max_epochs or cfg["epochs"])
     data = {split: read_split(args.data_dir / f"{split}.npz") for split in ("train", "val", "test")}
     data["normalization"] = read_json(args.data_dir / "normalization.json")
-    data["classes"] = len(read_json(args.data_dir / "dataset.json")["class_names"])
+    data["classes"] = len(dataset["class_names"])
     seconds, scores = trainer.function(args.family, cfg, data)
     print(json.dumps({"trainer": args.trainer, "family": args.family, "threads": args.threads,
                       "batch_size": cfg["batch_size"], "epoch_seconds": seconds,
