@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 import zipfile
 import zlib
@@ -259,6 +260,21 @@ def temporary_dir(beside, prefix):
         yield Path(path)
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_files(source, target, names):
+    """Move the finished files `names` from folder `source` into folder `target`, all of them
+    or none: SIGTERM, SIGHUP and SIGINT wait until the last one is in place (a signal that
+    arrives meanwhile is delivered right after). Other files in `target` are left alone."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    held = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for name in names:
+            os.replace(Path(source) / name, target / name)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def replace_dir(source, target):

@@ -42,11 +42,15 @@ def os_error_line(error):
     return f"{where}: {cause}" if where else cause
 
 
+def catch_signals():
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, _exit_on_signal)
+
+
 def run(main):
     """Run a stage's `main()` with clean signal handling and one-line errors."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(signum, _exit_on_signal)
+    catch_signals()
     try:
         main()
     except (StageError, InputError, ParamsError) as error:
@@ -80,3 +84,6 @@ def import_tensorflow():
             for line in captured.read().decode(errors="replace").splitlines():
                 if not _IMPORT_NOTICES.search(line):
                     print(line, file=sys.stderr)
+    # absl's failure-signal handler, which TensorFlow installs, takes SIGTERM over and dies of
+    # it with a stack dump: take it back, so a stopped stage still unwinds and cleans up.
+    catch_signals()

@@ -20,7 +20,7 @@ from stages.fileio import (
     read_json,
     read_split,
     remove_stale_temporaries,
-    replace_dir,
+    replace_files,
     temporary_dir,
     write_json,
 )
@@ -270,8 +270,10 @@ def main():
         log.info("trained %d epochs in %.1f s", cfg["epochs"], seconds)
         live.summary["parameter_count"] = model.count_params()
 
-    remove_stale_temporaries(MODEL_DIR.parent)
-    with temporary_dir(MODEL_DIR.parent, "model") as tmp:
+    # The model and its metadata go into model/ together (export's model.onnx stays beside
+    # them): a stopped run leaves the old pair or the new one, never one of each.
+    remove_stale_temporaries(MODEL_DIR)
+    with temporary_dir(MODEL_DIR, "train") as tmp:
         save_model_reproducibly(model, tmp / MODEL_FILE.name)
         write_json(tmp / METADATA_FILE.name, {
             "class_names": class_names,
@@ -280,7 +282,7 @@ def main():
             "input_shape": list(train["x"].shape[1:]),
             "normalization": normalization,
         })
-        replace_dir(tmp, MODEL_DIR)
+        replace_files(tmp, MODEL_DIR, [MODEL_FILE.name, METADATA_FILE.name])
     write_json(TIMING_FILE, {"train_seconds": round(seconds, 2)})
 
 

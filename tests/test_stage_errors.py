@@ -189,3 +189,29 @@ def test_what_sigkill_leaves_behind_the_next_run_removes(big_input):
     assert status == 0, err
     assert sorted(p.name for p in (cwd / "data").iterdir()) == ["mnist.npz", "processed"]
     assert read_json(cwd / "data/processed/normalization.json")["method"] == "standardize"
+
+
+def test_train_stopped_midway_keeps_the_old_model_and_its_neighbours(processed, tmp_path):
+    """Stopped while it trains: model.keras and metadata.json stay the earlier pair, and
+    export's model.onnx beside them is not touched."""
+    cwd = copy_stage(processed, tmp_path / "stage")
+    (cwd / "model").mkdir()
+    (cwd / "model/model.onnx").write_bytes(b"export's output")
+    status, _, err = run("train", cwd)
+    assert status == 0, err
+    assert (cwd / "model/model.onnx").read_bytes() == b"export's output", "not train's to remove"
+    before = {p.name: p.read_bytes() for p in (cwd / "model").iterdir()}
+    params = repo_params()
+    params["train"]["mlp"].update(epochs=200, batch_size=64)  # long enough to be stopped
+    save(params, cwd / "params.yaml")
+    (cwd / "metrics/train/metrics.json").unlink()  # the first run's
+    proc = start("train", cwd)
+    deadline = time.monotonic() + 120
+    while not (cwd / "metrics/train/metrics.json").exists():  # the first epoch has ended
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in (cwd / "model").iterdir()} == before

@@ -96,11 +96,27 @@ function predict() {
 
 document.getElementById("clear").addEventListener("click", () => {
   asked += 1;
-  blank();
+  // A Fashion-MNIST model reads clothes, not digits: say so (the page works the same).
+fetch("/health").then((response) => response.json()).then((health) => {
+  if (health.dataset === "fashion-mnist") {
+    document.title = "Draw a piece of clothing";
+    document.querySelector("h1").textContent = "Draw a piece of clothing";
+  }
+}).catch(() => {});
+
+blank();
   digit.textContent = "?";
   statusLine.textContent = "Draw something.";
   statusLine.classList.remove("error");
   bars.replaceChildren();
 });
+
+// A Fashion-MNIST model reads clothes, not digits: say so (the page works the same).
+fetch("/health").then((response) => response.json()).then((health) => {
+  if (health.dataset === "fashion-mnist") {
+    document.title = "Draw a piece of clothing";
+    document.querySelector("h1").textContent = "Draw a piece of clothing";
+  }
+}).catch(() => {});
 
 blank();
