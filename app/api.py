@@ -30,7 +30,6 @@ from app.transform import FORMATS, MAX_PIXELS, InputError, TooManyPixels, read_i
 
 MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-8 MB; a drawing from the page a few KB
 STATIC = Path(__file__).parent / "static"
-TOP = 10  # every class: the page draws a bar for each
 
 
 class Ranked(BaseModel):
@@ -55,8 +54,8 @@ class Health(BaseModel):
 
 
 class UploadLimit:
-    """ASGI middleware: a POST body over `limit` bytes gets 413 before it is read whole.
-    A declared Content-Length is checked first; a chunked body is counted as it arrives."""
+    """ASGI middleware: a POST body over `limit` bytes gets 413 before it is read whole. A
+    declared Content-Length is checked first; a chunked body is counted as it arrives."""
 
     def __init__(self, app, limit):
         self.app, self.limit = app, limit
@@ -64,10 +63,14 @@ class UploadLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.limit:
-            return await self.refuse(send, int(length) if length.isdigit() else None)
-        received, started = 0, False
+        length = dict(scope["headers"]).get(b"content-length", b"0")  # the server checked it
+        if int(length) > self.limit:
+            body = b'{"detail":"the upload is over the %d MB limit"}' % (self.limit // 2**20)
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        received = 0
 
         async def counting_receive():
             nonlocal received
@@ -77,31 +80,12 @@ class UploadLimit:
                 raise BodyTooLarge(413, f"the upload is over the {self.limit // 2**20} MB limit")
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self.refuse(send, received)
-
-    async def refuse(self, send, length):
-        detail = (f"the upload is over the {self.limit // 2**20} MB limit" if length is not None
-                  else "malformed Content-Length")
-        status = 413 if length is not None else 400
-        body = ('{"detail":"%s"}' % detail).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await self.app(scope, counting_receive, send)
 
 
 class BodyTooLarge(HTTPException):
-    """Raised while the body arrives. An HTTPException, because FastAPI's form parsing passes
-    those on as they are (anything else would become a 400 "error parsing the body")."""
+    """Raised while the body arrives. An HTTPException, which FastAPI answers as it is (its
+    form parsing turns anything else into a 400 "error parsing the body")."""
 
 
 def file_sha256(path):
@@ -116,7 +100,7 @@ def create_app(model_file=None):
                          description="Predicts the class of an image with the pipeline's "
                                      "exported ONNX model.")
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
-    health = Health(status="ok", model=str(classifier.path),
+    health = Health(status="ok", model=classifier.path.name,  # no paths of the host
                     sha256=file_sha256(classifier.path), dataset=classifier.dataset,
                     family=classifier.family, class_names=classifier.class_names)
 
@@ -126,7 +110,7 @@ def create_app(model_file=None):
 
     @api.get("/health")
     async def get_health() -> Health:
-        """Which model is loaded: its path and SHA-256, family, dataset and classes."""
+        """Which model is loaded: its file name and SHA-256, family, dataset and classes."""
         return health
 
     @api.post("/predict", responses={400: {}, 413: {}, 422: {}})
@@ -149,7 +133,8 @@ def create_app(model_file=None):
         except INPUT_ERRORS as e:  # truncated or damaged image data
             raise HTTPException(400, f"cannot read the image: {e}") from None
         probs = classifier.probabilities(pixels[np.newaxis])[0]
-        top = ranked(probs, classifier.class_names, TOP)
+        # Every class, most likely first: the page draws a bar for each.
+        top = ranked(probs, classifier.class_names, len(classifier.class_names))
         return Prediction(**top[0], top=top)
 
     return UploadLimit(api, MAX_UPLOAD_BYTES)
@@ -166,8 +151,12 @@ def main():
         app = create_app()
     except ModelError as e:
         raise SystemExit(f"error: {e}") from None
-    host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
-    workers = int(os.environ.get("WORKERS", "1"))
+    host = os.environ.get("HOST", "127.0.0.1")
+    port, workers = os.environ.get("PORT", "8000"), os.environ.get("WORKERS", "1")
+    if not (port.isdigit() and int(port) < 65536 and workers.isdigit() and int(workers) >= 1):
+        raise SystemExit(f"error: PORT={port!r} WORKERS={workers!r}: expected a port number "
+                         "and a number of worker processes")
+    port, workers = int(port), int(workers)
     if workers > 1:  # each worker process builds its own app, so uvicorn needs the factory
         uvicorn.run("app.api:create_app", factory=True, host=host, port=port, workers=workers,
                     log_level="warning")

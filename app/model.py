@@ -1,8 +1,9 @@
-"""The exported model as the app runs it: ONNX Runtime, and the metadata.json train wrote.
+"""The exported model as the app runs it: ONNX Runtime, and the metadata the file carries.
 
-The metadata (class names, the input shape, the normalisation constants) is checked against the
-model once, when it is loaded: a model and metadata that do not belong together are refused in
-one line rather than producing wrong answers later.
+Export puts train's metadata (class names, the input shape, the normalisation constants, the
+dataset and family) into the ONNX file itself, so a model always comes with its own. It is
+checked against the model once, when it is loaded: what does not fit is refused in one line
+rather than producing wrong answers later.
 """
 
 import json
@@ -15,7 +16,9 @@ import numpy as np
 from stages.normalization import normalize
 
 MODEL_FILE = Path("model/model.onnx")
+METADATA_KEY = "pipeline_metadata"  # as stages/export.py writes it
 FIELD = 28  # MNIST's images are 28x28
+DATASETS, FAMILIES = ("mnist", "fashion-mnist"), ("mlp", "cnn")
 
 
 class ModelError(Exception):
@@ -48,12 +51,16 @@ class Classifier:
 
 
 def check_metadata(metadata, path):
-    """Raise ModelError unless `metadata` is what train writes."""
+    """Raise ModelError unless `metadata` is what train writes and export embeds."""
     def bad(what):
-        return ModelError(f"{path}: {what}; it must be the metadata.json that train wrote")
+        return ModelError(f"{path}: its metadata's {what}; export it with `dvc repro`")
 
     if not isinstance(metadata, dict):
-        raise bad("not a JSON object")
+        raise ModelError(f"{path}: its metadata is not a JSON object; export it with "
+                         "`dvc repro`")
+    for key, allowed in (("dataset", DATASETS), ("family", FAMILIES)):
+        if metadata.get(key) not in allowed:
+            raise bad(f"{key} is {metadata.get(key)!r}, not one of {', '.join(allowed)}")
     names = metadata.get("class_names")
     if not (isinstance(names, list) and len(names) >= 2
             and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
@@ -62,7 +69,7 @@ def check_metadata(metadata, path):
         raise bad(f"input_shape is {metadata.get('input_shape')!r}, not [{FIELD}, {FIELD}]")
     norm = metadata.get("normalization")
     if not isinstance(norm, dict):
-        raise bad("it has no normalization")
+        raise bad("normalization is missing")
     for key in ("mean", "std"):
         value = norm.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -73,20 +80,13 @@ def check_metadata(metadata, path):
 
 
 def load_classifier(model_file=MODEL_FILE):
-    """The ONNX model and its metadata.json, checked against each other. Raises ModelError."""
+    """The ONNX model and the metadata it carries, checked against each other. Raises
+    ModelError."""
     import onnxruntime
 
     model_file = Path(model_file)
-    meta_file = model_file.parent / "metadata.json"
     if not model_file.is_file():
         raise ModelError(f"{model_file}: model file not found (run `dvc repro`, or pass --model)")
-    try:
-        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{meta_file}: not found; train writes it beside the model") from None
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{meta_file}: cannot read it ({e})") from e
-    check_metadata(metadata, meta_file)
 
     options = onnxruntime.SessionOptions()
     # One image at a time is microseconds of arithmetic: a thread pool costs more than it saves.
@@ -98,6 +98,15 @@ def load_classifier(model_file=MODEL_FILE):
     except ort_errors() as e:
         cause = str(e).split(":", 3)[-1].strip() or type(e).__name__
         raise ModelError(f"{model_file}: cannot load the model ({cause[:200]})") from e
+    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if text is None:
+        raise ModelError(f"{model_file}: the model carries no metadata (class names, "
+                         "normalisation): export it with `dvc repro`")
+    try:
+        metadata = json.loads(text)
+    except ValueError as e:
+        raise ModelError(f"{model_file}: its metadata is not JSON ({e})") from e
+    check_metadata(metadata, model_file)
 
     inputs, outputs = session.get_inputs(), session.get_outputs()
     names = metadata["class_names"]
@@ -109,7 +118,6 @@ def load_classifier(model_file=MODEL_FILE):
                          f"{inputs[0].shape}; expected float images of [N, {FIELD}, {FIELD}]")
     if outputs[0].shape[-1] != len(names):
         raise ModelError(f"{model_file}: the model gives {outputs[0].shape[-1]} outputs but "
-                         f"{meta_file} names {len(names)} classes")
+                         f"its metadata names {len(names)} classes")
     return Classifier(session, inputs[0].name, names, metadata["normalization"],
-                      metadata.get("dataset", "mnist"), metadata.get("family", "mlp"),
-                      model_file)
+                      metadata["dataset"], metadata["family"], model_file)

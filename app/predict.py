@@ -2,8 +2,8 @@
 
     python -m app.predict digit.png [more.png ...] [--top K] [--json] [--model PATH]
 
-Runs the exported ONNX model (model/model.onnx, with the metadata.json train wrote beside it)
-with ONNX Runtime: no TensorFlow, so a cold start takes a fraction of a second.
+Runs the exported ONNX model (model/model.onnx, which carries its class names and
+normalisation) with ONNX Runtime: no TensorFlow, so a cold start takes a fraction of a second.
 
 Images (PNG, JPEG or BMP, any size and colour mode) are brought to MNIST form by
 app/transform.py, the same transform the API uses. `.npy` arrays of shape (28, 28) or
@@ -18,7 +18,6 @@ could not be loaded), 2 for a usage error.
 
 import argparse
 import json
-import math
 import os
 import stat
 import sys
@@ -30,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from app.model import MODEL_FILE, ModelError, load_classifier
 from app.transform import FIELD, FORMATS, InputError, read_image, to_model_form
+from stages.fileio import declared_bytes, npy_header
 
 MAX_NPY_BYTES = 64 * 2**20  # an (N, 28, 28) batch: 80,000 images of float32 at most
 
@@ -57,10 +57,9 @@ def parse_args(argv=None):
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     parser.add_argument("--debug", type=Path, metavar="DIR",
                         help="write the 28x28 image the model saw for each input into DIR "
-                             "(as NAME.28x28.png), to see why a guess went wrong")
+                             "(as NNN-NAME.28x28.png), to see why a guess went wrong")
     parser.add_argument("--model", type=Path, default=MODEL_FILE,
-                        help="ONNX model, with its metadata.json beside it "
-                             f"(default: {MODEL_FILE})")
+                        help=f"ONNX model exported by the pipeline (default: {MODEL_FILE})")
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error("--top must be at least 1")
@@ -86,13 +85,10 @@ def read_array(path):
             raise InputError(f"is {kind}, not an .npy array" if kind[0] == "a" else
                              f"not an .npy array ({kind})")
         f.seek(0)
-        version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(f)
+        shape, dtype = npy_header(f)
         if dtype.hasobject:
             raise InputError("holds pickled Python objects (refused: allow_pickle is off)")
-        declared = math.prod(shape) * dtype.itemsize  # Python ints: cannot wrap
+        declared = declared_bytes(shape, dtype)
         available = os.fstat(f.fileno()).st_size - f.tell()
         if declared > available:
             raise InputError(f"declares shape {shape} ({declared:,} bytes) but holds only "
@@ -142,12 +138,12 @@ def printable(name):
 
 # --- output -------------------------------------------------------------------------------------
 
-def save_debug_image(directory, name, pixels):
-    """The input as the model saw it: 28x28, white on black, before normalisation."""
-    directory.mkdir(parents=True, exist_ok=True)
+def save_debug_image(directory, number, name, pixels):
+    """The input as the model saw it: 28x28, white on black, before normalisation, as
+    NNN-NAME.28x28.png (numbered in the order given: two inputs may share a name)."""
     stem = Path(name).name.replace("[", "-").replace("]", "")
     Image.fromarray(np.asarray(pixels).round().clip(0, 255).astype(np.uint8)).save(
-        directory / f"{stem}.28x28.png")
+        directory / f"{number:03d}-{stem}.28x28.png")
 
 
 def ranked(probs, names, k):
@@ -167,6 +163,13 @@ def main(argv=None):
     except ModelError as error:
         print(f"error: {printable(str(error))}", file=sys.stderr)
         return 1
+    if args.debug:
+        try:
+            args.debug.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"error: --debug {printable(str(args.debug))}: {problem(error)}",
+                  file=sys.stderr)
+            return 2
 
     results, pixels = [], []  # results in the order given; pixels of those that can be predicted
     for path in args.images:
@@ -180,7 +183,7 @@ def main(argv=None):
             results.append({"file": name})
             pixels.append(image)
             if args.debug:
-                save_debug_image(args.debug, name, image)
+                save_debug_image(args.debug, len(pixels), name, image)
 
     good = [r for r in results if "error" not in r]
     if good:

@@ -29,6 +29,7 @@ FORMATS = ("PNG", "JPEG", "BMP")
 MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding
 FIELD, BOX = 28, 20      # MNIST digits fit a 20x20 box, centred by mass in a 28x28 field
 WORK_SIDE = 400          # photos are searched at most this large: plenty for a digit
+MIN_SIDE = 8             # narrower than this, a picture cannot hold a readable digit
 MIN_CONTRAST = 32        # grey levels between paper and ink; less is no ink at all
 NOISE_MARGIN = 4         # ink must stand out by this many times the paper's noise
 INK_LEVEL = 0.1          # of the darkest ink; fainter pixels are paper (noise, texture, JPEG)
@@ -120,9 +121,12 @@ def to_model_form(grey, dataset):
 def find_digit(grey):
     """The digit in a picture: its ink (white on black), its box and its polarity."""
     grey = np.asarray(grey, dtype=np.float32)
-    scale = min(1.0, WORK_SIDE / max(grey.shape))
-    small = grey if scale == 1 else cv2.resize(grey, None, fx=scale, fy=scale,
-                                               interpolation=cv2.INTER_AREA)
+    height, width = grey.shape
+    if min(height, width) < MIN_SIDE:
+        raise InputError(f"{width}x{height} pixels is too small to hold a digit")
+    scale = min(1.0, WORK_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # never 0 wide
+    small = grey if scale == 1 else cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
     uniform = plain_paper(small)
     tries = [search(small, polarity, uniform) for polarity in ("dark", "light")]
     found = [t for t in tries if isinstance(t, Found)]
@@ -131,8 +135,9 @@ def find_digit(grey):
     best = max(found, key=lambda f: f.ink.sum())
     x0, y0, x1, y1 = best.box
     ink = soft_ink(best.ink[y0:y1, x0:x1], uniform)
-    box = tuple(min(round(v / scale), limit)
-                for v, limit in zip(best.box, (grey.shape[1], grey.shape[0]) * 2))
+    x_scale, y_scale = size[0] / width, size[1] / height
+    box = tuple(min(round(v / s), limit) for v, s, limit in
+                zip(best.box, (x_scale, y_scale) * 2, (width, height) * 2))
     return Found(ink, box, best.polarity)
 
 

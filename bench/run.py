@@ -225,7 +225,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     load_avg = os.getloadavg()[0]
     parts = [p for p in PARTS if p in args.only]
-    train_params = params.load("train", REPO / "params.yaml")
+    train_params = params.load("train", path=REPO / "params.yaml")
     real_data = None  # None: no part used the data set
     sections, goal_rows = [], []
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:

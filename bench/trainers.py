@@ -202,7 +202,7 @@ def main():
 
     trainer = TRAINERS[args.trainer]
     dataset = read_json(args.data_dir / "dataset.json")
-    cfg = train.recipe({**params.load("train", REPO / "params.yaml"), "model": args.family},
+    cfg = train.recipe({**params.load("train", path=REPO / "params.yaml"), "model": args.family},
                        dataset["name"])
     cfg["threads"], cfg["epochs"] = args.threads, args.epochs or cfg["epochs"]
     cfg["epochs"] = min(cfg["epochs"], trainer.max_epochs or cfg["epochs"])

@@ -168,6 +168,8 @@ def fetch_http(url, dest, hashers, cfg, deadline):
         if isinstance(e.reason, socket.gaierror):  # the host name does not resolve: offline?
             raise SourceFailed(f"{url}: cannot resolve host ({e.reason})") from e
         raise Transient(f"{e.reason}") from e
+    except OSError as e:  # TLS errors and other failures of the connection midway
+        raise Transient(f"{type(e).__name__}: {e}") from e
     if total is not None and got != total:
         # http.client returns a short body without complaint when the server hangs up early.
         raise Transient(f"truncated body: {got} of {total} bytes")
@@ -180,9 +182,12 @@ def fetch(location, dest, cfg):
     if path is not None:
         if not path.is_file():
             raise SourceFailed(f"{location}: no such file")
-        with open(path, "rb") as src, open(dest, "wb") as out:
-            fed = hashers()
-            copy_stream(src, out, fed, path.stat().st_size, str(path))
+        fed = hashers()
+        try:
+            with open(path, "rb") as src, open(dest, "wb") as out:
+                copy_stream(src, out, fed, path.stat().st_size, str(path))
+        except OSError as e:  # unreadable: permissions, a failing disk
+            raise SourceFailed(f"{location}: {e.strerror or e}") from e
         return fed
 
     deadline = (time.monotonic() + cfg["deadline_s"], cfg["deadline_s"])

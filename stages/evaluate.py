@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from stages import params as params_module
-from stages.fileio import atomic_path, read_input, read_json, read_split, write_bytes, write_json
+from stages.fileio import (
+    atomic_path,
+    read_json_with,
+    read_split,
+    remove_stale_temporaries,
+    write_bytes,
+    write_json,
+)
 from stages.runner import import_tensorflow, run
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train: the same kernels on every CPU
@@ -116,8 +123,9 @@ def main():
     from stages.keras_file import load_model_checked
 
     cfg = params_module.load("evaluate")
+    remove_stale_temporaries(METRICS_FILE.parent)
     test = read_split(TEST_FILE)
-    class_names = read_input(DATASET_FILE, "preprocess", read_json)["class_names"]
+    class_names = read_json_with(DATASET_FILE, "preprocess", ["class_names"])["class_names"]
     model = load_model_checked(MODEL_FILE, test["x"].shape[1:], len(class_names))
     probs = model.predict(test["x"], batch_size=cfg["batch_size"], verbose=0)
     y_true = test["y"].astype(np.int64)

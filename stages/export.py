@@ -6,8 +6,13 @@ test image: the predicted classes must be the same and no probability may differ
 TOLERANCE. The numbers go to metrics/export.json; a mismatch fails the stage and keeps no
 model.onnx. The export (Keras' own `model.export(format="onnx")`, which uses tf2onnx) holds no
 timestamp: the same model gives the same bytes.
+
+The ONNX file carries train's metadata (class names, normalisation, dataset, family) in its
+own metadata, under METADATA_KEY: what the app needs comes in one file, so an export can never
+be paired with the metadata of another training.
 """
 
+import json
 import logging
 import os
 import warnings
@@ -16,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.fileio import (
-    read_input,
-    read_json,
+    read_json_with,
     read_split,
     remove_stale_temporaries,
     temporary_dir,
@@ -31,20 +35,35 @@ log = logging.getLogger("export")
 logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate the conversion
 
 KERAS_FILE = Path("model/model.keras")
+KERAS_METADATA_FILE = Path("model/metadata.json")
 ONNX_FILE = Path("model/model.onnx")
+METADATA_KEY = "pipeline_metadata"  # app/model.py reads it under this name
 TEST_FILE = Path("data/processed/test.npz")
 DATASET_FILE = Path("data/processed/dataset.json")
 METRICS_FILE = Path("metrics/export.json")
 TOLERANCE = 1e-5
 
 
-def export_onnx(model, target, sample):
-    """Write `model` as ONNX to `target`; `sample` is a batch to call it on first (a loaded
-    model must have been called before Keras will export it)."""
+def export_onnx(model, target, sample, metadata):
+    """Write `model` as ONNX to `target`, carrying `metadata`; `sample` is a batch to call it
+    on first (a loaded model must have been called before Keras will export it)."""
     model(sample)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx probes np.object
         model.export(str(target), format="onnx", verbose=False)
+    embed_metadata(target, metadata)
+
+
+def embed_metadata(path, metadata):
+    """Put `metadata` (a JSON object) into the ONNX file at `path`, replacing any before it."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata, sort_keys=True))
+    onnx.save(proto, str(path))
 
 
 def onnx_probabilities(path, x):
@@ -78,15 +97,17 @@ def main():
     import_tensorflow()
     from stages.keras_file import load_model_checked
 
+    remove_stale_temporaries(METRICS_FILE.parent)
     test = read_split(TEST_FILE)
-    class_names = read_input(DATASET_FILE, "preprocess", read_json)["class_names"]
+    class_names = read_json_with(DATASET_FILE, "preprocess", ["class_names"])["class_names"]
+    metadata = read_json_with(KERAS_METADATA_FILE, "train", ["class_names", "normalization"])
     model = load_model_checked(KERAS_FILE, test["x"].shape[1:], len(class_names))
     keras_probs = model.predict(test["x"], batch_size=1024, verbose=0)
 
     ONNX_FILE.unlink(missing_ok=True)  # a failed check must not leave an older export behind
     remove_stale_temporaries(ONNX_FILE.parent)
     with temporary_dir(ONNX_FILE.parent, "export") as tmp:
-        export_onnx(model, tmp / ONNX_FILE.name, test["x"][:1])
+        export_onnx(model, tmp / ONNX_FILE.name, test["x"][:1], metadata)
         result = parity(keras_probs, onnx_probabilities(tmp / ONNX_FILE.name, test["x"]))
         log.info("ONNX vs Keras on %d test images: max |difference| %.2g, %d predictions differ",
                  result["test_images"], result["max_abs_diff"], result["mismatched_predictions"])

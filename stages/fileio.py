@@ -199,11 +199,24 @@ def read_input(path, made_by, reader):
         raise InputError(f"{path}: not a regular file; remove it and {rerun}")
     try:
         return reader(path)
+    except InputError:  # the reader's own message already names the file and the cause
+        raise
     except TooLarge as e:
         raise InputError(f"{path}: {e}; remove it and {rerun}") from e
-    except (ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    except (ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: damaged or not what {made_by} writes ({e}); remove it and "
                          f"{rerun}") from e
+
+
+def read_json_with(path, made_by, keys):
+    """A JSON object another stage wrote, with at least `keys` in it (one InputError if not)."""
+    def load(path):
+        value = read_json(path)
+        missing = [key for key in keys if not isinstance(value, dict) or key not in value]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} in it")
+        return value
+    return read_input(path, made_by, load)
 
 
 def read_split(path):
@@ -262,26 +275,44 @@ def temporary_dir(beside, prefix):
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def signals_deferred():
+    """SIGTERM, SIGHUP and SIGINT wait until the block is done: one that arrives meanwhile is
+    noted, and raised again at the end (where the stage's own handler unwinds it). Signal
+    masks would not do: TensorFlow's threads, which do not block them, would take it."""
+    caught = []
+    signums = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    for signum in signums:
+        signal.signal(signum, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 def replace_files(source, target, names):
     """Move the finished files `names` from folder `source` into folder `target`, all of them
-    or none: SIGTERM, SIGHUP and SIGINT wait until the last one is in place (a signal that
-    arrives meanwhile is delivered right after). Other files in `target` are left alone."""
+    or none of them; other files in `target` are left alone."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    held = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
+    with signals_deferred():
         for name in names:
             os.replace(Path(source) / name, target / name)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def replace_dir(source, target):
-    """Move the finished directory `source` onto `target`, whatever `target` was."""
+    """Move the finished folder `source` onto `target`, whatever `target` was: the old one is
+    moved aside first and removed last, so a stop leaves the old folder or the new one."""
     target = Path(target)
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    elif target.exists() or target.is_symlink():
-        target.unlink()
-    os.replace(source, target)
+    aside = target.with_name(f".{target.name}-{os.getpid()}-old")
+    with signals_deferred():
+        if target.is_dir() and not target.is_symlink():
+            os.replace(target, aside)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(source, target)
+    shutil.rmtree(aside, ignore_errors=True)

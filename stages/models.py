@@ -10,8 +10,6 @@ Both take (28, 28) images, as preprocess writes them, and output class probabili
 
 import keras
 
-FAMILIES = ("mlp", "cnn")
-
 
 def build_mlp(cfg, input_shape, num_classes):
     """Flatten -> [Dense(units, activation) -> Dropout] per hidden layer -> Dense softmax."""

@@ -400,11 +400,13 @@ def validate(params, schema=SCHEMA, where=""):
                               f"is not allowed; expected {allowed}")
 
 
-def load(section, path=PARAMS_FILE):
-    """Return one validated section of params.yaml; raises ParamsError (one line)."""
+def load(*sections, path=PARAMS_FILE):
+    """The validated sections of params.yaml asked for (one section: itself; several: a
+    tuple). Raises ParamsError (one line)."""
     params = read_params(path)
     validate(params)
-    return params[section]
+    found = tuple(params[section] for section in sections)
+    return found[0] if len(found) == 1 else found
 
 
 def save(params, path=PARAMS_FILE):

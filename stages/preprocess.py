@@ -70,8 +70,8 @@ def check_split(labels, train_idx, val_idx, val_fraction):
 
 
 def main():
-    cfg = params_module.load("preprocess")
-    dataset = params_module.load("data")["dataset"]
+    cfg, data_params = params_module.load("preprocess", "data")
+    dataset = data_params["dataset"]
     source = dataset_file(dataset)
     data = read_input(source, "download", load_dataset)
 

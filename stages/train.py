@@ -16,8 +16,7 @@ import numpy as np
 
 from stages import params as params_module
 from stages.fileio import (
-    read_input,
-    read_json,
+    read_json_with,
     read_split,
     remove_stale_temporaries,
     replace_files,
@@ -250,9 +249,11 @@ def main():
     from stages.models import build_model
 
     train_params = params_module.load("train")
+    remove_stale_temporaries(TIMING_FILE.parent)
     train, val = read_split(DATA_DIR / "train.npz"), read_split(DATA_DIR / "val.npz")
-    normalization = read_input(DATA_DIR / "normalization.json", "preprocess", read_json)
-    dataset = read_input(DATA_DIR / "dataset.json", "preprocess", read_json)
+    normalization = read_json_with(DATA_DIR / "normalization.json", "preprocess",
+                                   ["mean", "std"])
+    dataset = read_json_with(DATA_DIR / "dataset.json", "preprocess", ["name", "class_names"])
     class_names = dataset["class_names"]
     family, cfg = train_params["model"], recipe(train_params, dataset["name"])
 

@@ -212,7 +212,8 @@ def pipeline_repo(tmp_path, tiny_mirror, http_server):
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    """A real model as the pipeline leaves it: model.keras, its ONNX export and metadata.json.
+    """A real model as the pipeline leaves it: model.keras and metadata.json, and the ONNX
+    export that carries that metadata.
     A small MLP trained here on 1,000 drawn digits in MNIST form, standardised, so that
     predict must read the constants from the metadata to get anything right."""
     import keras
@@ -233,9 +234,9 @@ def model_dir(tmp_path_factory):
     model.fit(normalize(x, constants), y, epochs=15, batch_size=32, verbose=0)
 
     directory = tmp_path_factory.mktemp("model")
+    metadata = {"class_names": [str(d) for d in range(10)], "dataset": "mnist", "family": "mlp",
+                "input_shape": [28, 28], "normalization": constants}
     save_model_reproducibly(model, directory / "model.keras")
-    export_onnx(model, directory / "model.onnx", normalize(x[:1], constants))
-    write_json(directory / "metadata.json", {
-        "class_names": [str(d) for d in range(10)], "dataset": "mnist", "family": "mlp",
-        "input_shape": [28, 28], "normalization": constants})
+    write_json(directory / "metadata.json", metadata)
+    export_onnx(model, directory / "model.onnx", normalize(x[:1], constants), metadata)
     return directory

@@ -97,7 +97,7 @@ def test_health_names_the_model(base_url, model_dir):
 
     assert answer.status == 200
     assert answer.json() == {
-        "status": "ok", "model": str(model),
+        "status": "ok", "model": model.name,
         "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "family": "mlp", "dataset": "mnist", "class_names": CLASSES}
 
@@ -120,6 +120,10 @@ BAD_UPLOADS = {
     "truncated png": (truncated_png(), 400, "cannot read the image"),
     "too many pixels": (huge_png(), 413, "megapixel limit"),
     "blank page": (encoded(Image.new("L", (200, 200), 255), "PNG"), 422, "no digit found"),
+    "one pixel high": (encoded(Image.new("L", (1000, 1), 0), "PNG"), 422, "too small"),
+    "three pixels wide": (encoded(Image.new("L", (3, 3000), 0), "PNG"), 422, "too small"),
+    "two digits": (encoded(Image.fromarray(np.hstack([digit_image(3), digit_image(8, seed=1)])),
+                           "PNG"), 422, "several"),
 }
 
 

@@ -21,7 +21,6 @@ from PIL import Image
 
 from app import predict
 from app.transform import InputError, centre_of_mass, read_image, to_mnist_form
-from stages.fileio import write_json
 from tests.digits import draw_digit, mnist_form_digits, png_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -280,6 +279,7 @@ BAD_INPUTS = {
     "fifo.npy": (lambda p: os.mkfifo(p), "not a regular file"),
     "folder.png": (lambda p: p.mkdir(), r"not a regular file \(a folder\)"),
     "new\nline.png": (lambda p: p.write_text("text"), "not a PNG, JPEG or BMP"),
+    "thin.png": (lambda p: Image.new("L", (1000, 1), 0).save(p), "too small to hold a digit"),
 }
 
 
@@ -348,13 +348,25 @@ def test_missing_model_is_one_line(tmp_path, good_png):
 
 
 def copy_model(model_dir, target, metadata=None, model_bytes=None):
+    """The fixture's ONNX model (or `model_bytes`) in `target`, its embedded metadata changed by
+    `metadata(meta)` (None: no metadata at all)."""
+    from stages.export import METADATA_KEY, embed_metadata
+
     target.mkdir(exist_ok=True)
-    (target / "model.onnx").write_bytes(model_bytes or (model_dir / "model.onnx").read_bytes())
+    path = target / "model.onnx"
+    path.write_bytes(model_bytes or (model_dir / "model.onnx").read_bytes())
     meta = json.loads((model_dir / "metadata.json").read_text())
     if metadata is not None:
-        meta = metadata(meta)
-        write_json(target / "metadata.json", meta)
-    return target / "model.onnx"
+        embed_metadata(path, metadata(meta))
+    else:
+        import onnx
+
+        proto = onnx.load(str(path))
+        kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        onnx.save(proto, str(path))
+    return path
 
 
 def changed(**changes):
@@ -373,15 +385,16 @@ def changed(**changes):
 
 
 @pytest.mark.parametrize("metadata, message", [
-    (None, "metadata.json: not found"),
+    (None, "the model carries no metadata"),
+    (changed(dataset="cifar"), "dataset is 'cifar', not one of mnist, fashion-mnist"),
     (changed(class_names=DIGITS[:3]), "gives 10 outputs but .* names 3 classes"),
     (changed(normalization__mean=None), "normalization.mean is None, not a finite number"),
     (changed(normalization__std=0), "normalization.std is 0; it must be above 0"),
     (changed(normalization__std="1"), "normalization.std is '1', not a finite number"),
     (changed(input_shape=[784]), r"input_shape is \[784\], not \[28, 28\]"),
     (changed(class_names=["0", "0"] + DIGITS[2:]), "not a list of two or more different names"),
-], ids=["no-metadata", "too-few-names", "no-mean", "std-0", "std-string", "flat-input",
-        "duplicate-names"])
+], ids=["no-metadata", "unknown-dataset", "too-few-names", "no-mean", "std-0", "std-string",
+        "flat-input", "duplicate-names"])
 def test_metadata_that_does_not_fit_the_model_is_one_line(tmp_path, model_dir, good_png,
                                                           metadata, message):
     model = copy_model(model_dir, tmp_path / "m", metadata)
@@ -398,17 +411,17 @@ def test_a_model_of_another_shape_is_refused_at_load(tmp_path, model_dir, good_p
     from stages.export import export_onnx
 
     flat = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
-    export_onnx(flat, tmp_path / "flat.onnx", np.zeros((1, 784), np.float32))
+    export_onnx(flat, tmp_path / "flat.onnx", np.zeros((1, 784), np.float32), {})
     model = copy_model(model_dir, tmp_path / "m", lambda meta: meta,
-                       (tmp_path / "flat.onnx").read_bytes())
+                       (tmp_path / "flat.onnx").read_bytes())  # the digits' metadata
     result = run_cli("--model", model, good_png)
     assert result.returncode == 1
     assert "the model takes tensor(float) of shape" in result.stderr and "784" in result.stderr
 
 
 def test_damaged_model_file_is_one_clear_error(tmp_path, model_dir, good_png):
-    model = copy_model(model_dir, tmp_path / "m", lambda meta: meta,
-                       (model_dir / "model.onnx").read_bytes()[:2000])
+    model = tmp_path / "model.onnx"
+    model.write_bytes((model_dir / "model.onnx").read_bytes()[:2000])
     result = run_cli("--model", model, good_png)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "cannot load the model" in result.stderr
@@ -422,8 +435,19 @@ def test_usage_errors_exit_2(args, capsys):
 
 
 def test_debug_writes_the_28x28_image_the_model_saw(tmp_path, capsys, model_file, good_png):
+    other = tmp_path / "elsewhere" / good_png.name  # the same name in another folder
+    other.parent.mkdir()
+    Image.fromarray(255 - mnist_form_digits(10, seed=4)[0][0]).save(other)
     status, out, _ = run_main(capsys, "--debug", tmp_path / "seen", "--model", model_file,
-                              good_png)
+                              good_png, other)
     assert status == 0 and out.startswith(f"{good_png}: ")
-    seen = np.asarray(Image.open(tmp_path / "seen" / f"{good_png.name}.28x28.png"))
-    np.testing.assert_array_equal(seen, to_mnist_form(read_image(good_png)))
+    for number, path in enumerate([good_png, other], start=1):
+        seen = np.asarray(Image.open(tmp_path / "seen" / f"{number:03d}-{path.name}.28x28.png"))
+        np.testing.assert_array_equal(seen, to_mnist_form(read_image(path)))
+
+
+def test_debug_into_a_file_is_a_usage_error(tmp_path, capsys, model_file, good_png):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    status, out, err = run_main(capsys, "--debug", tmp_path / "taken", "--model", model_file,
+                                good_png)
+    assert status == 2 and out == "" and err.startswith("error: --debug ")

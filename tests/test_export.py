@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from stages.export import TOLERANCE, check_parity, onnx_probabilities, parity
+from stages.export import METADATA_KEY, TOLERANCE, check_parity, onnx_probabilities, parity
 from stages.runner import StageError
 from tests.conftest import REPO
 from tests.digits import mnist_form_digits
@@ -35,7 +35,7 @@ import sys
 import keras, numpy as np
 from stages.export import export_onnx
 model = keras.saving.load_model(sys.argv[1], safe_mode=True)
-export_onnx(model, sys.argv[2], np.zeros((1, 28, 28), np.float32))
+export_onnx(model, sys.argv[2], np.zeros((1, 28, 28), np.float32), {"class_names": ["a"]})
 """
 
 
@@ -48,6 +48,11 @@ def test_export_is_byte_reproducible_and_matches_keras(model_dir, tmp_path):
         subprocess.run([sys.executable, "-c", EXPORT, model_dir / "model.keras", tmp_path / name],
                        cwd=REPO, check=True, capture_output=True, timeout=120)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "a.onnx"))
+    assert session.get_modelmeta().custom_metadata_map == {
+        METADATA_KEY: '{"class_names": ["a"]}'}, "the metadata travels inside the model"
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
     x = mnist_form_digits(50, seed=3)[0].astype(np.float32) / 255
     result = parity(model.predict(x, verbose=0), onnx_probabilities(tmp_path / "a.onnx", x))

@@ -4,6 +4,7 @@ the split and normalisation, and the evaluation metrics."""
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -427,3 +428,30 @@ def test_gunzip_stops_at_its_limit():
         gunzip(data, 999)
     with pytest.raises(EOFError, match="truncated"):
         gunzip(data[:-12], 1000)
+
+
+def test_signals_wait_until_the_deferred_block_is_done():
+    from stages.fileio import signals_deferred
+
+    seen = []
+    previous = signal.signal(signal.SIGHUP, lambda number, frame: seen.append(number))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+            assert seen == [], "not while the block runs"
+        assert seen == [signal.SIGHUP], "right after it, with the usual handler"
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_replace_dir_swaps_whole_folders_and_leaves_nothing_aside(tmp_path):
+    from stages.fileio import replace_dir
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/old.txt").write_text("old")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new/new.txt").write_text("new")
+    replace_dir(tmp_path / "new", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["new.txt"]

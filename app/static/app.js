@@ -83,28 +83,29 @@ function predict() {
   pad.toBlob(async (png) => {
     const form = new FormData();
     form.append("file", png, "drawing.png");
+    let response;
     try {
-      const response = await fetch("/predict", {method: "POST", body: form});
-      const body = await response.json();
-      if (mine !== asked) return;
-      if (response.ok) show(body); else fail(body.detail || `error ${response.status}`);
+      response = await fetch("/predict", {method: "POST", body: form});
     } catch (error) {
       if (mine === asked) fail(`cannot reach the server (${error.message})`);
+      return;
+    }
+    // A proxy's HTML error page is no JSON; FastAPI's own validation errors list details.
+    const body = await response.json().catch(() => ({}));
+    if (mine !== asked) return;
+    if (response.ok) {
+      show(body);
+    } else {
+      const detail = Array.isArray(body.detail)
+        ? body.detail.map((d) => d.msg).join("; ") : body.detail;
+      fail(detail || `the server answered ${response.status}`);
     }
   }, "image/png");
 }
 
 document.getElementById("clear").addEventListener("click", () => {
-  asked += 1;
-  // A Fashion-MNIST model reads clothes, not digits: say so (the page works the same).
-fetch("/health").then((response) => response.json()).then((health) => {
-  if (health.dataset === "fashion-mnist") {
-    document.title = "Draw a piece of clothing";
-    document.querySelector("h1").textContent = "Draw a piece of clothing";
-  }
-}).catch(() => {});
-
-blank();
+  asked += 1;  // an answer still on its way is for the old drawing: ignore it
+  blank();
   digit.textContent = "?";
   statusLine.textContent = "Draw something.";
   statusLine.classList.remove("error");
