@@ -20,7 +20,7 @@ lint: $(VENV)/.installed-dev
 
 # The class of each image: make predict IMAGES="a.png b.png" (add --top 3, --json, --debug DIR).
 predict: $(VENV)/.installed
-	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="a.png b.png [--top K] [--json]"' >&2; exit 2; }
+	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="a.png b.png [--top K] [--json] [--debug DIR]"' >&2; exit 2; }
 	python -m app.predict $(IMAGES)
 
 # The HTTP API and the draw-a-digit page on http://$(HOST):$(PORT)/ (WORKERS=2 for two processes).
