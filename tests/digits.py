@@ -31,12 +31,18 @@ def draw_digit(digit, rng):
 
 def synthetic_mnist(n_train=600, n_test=200, seed=0):
     """Arrays in the Keras layout, every digit equally often."""
+    return synthetic_dataset(draw_digit, n_train, n_test, seed)
+
+
+def synthetic_dataset(draw, n_train, n_test, seed):
+    """Arrays in the Keras layout, every class of ten equally often, each image made by
+    `draw(label, rng)` as a 28x28 uint8."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for split, n in (("train", n_train), ("test", n_test)):
         labels = np.arange(n, dtype=np.uint8) % 10
         rng.shuffle(labels)
-        arrays[f"x_{split}"] = np.stack([draw_digit(d, rng) for d in labels]) if n else \
+        arrays[f"x_{split}"] = np.stack([draw(label, rng) for label in labels]) if n else \
             np.zeros((0, 28, 28), np.uint8)
         arrays[f"y_{split}"] = labels
     return arrays

@@ -17,7 +17,7 @@ from app.transform import to_fashion_form
 from stages import download
 from stages.runner import StageError
 from tests.conftest import REPO, repo_params, tiny_params
-from tests.digits import IDX_NAMES, write_mirror
+from tests.digits import IDX_NAMES, synthetic_dataset, write_mirror
 
 FASHION = repo_params()["data"]["fashion-mnist"]["class_names"]
 
@@ -53,14 +53,7 @@ def clothing(label, rng):
 
 
 def synthetic_fashion(n_train=600, n_test=200, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = np.arange(n, dtype=np.uint8) % 10
-        rng.shuffle(labels)
-        arrays[f"x_{split}"] = np.stack([clothing(label, rng) for label in labels])
-        arrays[f"y_{split}"] = labels
-    return arrays
+    return synthetic_dataset(clothing, n_train, n_test, seed)
 
 
 def recompress(directory):
