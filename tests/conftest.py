@@ -16,6 +16,10 @@ from stages import params as params_module
 from tests.digits import synthetic_mnist, write_mirror
 
 REPO = Path(__file__).resolve().parent.parent
+# What a serving host does not have (app/requirements.txt holds none of them): importing any of
+# them fails in a process that runs this code first, as it would there.
+TRAINING_ONLY = ["tensorflow", "keras", "tf2onnx", "onnx", "dvc", "dvclive", "ruamel", "yaml"]
+WITHOUT_TRAINING_PACKAGES = "".join(f"sys.modules[{name!r}] = None\n" for name in TRAINING_ONLY)
 # What a pipeline copy needs: the code and the DVC configuration, never data or caches.
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvcignore", ".gitignore",
                   "data/.gitignore"]

@@ -2,7 +2,7 @@
 standard-library HTTP helpers that return 4xx/5xx answers instead of raising; and headless
 Chromium under Selenium, with a pen to draw on the page's pad.
 
-Used by tests/test_api.py, tests/test_page.py and docs/screenshot_page.py.
+Used by tests/app/test_api.py, tests/app/test_page.py and docs/screenshot_page.py.
 """
 
 import json

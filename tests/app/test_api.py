@@ -14,17 +14,16 @@ import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from app.api import MAX_UPLOAD_BYTES
+from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
 from tests.digits import draw_digit
 from tests.serving import base_url_fixture, post_file, request, wait_until_answering  # noqa: F401
 
-REPO = Path(__file__).resolve().parent.parent
 CLASSES = [str(d) for d in range(10)]
 
 
@@ -247,7 +246,6 @@ def test_server_refuses_to_start_without_its_model():
 
 def test_the_api_serves_where_tensorflow_cannot_be_imported(model_dir):
     """`python -m app.api` as a serving host runs it: the training packages are not there."""
-    from tests.test_app_predict import WITHOUT_TRAINING_PACKAGES
 
     with socket.socket() as probe:  # a free port for the server to take
         probe.bind(("127.0.0.1", 0))

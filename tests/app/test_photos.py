@@ -8,7 +8,6 @@ where that is missing, and `.ci/run` runs it after `make repro` with REQUIRE_TRA
 
 import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +15,10 @@ from PIL import Image
 
 from app.model import load_classifier
 from app.transform import InputError, find_digit, fit_and_centre, to_mnist_form
+from tests.conftest import REPO
 from tests.digits import draw_digit, mnist_form_digits
 from tests.photos import CONTROLS, KINDS, make_photo, photo_set
 
-REPO = Path(__file__).resolve().parent.parent
 TRAINED_MODEL = REPO / "model/model.onnx"
 
 

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +20,10 @@ from PIL import Image
 
 from app import predict
 from app.transform import InputError, centre_of_mass, read_image, to_mnist_form
+from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
 from tests.digits import draw_digit, mnist_form_digits, png_bytes
 
-REPO = Path(__file__).resolve().parent.parent
 DIGITS = [str(d) for d in range(10)]
-# What a serving host does not have (app/requirements.txt holds none of them): importing any of
-# them fails in the processes below, as it would there.
-TRAINING_ONLY = ["tensorflow", "keras", "tf2onnx", "onnx", "dvc", "dvclive", "ruamel", "yaml"]
-WITHOUT_TRAINING_PACKAGES = "".join(f"sys.modules[{name!r}] = None\n" for name in TRAINING_ONLY)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import sys
 import time
 import warnings
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,9 +30,7 @@ from stages.fileio import (
 from stages.normalization import blank_pixel, fit_normalization, normalize
 from stages.params import save
 from stages.preprocess import stratified_split
-from tests.conftest import repo_params
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO, repo_params
 
 
 def u32(n):

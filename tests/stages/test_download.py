@@ -26,10 +26,9 @@ from stages.download import candidate_sources
 from stages.fileio import load_npz
 from stages.params import save, validate
 from stages.runner import StageError
-from tests.conftest import repo_params
+from tests.conftest import REPO, repo_params
 from tests.digits import IDX_NAMES, idx_bytes, synthetic_mnist, write_mirror
 
-REPO = Path(__file__).resolve().parent.parent
 IDX_FILES = list(IDX_NAMES.values())  # the order the stage fetches them in
 NPZ_PATH = ["/mnist.npz"]
 IDX_PATHS = ["/" + name for name in IDX_FILES]
