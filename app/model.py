@@ -1,22 +1,21 @@
 """The exported model as the app runs it: ONNX Runtime, and the metadata the file carries.
 
-Export puts train's metadata (class names, the input shape, the normalisation constants, the
-dataset and family) into the ONNX file itself, so a model always comes with its own. It is
+Export puts train's metadata (class names, the input shape, the dataset and family) into the
+ONNX file itself, so a model always comes with its own, and puts preprocess's normalisation
+into the graph: the model takes 28x28 grey levels 0-255 as app/transform.py makes them. It is
 checked against the model once, when it is loaded: what does not fit is refused in one line
 rather than producing wrong answers later.
 """
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stages.normalization import normalize
-
 MODEL_FILE = Path("model/model.onnx")
 METADATA_KEY = "pipeline_metadata"  # as stages/export.py writes it
+PIXEL_RANGE = [0, 255]  # what the graph takes, as stages/export.py says in the metadata
 FIELD = 28  # MNIST's images are 28x28
 DATASETS, FAMILIES = ("mnist", "fashion-mnist"), ("mlp", "cnn")
 
@@ -39,14 +38,13 @@ class Classifier:
     session: object
     input_name: str
     class_names: list
-    normalization: dict
     dataset: str
     family: str
     path: Path
 
     def probabilities(self, pixels):
         """(N, classes) probabilities for N images of 28x28 grey levels 0-255 in MNIST form."""
-        x = normalize(np.asarray(pixels), self.normalization)
+        x = np.asarray(pixels, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
 
 
@@ -67,16 +65,9 @@ def check_metadata(metadata, path):
         raise bad("class_names is not a list of two or more different names")
     if metadata.get("input_shape") != [FIELD, FIELD]:
         raise bad(f"input_shape is {metadata.get('input_shape')!r}, not [{FIELD}, {FIELD}]")
-    norm = metadata.get("normalization")
-    if not isinstance(norm, dict):
-        raise bad("normalization is missing")
-    for key in ("mean", "std"):
-        value = norm.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
-            raise bad(f"normalization.{key} is {value!r}, not a finite number")
-    if norm["std"] <= 0:
-        raise bad(f"normalization.std is {norm['std']}; it must be above 0")
+    if metadata.get("pixel_range") != PIXEL_RANGE:
+        raise bad(f"pixel_range is {metadata.get('pixel_range')!r}, not {PIXEL_RANGE} (an "
+                  "export from before the graph normalised its input)")
 
 
 def load_classifier(model_file=MODEL_FILE):
@@ -119,5 +110,5 @@ def load_classifier(model_file=MODEL_FILE):
     if outputs[0].shape[-1] != len(names):
         raise ModelError(f"{model_file}: the model gives {outputs[0].shape[-1]} outputs but "
                          f"its metadata names {len(names)} classes")
-    return Classifier(session, inputs[0].name, names, metadata["normalization"],
-                      metadata["dataset"], metadata["family"], model_file)
+    return Classifier(session, inputs[0].name, names, metadata["dataset"], metadata["family"],
+                      model_file)

@@ -1,15 +1,19 @@
 """Export stage: the trained Keras model as ONNX, checked against Keras on the whole test set.
 
 The app (predict, the API) runs model/model.onnx with ONNX Runtime, which starts in a fraction
-of a second where TensorFlow takes seconds. Before the export is kept, both models score every
-test image: the predicted classes must be the same and no probability may differ by more than
-TOLERANCE. The numbers go to metrics/export.json; a mismatch fails the stage and keeps no
-model.onnx. The export (Keras' own `model.export(format="onnx")`, which uses tf2onnx) holds no
-timestamp: the same model gives the same bytes.
+of a second where TensorFlow takes seconds. The exported graph takes the pictures as the app
+makes them, 28x28 grey levels 0-255 (white on black), and applies preprocess's normalisation
+itself: the app needs no constants and no code from the pipeline.
 
-The ONNX file carries train's metadata (class names, normalisation, dataset, family) in its
-own metadata, under METADATA_KEY: what the app needs comes in one file, so an export can never
-be paired with the metadata of another training.
+Before the export is kept, both score every test image: Keras on the normalised test set
+preprocess wrote, ONNX on the same images as raw pixels. The predicted classes must be the
+same and no probability may differ by more than TOLERANCE. The numbers go to
+metrics/export.json; a mismatch fails the stage and keeps no model.onnx. The export (Keras'
+own `model.export(format="onnx")`, which uses tf2onnx) holds no timestamp: the same model gives
+the same bytes.
+
+The ONNX file carries train's metadata (class names, dataset, family, input shape) in its own
+metadata, under METADATA_KEY, so an export can never be paired with another training's.
 """
 
 import json
@@ -44,14 +48,30 @@ METRICS_FILE = Path("metrics/export.json")
 TOLERANCE = 1e-5
 
 
-def export_onnx(model, target, sample, metadata):
-    """Write `model` as ONNX to `target`, carrying `metadata`; `sample` is a batch to call it
-    on first (a loaded model must have been called before Keras will export it)."""
-    model(sample)
+# What the app checks before it trusts an export: the graph takes grey levels 0-255.
+PIXEL_RANGE = [0, 255]
+
+
+def with_normalization(model, constants):
+    """`model` behind a layer that applies preprocess's transform, (x / 255 - mean) / std, as
+    one multiply-add: the whole model then takes grey levels 0-255."""
+    import keras
+
+    std = constants["std"]
+    rescale = keras.layers.Rescaling(1 / (255 * std), offset=-constants["mean"] / std)
+    return keras.Sequential([keras.Input(model.input_shape[1:]), rescale, model],
+                            name=model.name)
+
+
+def export_onnx(model, normalization, target, metadata):
+    """Write `model`, with `normalization` inside the graph, as ONNX to `target`, carrying
+    `metadata` (and PIXEL_RANGE, which tells the app the graph normalises)."""
+    whole = with_normalization(model, normalization)
+    whole(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras exports called models only
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx probes np.object
-        model.export(str(target), format="onnx", verbose=False)
-    embed_metadata(target, metadata)
+        whole.export(str(target), format="onnx", verbose=False)
+    embed_metadata(target, {**metadata, "pixel_range": PIXEL_RANGE})
 
 
 def embed_metadata(path, metadata):
@@ -71,6 +91,13 @@ def onnx_probabilities(path, x):
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def raw_pixels(normalized, constants):
+    """The grey levels 0-255 that preprocess's transform turned into `normalized`: whole
+    numbers, which rounding recovers exactly (the float error is a millionth of a level)."""
+    levels = (normalized * np.float32(constants["std"]) + np.float32(constants["mean"])) * 255
+    return np.round(levels).astype(np.float32)
 
 
 def parity(keras_probs, onnx_probs):
@@ -103,12 +130,13 @@ def main():
     metadata = read_json_with(KERAS_METADATA_FILE, "train", ["class_names", "normalization"])
     model = load_model_checked(KERAS_FILE, test["x"].shape[1:], len(class_names))
     keras_probs = model.predict(test["x"], batch_size=1024, verbose=0)
+    pixels = raw_pixels(test["x"], metadata["normalization"])
 
     ONNX_FILE.unlink(missing_ok=True)  # a failed check must not leave an older export behind
     remove_stale_temporaries(ONNX_FILE.parent)
     with temporary_dir(ONNX_FILE.parent, "export") as tmp:
-        export_onnx(model, tmp / ONNX_FILE.name, test["x"][:1], metadata)
-        result = parity(keras_probs, onnx_probabilities(tmp / ONNX_FILE.name, test["x"]))
+        export_onnx(model, metadata.pop("normalization"), tmp / ONNX_FILE.name, metadata)
+        result = parity(keras_probs, onnx_probabilities(tmp / ONNX_FILE.name, pixels))
         log.info("ONNX vs Keras on %d test images: max |difference| %.2g, %d predictions differ",
                  result["test_images"], result["max_abs_diff"], result["mismatched_predictions"])
         write_json(METRICS_FILE, result)

@@ -217,9 +217,9 @@ def pipeline_repo(tmp_path, tiny_mirror, http_server):
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """A real model as the pipeline leaves it: model.keras and metadata.json, and the ONNX
-    export that carries that metadata.
+    export that carries that metadata and the normalisation in its graph.
     A small MLP trained here on 1,000 drawn digits in MNIST form, standardised, so that
-    predict must read the constants from the metadata to get anything right."""
+    the export gets nothing right unless its graph normalises as preprocess did."""
     import keras
 
     from stages.export import export_onnx
@@ -239,8 +239,8 @@ def model_dir(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("model")
     metadata = {"class_names": [str(d) for d in range(10)], "dataset": "mnist", "family": "mlp",
-                "input_shape": [28, 28], "normalization": constants}
+                "input_shape": [28, 28]}
     save_model_reproducibly(model, directory / "model.keras")
-    write_json(directory / "metadata.json", metadata)
-    export_onnx(model, directory / "model.onnx", normalize(x[:1], constants), metadata)
+    write_json(directory / "metadata.json", {**metadata, "normalization": constants})
+    export_onnx(model, constants, directory / "model.onnx", metadata)
     return directory

@@ -1,12 +1,21 @@
 """The export: the same bytes for the same model, and the parity check that guards it."""
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from stages.export import METADATA_KEY, TOLERANCE, check_parity, onnx_probabilities, parity
+from stages.export import (
+    METADATA_KEY,
+    TOLERANCE,
+    check_parity,
+    onnx_probabilities,
+    parity,
+    raw_pixels,
+)
+from stages.normalization import normalize
 from stages.runner import StageError
 from tests.conftest import REPO
 from tests.digits import mnist_form_digits
@@ -31,29 +40,41 @@ def test_a_mismatch_fails_the_stage_in_one_line(mismatched, diff):
 
 
 EXPORT = """
-import sys
-import keras, numpy as np
+import json, sys
+import keras
 from stages.export import export_onnx
 model = keras.saving.load_model(sys.argv[1], safe_mode=True)
-export_onnx(model, sys.argv[2], np.zeros((1, 28, 28), np.float32), {"class_names": ["a"]})
+export_onnx(model, json.loads(sys.argv[3]), sys.argv[2], {"class_names": ["a"]})
 """
 
 
 def test_export_is_byte_reproducible_and_matches_keras(model_dir, tmp_path):
     """As the stage runs it, in a process of its own: the same model gives the same bytes.
-    (Within one process Keras numbers its graphs, so a second export there differs.)"""
+    (Within one process Keras numbers its graphs, so a second export there differs.) The
+    export takes raw grey levels and normalises them as preprocess did before Keras saw them."""
     import keras
 
+    constants = json.loads((model_dir / "metadata.json").read_text())["normalization"]
+    assert constants["method"] == "standardize" and constants["mean"] > 0
     for name in ("a.onnx", "b.onnx"):
-        subprocess.run([sys.executable, "-c", EXPORT, model_dir / "model.keras", tmp_path / name],
-                       cwd=REPO, check=True, capture_output=True, timeout=120)
+        subprocess.run([sys.executable, "-c", EXPORT, model_dir / "model.keras", tmp_path / name,
+                        json.dumps(constants)], cwd=REPO, check=True, capture_output=True,
+                       timeout=120)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(tmp_path / "a.onnx"))
-    assert session.get_modelmeta().custom_metadata_map == {
-        METADATA_KEY: '{"class_names": ["a"]}'}, "the metadata travels inside the model"
+    assert json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY]) == {
+        "class_names": ["a"], "pixel_range": [0, 255]}, "the metadata travels inside the model"
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
-    x = mnist_form_digits(50, seed=3)[0].astype(np.float32) / 255
-    result = parity(model.predict(x, verbose=0), onnx_probabilities(tmp_path / "a.onnx", x))
+    pixels = mnist_form_digits(50, seed=3)[0]
+    keras_probs = model.predict(normalize(pixels, constants), verbose=0)
+    onnx_probs = onnx_probabilities(tmp_path / "a.onnx", pixels.astype(np.float32))
+    result = parity(keras_probs, onnx_probs)
     assert result["mismatched_predictions"] == 0 and result["max_abs_diff"] <= TOLERANCE
+
+
+def test_raw_pixels_are_recovered_exactly_from_the_normalised_set():
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for constants in ({"mean": 0.0, "std": 1.0}, {"mean": 0.1307, "std": 0.3081}):
+        assert np.array_equal(raw_pixels(normalize(pixels, constants), constants), pixels)
