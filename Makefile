@@ -4,16 +4,19 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 # dvc runs each stage as `python -m stages.<name>`: that must be the venv's python.
 export PATH := $(BIN):$(PATH)
+PIP := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar on
+PLOTS := .dvc/plots
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: repro test lint venv dev predict serve
+.PHONY: repro test lint venv dev plots predict serve
 
-repro: $(VENV)/.installed
+repro: $(VENV)/.installed $(PLOTS)/offline.html
 	dvc repro
 
-test: $(VENV)/.installed-dev lint
-	python -m pytest $(PYTEST_ARGS)
+# The whole suite; --durations shows where its minutes go.
+test: $(VENV)/.installed-dev $(PLOTS)/offline.html lint
+	python -m pytest --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	ruff check .
@@ -29,13 +32,26 @@ serve: $(VENV)/.installed
 
 venv: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
+plots: $(PLOTS)/offline.html
 
 $(VENV)/.installed: requirements.txt app/requirements.txt
+	@echo "== Installing the pipeline's packages into $(VENV): a few minutes the first time (TensorFlow alone is 250 MB)"
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(PIP) --quiet --upgrade pip
+	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-s3.txt
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-s3.txt \
+		requirements-ci.txt
+	@echo "== Installing the test tools into $(VENV)"
+	$(PIP) -r requirements-dev.txt
 	touch $@
+
+# The page `dvc plots show` fills (plots.html_template in .dvc/config), with the pinned Vega
+# libraries inside it so that it draws offline. Without npm, a page that loads them from
+# their CDN, as DVC's own does (offline_page.py says so).
+$(PLOTS)/offline.html: $(PLOTS)/package.json $(PLOTS)/package-lock.json $(PLOTS)/offline_page.py
+	@echo "== Vega, Vega-Lite and vega-embed for dvc plots, from the npm registry"
+	if command -v npm >/dev/null; then \
+	  npm ci --prefix $(PLOTS) --no-audit --no-fund --ignore-scripts --loglevel=error; fi
+	python3 $(PLOTS)/offline_page.py

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from app.model import MODEL_FILE, ModelError, load_classifier
 from app.transform import FIELD, FORMATS, InputError, read_image, to_model_form
-from stages.fileio import declared_bytes, npy_header
+from stages.fileio import npy_header
 
 MAX_NPY_BYTES = 64 * 2**20  # an (N, 28, 28) batch: 80,000 images of float32 at most
 
@@ -88,7 +88,7 @@ def read_array(path):
         shape, dtype = npy_header(f)
         if dtype.hasobject:
             raise InputError("holds pickled Python objects (refused: allow_pickle is off)")
-        declared = declared_bytes(shape, dtype)
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
         available = os.fstat(f.fileno()).st_size - f.tell()
         if declared > available:
             raise InputError(f"declares shape {shape} ({declared:,} bytes) but holds only "

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import params as params_module
 from stages.fileio import save_npz
+from stages.params import save
+from stages.yaml12 import read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("download", "preprocess", "train", "evaluate", "export")  # in dvc.yaml's order
@@ -41,19 +42,19 @@ def git_env():
 
 
 def use_random_data(repo, mirror):
-    """Without real MNIST: random digits of MNIST's shapes in `mirror`, and params that trust them
-    (and no public source). Timings hold; accuracies mean nothing."""
+    """Without real MNIST: random digits of MNIST's shapes in `mirror`, and a catalogue that
+    trusts them (and no public source). Timings hold; accuracies mean nothing."""
     rng = np.random.default_rng(0)
     save_npz(mirror / "mnist.npz",
              x_train=rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
              y_train=rng.integers(0, 10, 60000, dtype=np.uint8),
              x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
              y_test=rng.integers(0, 10, 10000, dtype=np.uint8))
-    params = params_module.read_params(repo / "params.yaml")
-    params["data"]["dataset"], params["data"]["public_sources"] = "mnist", False
+    catalogue = read_yaml(repo / "datasets.yaml")
+    catalogue["download"]["public_sources"] = False
     digest = hashlib.sha256((mirror / "mnist.npz").read_bytes()).hexdigest()
-    params["data"]["mnist"]["checksums"]["mnist.npz"] = {"sha256": digest}
-    params_module.save(params, repo / "params.yaml")
+    catalogue["datasets"]["mnist"]["checksums"]["mnist.npz"] = {"sha256": digest}
+    save(catalogue, repo / "datasets.yaml")
     subprocess.run(["git", "commit", "-q", "-am", "random data"], cwd=repo, env=git_env(),
                    check=True)
 

@@ -24,8 +24,8 @@ from importlib import metadata
 from pathlib import Path
 
 from bench import coldstart, load, pipeline, training
+from bench.trainers import recipe
 from stages import params
-from stages.train import recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.md"
@@ -189,9 +189,8 @@ def measure_training(args, parts, tmp, train_params):
     if "training" in parts:
         data_dir = repo / "data" / "processed" if stages_run else pipeline.prepare_data(repo, env)
         results = training.measure(args.families, data_dir, args.threads, args.epochs)
-        dataset = json.loads((data_dir / "dataset.json").read_text())["name"]
         for family, runs in results.items():
-            cfg = recipe({**train_params, "model": family}, dataset)
+            cfg = recipe(family)
             parity = (training.affine_parity(family, data_dir)
                       if cfg["augment"] == "affine" else None)
             sections.append(training.table(family, runs, args.threads, cfg, parity))
@@ -225,7 +224,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     load_avg = os.getloadavg()[0]
     parts = [p for p in PARTS if p in args.only]
-    train_params = params.load("train", path=REPO / "params.yaml")
+    train_params = params.load(REPO / "params.yaml").train.model_dump()
     real_data = None  # None: no part used the data set
     sections, goal_rows = [], []
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -128,8 +129,8 @@ def parity(images, cfg, background, seed=0):
     same random transforms: what the two augmentations disagree on, in pixel values."""
     from stages import train
 
-    transforms = train.affine_transforms(np.random.default_rng(seed), len(images), cfg,
-                                         side=images.shape[1])
+    transforms = train.affine_transforms(np.random.default_rng(seed), len(images),
+                                         SimpleNamespace(**cfg), side=images.shape[1])
     tf_moved = np.asarray(train.transform_images(images, transforms, background))
     torch_moved = transform_images(torch.from_numpy(images),
                                    affine_thetas(transforms, *images.shape[1:]), background)
@@ -137,19 +138,18 @@ def parity(images, cfg, background, seed=0):
 
 
 def main():
-    from stages import params
+    from bench.trainers import recipe
     from stages.fileio import read_json, read_split
     from stages.normalization import blank_pixel
-    from stages.train import recipe
 
     parser = argparse.ArgumentParser(prog="python -m bench.torch_twin")
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--family", default="cnn", choices=("mlp", "cnn"))
     args = parser.parse_args()
-    dataset = read_json(args.data_dir / "dataset.json")["name"]
-    cfg = recipe({**params.load("train"), "model": args.family}, dataset)
+    cfg = recipe(args.family)
     images = read_split(args.data_dir / "test.npz")["x"][:64]
-    background = blank_pixel(read_json(args.data_dir / "normalization.json"))
+    background = blank_pixel(read_json(args.data_dir / "normalization.json", "preprocess",
+                                       ["mean", "std"]))
     spread = float(images.max() - images.min())
     print(json.dumps({"images": len(images), "max_difference": parity(images, cfg, background),
                       "pixel_range": spread}))

@@ -4,7 +4,7 @@
         --threads N [--epochs E]
 
 DATA_DIR holds preprocess' output (train/val/test .npz). Every trainer runs the family's recipe
-from params.yaml (`stages.train.recipe()`) as far as its library allows, with `threads` and
+from params.yaml (`train.<family>`, see recipe()) as far as its library allows, with `threads` and
 `epochs` replaced. The test set is scored after every epoch, outside the timed part, so that
 time-to-accuracy can be read off. Prints one JSON object.
 
@@ -17,16 +17,22 @@ import functools
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-# Imported first: stages.train asks for oneDNN before TensorFlow is imported (see there).
-from stages import params, train
+from stages import params, runner, train
 from stages.fileio import read_json, read_split
 from stages.normalization import blank_pixel
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 1000  # images scored at once: the CNN's first maps of 10,000 images would take 1 GB
+
+
+def recipe(family):
+    """The family's recipe from params.yaml, with the shared seed, as a plain dict."""
+    cfg = params.load(REPO / "params.yaml").train
+    return {**getattr(cfg, family).model_dump(), "seed": cfg.seed}
 
 
 def accuracy(probs, labels):
@@ -37,16 +43,18 @@ def project(family, cfg, data):
     """The train stage's own fit(), exactly as `dvc repro` runs it."""
     from stages.models import build_model
 
-    train.configure_tensorflow(cfg)
-    model = build_model(family, cfg, data["train"]["x"].shape[1:], data["classes"])
+    runner.import_tensorflow()  # with the stages' settings: oneDNN's kernels on every CPU
+    typed = SimpleNamespace(**cfg)
+    train.configure_tensorflow(typed, cfg["seed"])
+    model = build_model(family, typed, cfg["seed"], data["train"]["x"].shape[1:], data["classes"])
     scores = []
 
     def score(epoch, values):
         probs = model.predict(data["test"]["x"], batch_size=CHUNK, verbose=0)
         scores.append(accuracy(probs, data["test"]["y"]))
 
-    _, seconds = train.fit(model, cfg, data["train"], data["val"], data["normalization"],
-                           on_epoch_end=score)
+    _, seconds = train.fit(model, typed, cfg["seed"], data["train"], data["val"],
+                           data["normalization"], on_epoch_end=score)
     return seconds, scores
 
 
@@ -57,10 +65,12 @@ def keras_fit(family, cfg, data, steps_per_execution=1):
 
     from stages.models import build_model
 
-    train.configure_tensorflow(cfg)
-    model = build_model(family, cfg, data["train"]["x"].shape[1:], data["classes"])
+    runner.import_tensorflow()
+    typed = SimpleNamespace(**cfg)
+    train.configure_tensorflow(typed, cfg["seed"])
+    model = build_model(family, typed, cfg["seed"], data["train"]["x"].shape[1:], data["classes"])
     optimizer = train.build_optimizer(
-        cfg, train.steps_per_epoch(len(data["train"]["y"]), cfg["batch_size"]))
+        typed, train.steps_per_epoch(len(data["train"]["y"]), cfg["batch_size"]))
     model.compile(optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
     seconds, scores = [], []
@@ -124,8 +134,8 @@ def torch_loop(family, cfg, data):
         model.train()
         order = torch.from_numpy(rng.permutation(n))
         if cfg["augment"] == "affine":
-            moves = torch_twin.affine_thetas(train.affine_transforms(rng, n, cfg, side),
-                                             side, side)
+            transforms = train.affine_transforms(rng, n, SimpleNamespace(**cfg), side)
+            moves = torch_twin.affine_thetas(transforms, side, side)
         else:
             moves = rng.integers(0, 2 * shift + 1, size=(steps, 2))
         loss_sum, hits = torch.zeros(()), torch.zeros((), dtype=torch.long)
@@ -201,13 +211,13 @@ def main():
     args = parser.parse_args()
 
     trainer = TRAINERS[args.trainer]
-    dataset = read_json(args.data_dir / "dataset.json")
-    cfg = train.recipe({**params.load("train", path=REPO / "params.yaml"), "model": args.family},
-                       dataset["name"])
+    dataset = read_json(args.data_dir / "dataset.json", "preprocess", ["class_names"])
+    cfg = recipe(args.family)
     cfg["threads"], cfg["epochs"] = args.threads, args.epochs or cfg["epochs"]
     cfg["epochs"] = min(cfg["epochs"], trainer.max_epochs or cfg["epochs"])
     data = {split: read_split(args.data_dir / f"{split}.npz") for split in ("train", "val", "test")}
-    data["normalization"] = read_json(args.data_dir / "normalization.json")
+    data["normalization"] = read_json(args.data_dir / "normalization.json", "preprocess",
+                                      ["mean", "std"])
     data["classes"] = len(dataset["class_names"])
     seconds, scores = trainer.function(args.family, cfg, data)
     print(json.dumps({"trainer": args.trainer, "family": args.family, "threads": args.threads,

@@ -13,38 +13,24 @@ own `model.export(format="onnx")`, which uses tf2onnx) holds no timestamp: the s
 the same bytes.
 
 The ONNX file carries train's metadata (class names, dataset, family, input shape) in its own
-metadata, under METADATA_KEY, so an export can never be paired with another training's.
+metadata, under layout.ONNX_METADATA_KEY, so an export can never be paired with another training's.
 """
 
 import json
 import logging
+import math
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from stages.fileio import (
-    read_json_with,
-    read_split,
-    remove_stale_temporaries,
-    temporary_dir,
-    write_json,
-)
+from stages import layout, params
+from stages.fileio import read_json, read_split, remove_stale_temporaries, temporary_dir, write_json
 from stages.runner import StageError, import_tensorflow, run
-
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train: the same kernels on every CPU
 
 log = logging.getLogger("export")
 logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate the conversion
 
-KERAS_FILE = Path("model/model.keras")
-KERAS_METADATA_FILE = Path("model/metadata.json")
-ONNX_FILE = Path("model/model.onnx")
-METADATA_KEY = "pipeline_metadata"  # app/model.py reads it under this name
-TEST_FILE = Path("data/processed/test.npz")
-DATASET_FILE = Path("data/processed/dataset.json")
-METRICS_FILE = Path("metrics/export.json")
 TOLERANCE = 1e-5
 
 
@@ -79,10 +65,11 @@ def embed_metadata(path, metadata):
     import onnx
 
     proto = onnx.load(str(path))
-    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    kept = [p for p in proto.metadata_props if p.key != layout.ONNX_METADATA_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
-    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata, sort_keys=True))
+    proto.metadata_props.add(key=layout.ONNX_METADATA_KEY,
+                             value=json.dumps(metadata, sort_keys=True))
     onnx.save(proto, str(path))
 
 
@@ -101,47 +88,55 @@ def raw_pixels(normalized, constants):
 
 
 def parity(keras_probs, onnx_probs):
-    """What metrics/export.json records: how far apart the two models' answers are."""
-    return {
-        "max_abs_diff": float(np.abs(keras_probs - onnx_probs).max()),
-        "mismatched_predictions": int(np.sum(keras_probs.argmax(1) != onnx_probs.argmax(1))),
-        "test_images": len(keras_probs),
-        "tolerance": TOLERANCE,
-    }
+    """How far apart the two models' answers are: the predictions that differ, and the largest
+    difference of a probability."""
+    return {"mismatches": int(np.sum(keras_probs.argmax(1) != onnx_probs.argmax(1))),
+            "max_abs_diff": float(np.abs(keras_probs - onnx_probs).max())}
 
 
-def check_parity(result):
+def parity_metrics(result):
+    """What metrics/export.json records, in a form `dvc metrics` shows as it is: the decimals
+    to which every probability agrees (6 for a difference of 6.6e-7, which DVC's rounding to 5
+    decimals would show as 0.0), not the difference itself, which moves on every training."""
+    decimals = 15 if result["max_abs_diff"] == 0 else math.floor(-math.log10(
+        result["max_abs_diff"]))
+    return {"onnx_mismatches": result["mismatches"], "onnx_matching_decimals": decimals}
+
+
+def check_parity(result, images):
     """Raise StageError unless the export gives Keras' classes within TOLERANCE."""
-    if result["mismatched_predictions"] or result["max_abs_diff"] > TOLERANCE:
-        raise StageError(f"the ONNX export does not match Keras: "
-                         f"{result['mismatched_predictions']} of {result['test_images']} test "
-                         f"predictions differ, and probabilities by up to "
+    if result["mismatches"] or result["max_abs_diff"] > TOLERANCE:
+        raise StageError(f"the ONNX export does not match Keras: {result['mismatches']} of "
+                         f"{images} test predictions differ, and probabilities by up to "
                          f"{result['max_abs_diff']:.2g} (allowed: {TOLERANCE:g}); "
-                         f"{ONNX_FILE} was not written")
+                         f"{layout.ONNX_MODEL} was not written")
 
 
 def main():
     import_tensorflow()
     from stages.keras_file import load_model_checked
 
-    remove_stale_temporaries(METRICS_FILE.parent)
-    test = read_split(TEST_FILE)
-    class_names = read_json_with(DATASET_FILE, "preprocess", ["class_names"])["class_names"]
-    metadata = read_json_with(KERAS_METADATA_FILE, "train", ["class_names", "normalization"])
-    model = load_model_checked(KERAS_FILE, test["x"].shape[1:], len(class_names))
-    keras_probs = model.predict(test["x"], batch_size=1024, verbose=0)
+    params.load()  # a mistake anywhere in params.yaml stops every stage
+    remove_stale_temporaries(layout.METRICS)
+    test = read_split(layout.SPLITS["test"])
+    metadata = read_json(layout.MODEL_INFO, "train", ["class_names", "normalization"])
+    model = load_model_checked(layout.KERAS_MODEL, test["x"].shape[1:],
+                               len(metadata["class_names"]))
+    keras_probs = model.predict(test["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)
     pixels = raw_pixels(test["x"], metadata["normalization"])
 
-    ONNX_FILE.unlink(missing_ok=True)  # a failed check must not leave an older export behind
-    remove_stale_temporaries(ONNX_FILE.parent)
-    with temporary_dir(ONNX_FILE.parent, "export") as tmp:
-        export_onnx(model, metadata.pop("normalization"), tmp / ONNX_FILE.name, metadata)
-        result = parity(keras_probs, onnx_probabilities(tmp / ONNX_FILE.name, pixels))
+    # A failed check must not leave an older export behind.
+    layout.ONNX_MODEL.unlink(missing_ok=True)
+    remove_stale_temporaries(layout.MODEL)
+    with temporary_dir(layout.ONNX_MODEL) as tmp:
+        onnx_file = tmp / layout.ONNX_MODEL.name
+        export_onnx(model, metadata.pop("normalization"), onnx_file, metadata)
+        result = parity(keras_probs, onnx_probabilities(onnx_file, pixels))
         log.info("ONNX vs Keras on %d test images: max |difference| %.2g, %d predictions differ",
-                 result["test_images"], result["max_abs_diff"], result["mismatched_predictions"])
-        write_json(METRICS_FILE, result)
-        check_parity(result)
-        os.replace(tmp / ONNX_FILE.name, ONNX_FILE)
+                 len(pixels), result["max_abs_diff"], result["mismatches"])
+        write_json(layout.EXPORT_METRICS, parity_metrics(result))
+        check_parity(result, len(pixels))
+        os.replace(onnx_file, layout.ONNX_MODEL)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from stages.fileio import ZIP_EPOCH, atomic_path
+from stages.fileio import ZIP_EPOCH, InputError, atomic_path, read_input
 
 
 def save_model_reproducibly(model, target):
     """model.save, then rewrite the zip without timestamps, atomically into `target`."""
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "model.keras"
+        raw = Path(tmp) / Path(target).name  # Keras saves to a name ending in .keras only
         model.save(raw)
         with atomic_path(target) as out:
             normalize_zip(raw, out)
@@ -73,8 +73,6 @@ def load_model_checked(path, input_shape, num_classes):
     that does not take `input_shape` images and give `num_classes` probabilities, is one
     InputError naming the file and the cause."""
     import keras
-
-    from stages.fileio import InputError, read_input
 
     def load(path):
         try:

@@ -1,6 +1,5 @@
-"""The pixel transform of preprocess, as pure functions: train, the export's parity check and
-the app (predict, the API) apply exactly the same arithmetic. NumPy only, so a serving host needs
-nothing else to use it.
+"""The pixel transform of preprocess, as pure functions: preprocess applies it, train fills
+augmented images with what a blank pixel became, and export builds it into the ONNX graph.
 
 Pixels 0-255 become (pixels / 255 - mean) / std, with mean and std fitted on the training split
 alone ('standardize') or fixed at 0 and 1 ('scale').

@@ -10,14 +10,11 @@ of it is written: an interrupted run leaves the old outputs or none, never a mix
 """
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from stages import params as params_module
+from stages import layout, params
 from stages.fileio import (
-    MAX_ARRAY_BYTES,
-    dataset_file,
     load_npz,
     read_input,
     remove_stale_temporaries,
@@ -31,14 +28,10 @@ from stages.runner import StageError, run
 
 log = logging.getLogger("preprocess")
 
-OUTPUT_DIR = Path("data/processed")
-NORMALIZATION_FILE = "normalization.json"
-DATASET_FILE = "dataset.json"  # which dataset, and the names of its classes
-
 
 def load_dataset(path):
     """The arrays download wrote: the Keras layout plus the class names."""
-    data = load_npz(path, MAX_ARRAY_BYTES)
+    data = load_npz(path, layout.MAX_ARRAY_BYTES)
     missing = {"x_train", "y_train", "x_test", "y_test", "class_names"} - set(data)
     if missing:
         raise ValueError(f"lacks {', '.join(sorted(missing))}")
@@ -70,30 +63,29 @@ def check_split(labels, train_idx, val_idx, val_fraction):
 
 
 def main():
-    cfg, data_params = params_module.load("preprocess", "data")
-    dataset = data_params["dataset"]
-    source = dataset_file(dataset)
-    data = read_input(source, "download", load_dataset)
+    cfg = params.load()
+    data = read_input(layout.RAW, "download", load_dataset)
 
-    train_idx, val_idx = stratified_split(data["y_train"], cfg["val_fraction"], cfg["seed"])
-    check_split(data["y_train"], train_idx, val_idx, cfg["val_fraction"])
+    fraction = cfg.preprocess.val_fraction
+    train_idx, val_idx = stratified_split(data["y_train"], fraction, cfg.preprocess.seed)
+    check_split(data["y_train"], train_idx, val_idx, fraction)
     x_train = data["x_train"][train_idx]
-    constants = fit_normalization(x_train, cfg["normalization"])
+    constants = fit_normalization(x_train, cfg.preprocess.normalization)
 
     splits = {
         "train": (x_train, data["y_train"][train_idx]),
         "val": (data["x_train"][val_idx], data["y_train"][val_idx]),
         "test": (data["x_test"], data["y_test"]),
     }
-    remove_stale_temporaries(OUTPUT_DIR.parent)
-    with temporary_dir(OUTPUT_DIR.parent, "processed") as tmp:
+    remove_stale_temporaries(layout.PROCESSED.parent)
+    with temporary_dir(layout.PROCESSED) as tmp:
         for name, (x, y) in splits.items():
-            save_npz(tmp / f"{name}.npz", x=normalize(x, constants), y=y)
+            save_npz(tmp / layout.SPLITS[name].name, x=normalize(x, constants), y=y)
             log.info("%s: %d images", name, len(y))
-        write_json(tmp / NORMALIZATION_FILE, constants)
-        write_json(tmp / DATASET_FILE, {"name": dataset,
-                                        "class_names": [str(c) for c in data["class_names"]]})
-        replace_dir(tmp, OUTPUT_DIR)
+        write_json(tmp / layout.NORMALIZATION.name, constants)
+        write_json(tmp / layout.DATASET_INFO.name, {
+            "name": cfg.data.dataset, "class_names": [str(c) for c in data["class_names"]]})
+        replace_dir(tmp, layout.PROCESSED)
     log.info("normalization: %s", constants)
 
 

@@ -8,15 +8,13 @@ timestamps. Same params, data and CPU type -> bit-identical model.
 
 import logging
 import math
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-from stages import params as params_module
+from stages import layout, params
 from stages.fileio import (
-    read_json_with,
+    read_json,
     read_split,
     remove_stale_temporaries,
     replace_files,
@@ -26,41 +24,21 @@ from stages.fileio import (
 from stages.normalization import blank_pixel
 from stages.runner import StageError, import_tensorflow, run
 
-# oneDNN's kernels are TensorFlow's default on Intel CPUs but not on AMD ones, where its
-# convolutions run 2-3x faster than the fallback: ask for them everywhere, so that every x86
-# CPU takes the same code path. Set before TensorFlow is imported.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
 log = logging.getLogger("train")
-
-DATA_DIR = Path("data/processed")
-MODEL_DIR = Path("model")
-MODEL_FILE = MODEL_DIR / "model.keras"
-METADATA_FILE = MODEL_DIR / "metadata.json"
-LIVE_DIR = Path("metrics/train")  # DVCLive: metrics.json (the summary) and plots/metrics/*.tsv
-TIMING_FILE = Path("metrics/timing.json")  # git-ignored, not a DVC out: timings vary per run
-
-
-def recipe(train_params, dataset="mnist"):
-    """The section of the chosen family, with what params.yaml changes for `dataset` (if
-    anything) and the shared seed: what build and fit read."""
-    family = train_params["model"]
-    changes = train_params.get(dataset, {}).get(family, {})
-    return {**train_params[family], **changes, "seed": train_params["seed"]}
 
 
 def learning_rate_schedule(cfg, steps_per_epoch):
     """Linear warm-up to the peak rate, then cosine decay to 0 (or hold, for 'constant')."""
     import keras
 
-    total = cfg["epochs"] * steps_per_epoch
-    warmup = min(int(round(cfg["warmup_epochs"] * steps_per_epoch)), total - 1)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
     # CosineDecay with alpha=1 never decays: that gives 'constant', warm-up included.
-    alpha = 1.0 if cfg["schedule"] == "constant" else 0.0
+    alpha = 1.0 if cfg.schedule == "constant" else 0.0
     if warmup == 0:
-        return keras.optimizers.schedules.CosineDecay(cfg["learning_rate"], total, alpha=alpha)
+        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total, alpha=alpha)
     return keras.optimizers.schedules.CosineDecay(
-        0.0, total - warmup, alpha=alpha, warmup_target=cfg["learning_rate"],
+        0.0, total - warmup, alpha=alpha, warmup_target=cfg.learning_rate,
         warmup_steps=warmup)
 
 
@@ -68,22 +46,22 @@ def build_optimizer(cfg, steps_per_epoch):
     import keras
 
     lr = learning_rate_schedule(cfg, steps_per_epoch)
-    if cfg["optimizer"] == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg["weight_decay"])
-    if cfg["optimizer"] == "sgd":
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
     return keras.optimizers.Adam(lr)
 
 
-def configure_tensorflow(cfg):
+def configure_tensorflow(cfg, seed):
     """Threads, seeds and determinism; call before TensorFlow runs its first op."""
     import keras
     import tensorflow as tf
 
-    if cfg["threads"]:
-        tf.config.threading.set_intra_op_parallelism_threads(cfg["threads"])
-        tf.config.threading.set_inter_op_parallelism_threads(cfg["threads"])
-    keras.utils.set_random_seed(cfg["seed"])
+    if cfg.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+    keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
 
@@ -108,10 +86,10 @@ def affine_transforms(rng, count, cfg, side=28):
     and with augment_flip, a mirror image half the time. Each row is the 8 numbers
     ImageProjectiveTransformV3 takes: the map from a pixel of the output to the point of the
     input it shows."""
-    angle = np.deg2rad(rng.uniform(-cfg["augment_rotate"], cfg["augment_rotate"], count))
-    scale = 1 + rng.uniform(-cfg["augment_scale"], cfg["augment_scale"], count)
-    dx, dy = rng.uniform(-cfg["augment_shift"], cfg["augment_shift"], (2, count))
-    mirror = np.where(rng.random(count) < 0.5, -1.0, 1.0) if cfg["augment_flip"] else 1.0
+    angle = np.deg2rad(rng.uniform(-cfg.augment_rotate, cfg.augment_rotate, count))
+    scale = 1 + rng.uniform(-cfg.augment_scale, cfg.augment_scale, count)
+    dx, dy = rng.uniform(-cfg.augment_shift, cfg.augment_shift, (2, count))
+    mirror = np.where(rng.random(count) < 0.5, -1.0, 1.0) if cfg.augment_flip else 1.0
     centre = (side - 1) / 2
     a0, a1 = mirror * np.cos(angle) / scale, np.sin(angle) / scale
     b0, b1 = -mirror * np.sin(angle) / scale, np.cos(angle) / scale
@@ -136,11 +114,12 @@ def steps_per_epoch(examples, batch_size):
     return math.ceil(examples / batch_size)  # the last batch may be smaller
 
 
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+# The curves of training, one value per epoch: what DVCLive logs and `dvc plots` draws.
+HISTORY_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 
-def fit(model, cfg, train, val, normalization, on_epoch_end=None):
-    """Train `model` for cfg["epochs"] epochs; return the per-epoch history and epoch seconds.
+def fit(model, cfg, seed, train, val, normalization, on_epoch_end=None):
+    """Train `model` for cfg.epochs epochs; return the per-epoch history and epoch seconds.
 
     One compiled graph runs a whole epoch: the loop over batches, the gather of each batch from
     tensors already in memory, the forward and backward pass and the optimizer update. Keras'
@@ -150,7 +129,7 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
     (see bench/). All randomness (the order of the examples, each batch's shift or each image's
     transform) comes from one generator seeded from params, drawn outside the graph.
 
-    Augmentation (cfg["augment"]): "shift" moves each batch as a whole by whole pixels, which
+    Augmentation (cfg.augment): "shift" moves each batch as a whole by whole pixels, which
     costs next to nothing (the MLP's recipe); "affine" moves, turns and scales each image on
     its own (the CNN's); "none". `normalization` holds the constants preprocess applied: what
     moves in from outside an image is what a blank pixel became.
@@ -161,8 +140,8 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
     import keras
     import tensorflow as tf
 
-    n, batch_size, shift = len(train["y"]), cfg["batch_size"], cfg["augment_shift"]
-    augment = cfg["augment"]
+    n, batch_size, shift = len(train["y"]), cfg.batch_size, cfg.augment_shift
+    augment = cfg.augment
     steps = steps_per_epoch(n, batch_size)
     x, y = tf.constant(train["x"]), tf.constant(train["y"].astype(np.int32))
     x_val, y_val = tf.constant(val["x"]), tf.constant(val["y"].astype(np.int32))
@@ -205,10 +184,10 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
         return loss_fn(labels, probs), correct(labels, probs) / tf.cast(tf.shape(labels)[0],
                                                                         tf.float32)
 
-    rng = np.random.default_rng(cfg["seed"])
+    rng = np.random.default_rng(seed)
     history = {key: [] for key in HISTORY_KEYS}
     epoch_seconds = []
-    for epoch in range(cfg["epochs"]):
+    for epoch in range(cfg.epochs):
         started = time.perf_counter()
         order = rng.permutation(n).astype(np.int32)
         if augment == "affine":  # one transform per image, in batch order
@@ -222,7 +201,7 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
         for key, value in zip(HISTORY_KEYS, values):
             history[key].append(float(value))
         log.info("epoch %d/%d  %.2fs  loss %.4f  accuracy %.4f  val_loss %.4f  val_accuracy %.4f"
-                 "  lr %.2g", epoch + 1, cfg["epochs"], epoch_seconds[-1],
+                 "  lr %.2g", epoch + 1, cfg.epochs, epoch_seconds[-1],
                  *(h[-1] for h in history.values()))
         if on_epoch_end:
             on_epoch_end(epoch, {key: h[-1] for key, h in history.items()})
@@ -230,9 +209,8 @@ def fit(model, cfg, train, val, normalization, on_epoch_end=None):
 
 
 def live_logger(live):
-    """An on_epoch_end for fit() that logs each epoch through DVCLive. The summary file
-    (metrics/train/metrics.json) is rewritten as each epoch ends, with `step` the epoch's
-    number, so `dvc exp show` in another terminal follows a run epoch by epoch."""
+    """An on_epoch_end for fit() that logs each epoch through DVCLive: one line per epoch in
+    each curve's .tsv (the step is the epoch's number), written as each epoch ends."""
     def log_epoch(epoch, values):
         live.step = epoch + 1
         for key, value in values.items():
@@ -248,43 +226,41 @@ def main():
     from stages.keras_file import save_model_reproducibly
     from stages.models import build_model
 
-    train_params = params_module.load("train")
-    remove_stale_temporaries(TIMING_FILE.parent)
-    train, val = read_split(DATA_DIR / "train.npz"), read_split(DATA_DIR / "val.npz")
-    normalization = read_json_with(DATA_DIR / "normalization.json", "preprocess",
-                                   ["mean", "std"])
-    dataset = read_json_with(DATA_DIR / "dataset.json", "preprocess", ["name", "class_names"])
+    cfg = params.load().train
+    remove_stale_temporaries(layout.TIMING.parent)
+    train, val = read_split(layout.SPLITS["train"]), read_split(layout.SPLITS["val"])
+    normalization = read_json(layout.NORMALIZATION, "preprocess", ["mean", "std"])
+    dataset = read_json(layout.DATASET_INFO, "preprocess", ["name", "class_names"])
     class_names = dataset["class_names"]
-    family, cfg = train_params["model"], recipe(train_params, dataset["name"])
 
-    configure_tensorflow(cfg)
+    configure_tensorflow(cfg.recipe, cfg.seed)
     try:
-        model = build_model(family, cfg, train["x"].shape[1:], len(class_names))
+        model = build_model(cfg.model, cfg.recipe, cfg.seed, train["x"].shape[1:],
+                            len(class_names), dataset["name"])
     except ValueError as e:
         raise StageError(str(e)) from e
     model.summary(print_fn=log.info)
 
-    with Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        history, epoch_seconds = fit(model, cfg, train, val, normalization,
+    with Live(dir=str(layout.TRAINING_CURVES), dvcyaml=False, save_dvc_exp=False) as live:
+        history, epoch_seconds = fit(model, cfg.recipe, cfg.seed, train, val, normalization,
                                      on_epoch_end=live_logger(live))
-        seconds = sum(epoch_seconds)
-        log.info("trained %d epochs in %.1f s", cfg["epochs"], seconds)
-        live.summary["parameter_count"] = model.count_params()
+    seconds = sum(epoch_seconds)
+    log.info("trained %d epochs in %.1f s", cfg.recipe.epochs, seconds)
 
     # The model and its metadata go into model/ together (export's model.onnx stays beside
     # them): a stopped run leaves the old pair or the new one, never one of each.
-    remove_stale_temporaries(MODEL_DIR)
-    with temporary_dir(MODEL_DIR, "train") as tmp:
-        save_model_reproducibly(model, tmp / MODEL_FILE.name)
-        write_json(tmp / METADATA_FILE.name, {
+    remove_stale_temporaries(layout.MODEL)
+    with temporary_dir(layout.KERAS_MODEL) as tmp:
+        save_model_reproducibly(model, tmp / layout.KERAS_MODEL.name)
+        write_json(tmp / layout.MODEL_INFO.name, {
             "class_names": class_names,
             "dataset": dataset["name"],
-            "family": family,
+            "family": cfg.model,
             "input_shape": list(train["x"].shape[1:]),
             "normalization": normalization,
         })
-        replace_files(tmp, MODEL_DIR, [MODEL_FILE.name, METADATA_FILE.name])
-    write_json(TIMING_FILE, {"train_seconds": round(seconds, 2)})
+        replace_files(tmp, layout.MODEL, [layout.KERAS_MODEL.name, layout.MODEL_INFO.name])
+    write_json(layout.TIMING, {"train_seconds": round(seconds, 2)})
 
 
 if __name__ == "__main__":

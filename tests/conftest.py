@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import params as params_module
+from stages.params import save
+from stages.yaml12 import read_yaml as read_yaml12
 from tests.digits import synthetic_mnist, write_mirror
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 TRAINING_ONLY = ["tensorflow", "keras", "tf2onnx", "onnx", "dvc", "dvclive", "ruamel", "yaml"]
 WITHOUT_TRAINING_PACKAGES = "".join(f"sys.modules[{name!r}] = None\n" for name in TRAINING_ONLY)
 # What a pipeline copy needs: the code and the DVC configuration, never data or caches.
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvcignore", ".gitignore",
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", "datasets.yaml", "stages", ".dvc/config",
+                  ".dvc/.gitignore", ".dvc/plots/offline.html", ".dvcignore", ".gitignore",
                   "data/.gitignore"]
 
 
@@ -35,6 +37,19 @@ def tiny_mirror(tmp_path_factory, tiny_arrays):
     """(directory, checksums): mnist.npz and the four IDX .gz files of the tiny dataset."""
     directory = tmp_path_factory.mktemp("mirror")
     return directory, write_mirror(directory, tiny_arrays)
+
+
+FASHION = read_yaml12(REPO / "datasets.yaml")["datasets"]["fashion-mnist"]["class_names"]
+
+
+@pytest.fixture(scope="session")
+def fashion_mirror(tmp_path_factory):
+    """(directory, checksums, arrays): the tiny Fashion-MNIST look-alike's IDX files, re-gzipped
+    after their hashes were taken (as Debian's package is): only their contents' match."""
+    from tests.fashion import write_fashion_mirror
+
+    directory = tmp_path_factory.mktemp("fashion")
+    return directory, *write_fashion_mirror(directory)
 
 
 class ScriptedHandler(SimpleHTTPRequestHandler):
@@ -79,24 +94,30 @@ class ScriptedHandler(SimpleHTTPRequestHandler):
         pass
 
 
+def serve(directory, script=None, slow_s=3.0):
+    """An HTTP server on 127.0.0.1 serving `directory` (see ScriptedHandler), in a thread."""
+    handler = lambda *a, **kw: ScriptedHandler(*a, directory=str(directory), **kw)  # noqa: E731
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.script = {k: list(v) for k, v in (script or {}).items()}
+    server.requests = []
+    server.slow_s = slow_s
+    # A short poll interval makes shutdown() quick (the default waits up to 0.5 s).
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    return server
+
+
 @pytest.fixture
 def http_server():
     """Start servers on 127.0.0.1; call with (directory, script=None) -> base URL."""
     servers = []
 
     def start(directory, script=None, slow_s=3.0):
-        handler = lambda *a, **kw: ScriptedHandler(*a, directory=str(directory), **kw)  # noqa: E731
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        server.script = {k: list(v) for k, v in (script or {}).items()}
-        server.requests = []
-        server.slow_s = slow_s
-        # A short poll interval makes shutdown() quick (the default waits up to 0.5 s).
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        servers.append(server)
-        start.last = server
-        return f"http://127.0.0.1:{server.server_address[1]}/"
+        servers.append(serve(directory, script, slow_s))
+        start.last = servers[-1]
+        return servers[-1].url
 
     yield start
     for server in servers:
@@ -112,8 +133,13 @@ def read_yaml(path):
 
 
 def repo_params():
-    """The repository's params.yaml, read as the stages (and DVC) read it."""
-    return params_module.read_params(REPO / "params.yaml")
+    """The repository's params.yaml as plain values, read as the stages (and DVC) read it."""
+    return read_yaml12(REPO / "params.yaml")
+
+
+def repo_catalogue():
+    """The repository's data catalogue, datasets.yaml, as plain values."""
+    return read_yaml12(REPO / "datasets.yaml")
 
 
 # Quick settings for the tiny dataset: a few epochs of small batches, and a CNN small enough to
@@ -125,15 +151,61 @@ TINY_TRAINING = {
 }
 
 
-def tiny_params(checksums, dataset="mnist"):
-    """params.yaml of the repo, switched to the tiny dataset, no public sources, quick training."""
+def tiny_params(dataset="mnist"):
+    """params.yaml of the repo, switched to `dataset` and quick training."""
     params = repo_params()
-    params["data"].update(dataset=dataset, public_sources=False, timeout_s=5, retries=1,
-                          backoff_s=0.1)
-    params["data"][dataset].update(mirrors=[], checksums=checksums)
+    params["data"]["dataset"] = dataset
     for family, overrides in TINY_TRAINING.items():
         params["train"][family].update(overrides)
     return params
+
+
+def tiny_catalogue(checksums, dataset="mnist"):
+    """datasets.yaml of the repo for the tiny `dataset`: its checksums, no public sources, and
+    quick retries."""
+    catalogue = repo_catalogue()
+    catalogue["download"].update(public_sources=False, timeout_s=5, retries=1, backoff_s=0.1)
+    catalogue["datasets"][dataset].update(mirrors=[], checksums=checksums)
+    return catalogue
+
+
+def stage_dir(path, catalogue=None, **sections):
+    """A folder to run stages in as DVC does (`python -m stages.<name>`): the code, the repo's
+    params.yaml with `sections` updated (train.mlp set to 1 quick epoch), and `catalogue` (plain
+    values) or the repo's as datasets.yaml."""
+    path.mkdir(parents=True)
+    (path / "stages").symlink_to(REPO / "stages", target_is_directory=True)
+    params = repo_params()
+    params["train"]["mlp"].update(epochs=1, batch_size=64)
+    for section, values in sections.items():
+        params[section].update(values)
+    save(params, path / "params.yaml")
+    save(catalogue or repo_catalogue(), path / "datasets.yaml")
+    return path
+
+
+def start_stage(name, cwd, niceness=0, env=None):
+    """The stage as a process; a positive `niceness` lets the test process, which watches it,
+    run first on a busy machine."""
+    return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=cwd,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+                            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_stage(name, cwd, env=None):
+    """(exit status, stdout, stderr) of the stage run to its end."""
+    proc = start_stage(name, cwd, env=env)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def one_error_line(err):
+    """A stage's last stderr line, checked to be its only complaint and not a traceback."""
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: "), err
+    return line
 
 
 def run(cmd, cwd, env=None, check=True):
@@ -148,13 +220,14 @@ def run(cmd, cwd, env=None, check=True):
 class PipelineRepo:
     """A temporary git repository holding a copy of the pipeline, configured for tiny data."""
 
-    def __init__(self, path, mirror_url):
+    def __init__(self, path, mirrors):
+        """`mirrors`: the environment variables that point download at its mirrors."""
         self.path = path
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),  # `python` = this venv's
-            "MNIST_MIRROR": mirror_url,
+            **mirrors,
             "DVC_NO_ANALYTICS": "1",
             "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
             "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
@@ -167,14 +240,27 @@ class PipelineRepo:
     def git(self, *args, check=True):
         return run(["git", *args], self.path, self.env, check)
 
+    @property
+    def mirrors(self):
+        return {k: v for k, v in self.env.items() if k.endswith("MNIST_MIRROR")}
+
+    def copy(self, path):
+        """A copy of this repo at `path`, git history and DVC cache included."""
+        shutil.copytree(self.path, path, symlinks=True,
+                        ignore=shutil.ignore_patterns("tmp"))  # .dvc/tmp: locks, indexes
+        return PipelineRepo(path, self.mirrors)
+
     def python(self, *args, check=True):
         return run([sys.executable, *args], self.path, self.env, check)
 
     def params(self):
-        return params_module.read_params(self.path / "params.yaml")
+        return read_yaml12(self.path / "params.yaml")
 
     def set_params(self, params):
-        params_module.save(params, self.path / "params.yaml")
+        save(params, self.path / "params.yaml")
+
+    def set_catalogue(self, catalogue):
+        save(catalogue, self.path / "datasets.yaml")
 
     def set_param(self, dotted, value):
         """set_param("train.mlp.epochs", 4): one value, the rest of params.yaml as it was."""
@@ -186,6 +272,10 @@ class PipelineRepo:
         node[key] = value
         self.set_params(params)
 
+    def commit_all(self, message):
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+
     def repro(self, *args):
         """`dvc repro`; returns the names of the stages that ran."""
         out = self.dvc("repro", *args).stdout
@@ -193,11 +283,20 @@ class PipelineRepo:
                 if line.startswith("Running stage '")]
 
 
-@pytest.fixture
-def pipeline_repo(tmp_path, tiny_mirror, http_server):
-    """A committed git + DVC repo with this pipeline, downloading the tiny dataset over HTTP."""
-    mirror_dir, checksums = tiny_mirror
-    path = tmp_path / "repo"
+@pytest.fixture(scope="session")
+def mirrors(tiny_mirror, fashion_mirror):
+    """The environment that points download at the tiny MNIST and Fashion-MNIST look-alikes,
+    each served over HTTP on 127.0.0.1 for the whole session."""
+    servers = [serve(tiny_mirror[0]), serve(fashion_mirror[0])]
+    yield {"MNIST_MIRROR": servers[0].url, "FASHION_MNIST_MIRROR": servers[1].url}
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def new_pipeline_repo(path, mirrors, checksums):
+    """A committed git + DVC repo at `path` with this pipeline, set for the tiny datasets:
+    `checksums` maps each dataset to its files' checksums."""
     path.mkdir()
     for name in PIPELINE_FILES:
         source = REPO / name
@@ -206,12 +305,42 @@ def pipeline_repo(tmp_path, tiny_mirror, http_server):
         else:
             (path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, path / name)
-    repo = PipelineRepo(path, http_server(mirror_dir))
-    repo.set_params(tiny_params(checksums))
+    repo = PipelineRepo(path, mirrors)
+    repo.set_params(tiny_params())
+    catalogue = tiny_catalogue(checksums["mnist"])
+    catalogue["datasets"]["fashion-mnist"]["checksums"] = checksums["fashion-mnist"]
+    repo.set_catalogue(catalogue)
     repo.git("init", "-q", "-b", "main")
-    repo.git("add", "-A")
-    repo.git("commit", "-q", "-m", "pipeline")
+    repo.commit_all("pipeline")
     return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_checksums(tiny_mirror, fashion_mirror):
+    return {"mnist": tiny_mirror[1], "fashion-mnist": fashion_mirror[1]}
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path, mirrors, tiny_checksums):
+    """A fresh pipeline repo, downloading the tiny datasets over HTTP: nothing run yet."""
+    return new_pipeline_repo(tmp_path / "repo", mirrors, tiny_checksums)
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory, mirrors, tiny_checksums):
+    """One pipeline repo per session whose `dvc repro` has run and whose results are
+    committed; tests get copies of it (reproduced_repo), or read it as it is."""
+    repo = new_pipeline_repo(tmp_path_factory.mktemp("reproduced") / "repo", mirrors,
+                             tiny_checksums)
+    repo.repro()
+    repo.commit_all("results")
+    return repo
+
+
+@pytest.fixture
+def reproduced_repo(reproduced, tmp_path):
+    """A copy of the session's reproduced repo, its DVC cache included, for a test to change."""
+    return reproduced.copy(tmp_path / "repo")
 
 
 @pytest.fixture(scope="session")
@@ -227,13 +356,15 @@ def model_dir(tmp_path_factory):
     from stages.keras_file import save_model_reproducibly
     from stages.models import build_model
     from stages.normalization import fit_normalization, normalize
+    from stages.params import MLP
     from tests.digits import mnist_form_digits
 
     x, y = mnist_form_digits(1000, seed=1)
     constants = fit_normalization(x, "standardize")
     keras.utils.set_random_seed(0)
-    model = build_model("mlp", {"hidden_units": [64], "activation": "relu", "dropout": 0.0,
-                                "seed": 0})
+    recipe = MLP.model_validate({**repo_params()["train"]["mlp"], "hidden_units": [64],
+                                 "dropout": 0.0})
+    model = build_model("mlp", recipe, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
     model.fit(normalize(x, constants), y, epochs=15, batch_size=32, verbose=0)
 

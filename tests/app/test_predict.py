@@ -346,7 +346,8 @@ def test_missing_model_is_one_line(tmp_path, good_png):
 def copy_model(model_dir, target, metadata=None, model_bytes=None):
     """The fixture's ONNX model (or `model_bytes`) in `target`, its embedded metadata changed by
     `metadata(meta)` (None: no metadata at all)."""
-    from stages.export import METADATA_KEY, embed_metadata
+    from stages.export import embed_metadata
+    from stages.layout import ONNX_METADATA_KEY as METADATA_KEY
 
     target.mkdir(exist_ok=True)
     path = target / "model.onnx"
@@ -368,7 +369,7 @@ def copy_model(model_dir, target, metadata=None, model_bytes=None):
 def onnx_metadata(path):
     import onnx
 
-    from stages.export import METADATA_KEY
+    from stages.layout import ONNX_METADATA_KEY as METADATA_KEY
 
     return next(p.value for p in onnx.load(str(path)).metadata_props if p.key == METADATA_KEY)
 

@@ -40,21 +40,16 @@ def add_s3_remote(repo, endpoint, *flags):
     repo.dvc("remote", "modify", *flags, "s3", "endpointurl", endpoint)
 
 
-def commit_all(repo, message):
-    repo.git("add", "-A")
-    repo.git("commit", "-q", "-m", message)
-
-
-def trained(repo):
-    """Run the pipeline and commit its results."""
-    assert repo.repro()
-    commit_all(repo, "results")
+def committed(repo):
+    """The reproduced pipeline, with what the test changed (a remote) committed."""
+    assert repo.repro() == []
+    repo.commit_all("remote")
 
 
 def clone(repo, source, path, env):
     """A fresh `git clone` of source: code, dvc.lock and committed metrics, and no DVC cache."""
     repo.git("clone", "-q", str(source), str(path))
-    copy = PipelineRepo(path, repo.env["MNIST_MIRROR"])
+    copy = PipelineRepo(path, repo.mirrors)
     copy.env = env
     return copy
 
@@ -82,14 +77,14 @@ def contents(repo):
     return digests
 
 
-def test_push_then_a_fresh_clone_pulls_everything(pipeline_repo, s3_server, tmp_path):
-    repo = pipeline_repo
+def test_push_then_a_fresh_clone_pulls_everything(reproduced_repo, s3_server, tmp_path):
+    repo = reproduced_repo
     repo.env = s3_env(repo.env, tmp_path, credentials=False)
     add_s3_remote(repo, s3_server.endpoint)
     # Credentials in .dvc/config.local, which git ignores.
     repo.dvc("remote", "modify", "--local", "s3", "access_key_id", "testing")
     repo.dvc("remote", "modify", "--local", "s3", "secret_access_key", "testing")
-    trained(repo)
+    committed(repo)
 
     assert "files pushed" in repo.dvc("push").stdout
     assert cloud_status(repo) == {}
@@ -113,12 +108,12 @@ def test_push_then_a_fresh_clone_pulls_everything(pipeline_repo, s3_server, tmp_
     assert s3_server.object_keys() == keys
 
 
-def test_a_push_while_the_server_is_down_fails_then_completes(pipeline_repo, s3_server,
+def test_a_push_while_the_server_is_down_fails_then_completes(reproduced_repo, s3_server,
                                                               tmp_path):
-    repo = pipeline_repo
+    repo = reproduced_repo
     repo.env = s3_env(repo.env, tmp_path)
     add_s3_remote(repo, s3_server.endpoint)
-    trained(repo)
+    committed(repo)
 
     s3_server.stop()
     failed = repo.dvc("push", check=False)
@@ -136,14 +131,14 @@ def test_a_push_while_the_server_is_down_fails_then_completes(pipeline_repo, s3_
     assert contents(copy) == contents(repo)
 
 
-def test_an_experiment_travels_through_git_and_s3(pipeline_repo, s3_server, tmp_path):
-    repo = pipeline_repo
+def test_an_experiment_travels_through_git_and_s3(reproduced_repo, s3_server, tmp_path):
+    repo = reproduced_repo
     repo.env = s3_env(repo.env, tmp_path)
     origin = tmp_path / "origin.git"
     repo.git("init", "-q", "--bare", "-b", "main", str(origin))
     repo.git("remote", "add", "origin", str(origin))
     add_s3_remote(repo, s3_server.endpoint)
-    trained(repo)
+    committed(repo)
     repo.git("push", "-q", "origin", "main")
     repo.dvc("push")
 
@@ -172,7 +167,7 @@ def workflow_step(name):
     return next(step for step in steps if step.get("name") == name)
 
 
-def test_the_workflow_pulls_from_an_s3_compatible_store(pipeline_repo, s3_server, tmp_path):
+def test_the_workflow_pulls_from_an_s3_compatible_store(reproduced_repo, s3_server, tmp_path):
     """The workflow's "Pull from the DVC remote" step, its script run as GitHub runs it, in a
     fresh clone, given the secrets DVC_REMOTE_URL (s3://), DVC_REMOTE_ENDPOINT and AWS keys."""
     step = workflow_step("Pull from the DVC remote")
@@ -186,11 +181,11 @@ def test_the_workflow_pulls_from_an_s3_compatible_store(pipeline_repo, s3_server
     literal = {k: str(v) for k, v in step.get("env", {}).items() if "${{" not in str(v)}
 
     # A developer pushes with a remote of their own (.dvc/config.local), as the README shows.
-    repo = pipeline_repo
+    repo = reproduced_repo
     repo.env = s3_env(repo.env, tmp_path)
     add_s3_remote(repo, s3_server.endpoint, "--local")
     (repo.path / "requirements-s3.txt").write_text((REPO / "requirements-s3.txt").read_text())
-    trained(repo)
+    committed(repo)
     repo.dvc("push")
 
     # The runner: a checkout with the venv `make venv` built, and nothing else. pip may not

@@ -2,55 +2,23 @@
 stopped midway: one line naming the file and the cause (never a traceback), a non-zero exit, and
 nothing half-written left behind."""
 
-import os
+import json
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from stages.fileio import read_json, save_npz
+from stages.fileio import save_npz
 from stages.params import save
-from tests.conftest import REPO, repo_params
+from tests.conftest import one_error_line, repo_params, stage_dir, start_stage
+from tests.conftest import run_stage as run
 
 DIGITS = np.array([str(d) for d in range(10)])
 
 
-def stage_dir(path, **overrides):
-    """A folder to run stages in: the code, params.yaml (sections updated with `overrides`)."""
-    path.mkdir(parents=True)
-    (path / "stages").symlink_to(REPO / "stages", target_is_directory=True)
-    params = repo_params()
-    params["train"]["mlp"].update(epochs=1, batch_size=64)
-    for section, values in overrides.items():
-        params[section].update(values)
-    save(params, path / "params.yaml")
-    return path
-
-
-def start(name, cwd, niceness=0):
-    """The stage as a process; a positive `niceness` lets this test process, which watches it,
-    run first on a busy machine."""
-    return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=cwd,
-                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-                            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run(name, cwd):
-    proc = start(name, cwd)
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, out, err
-
-
-def one_error_line(err):
-    """The stage's last stderr line, checked to be its only complaint and not a traceback."""
-    assert "Traceback" not in err, err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("error: "), err
-    return line
+def read_json(path):
+    return json.loads(path.read_text())
 
 
 def random_dataset(n_train, n_test=100, seed=0):
@@ -64,7 +32,7 @@ def random_dataset(n_train, n_test=100, seed=0):
 # --- inputs that are not there, or not what they should be ---------------------------------------
 
 @pytest.mark.parametrize("stage, missing, writer", [
-    ("preprocess", "data/mnist.npz", "download"),
+    ("preprocess", "data/raw.npz", "download"),
     ("train", "data/processed/train.npz", "preprocess"),
     ("evaluate", "data/processed/test.npz", "preprocess"),
     ("export", "data/processed/test.npz", "preprocess"),
@@ -81,7 +49,7 @@ def test_a_stage_run_before_its_inputs_exist_says_what_to_run(tmp_path, stage, m
 def processed(tmp_path_factory):
     """A folder where download and preprocess have run, on 1,000 random images."""
     cwd = stage_dir(tmp_path_factory.mktemp("processed") / "stage")
-    save_npz(cwd / "data/mnist.npz", **random_dataset(1000))
+    save_npz(cwd / "data/raw.npz", **random_dataset(1000))
     status, _, err = run("preprocess", cwd)
     assert status == 0, err
     return cwd
@@ -102,7 +70,7 @@ def copy_stage(source, target):
     ("evaluate", "data/processed/test.npz", b"", "damaged or not what"),
     ("evaluate", "model/model.keras", b"PK\x03\x04" + bytes(200), "cannot load the model"),
     ("export", "model/model.keras", b"not a model", "cannot load the model"),
-    ("preprocess", "data/mnist.npz", None, "not a regular file"),
+    ("preprocess", "data/raw.npz", None, "not a regular file"),
 ])
 def test_a_damaged_input_is_one_line_naming_it(processed, tmp_path, stage, damaged, content,
                                                cause):
@@ -139,7 +107,7 @@ def test_a_model_trained_for_other_data_is_refused_by_evaluate(processed, tmp_pa
 
 def test_preprocess_refuses_a_split_that_leaves_validation_empty(tmp_path):
     cwd = stage_dir(tmp_path / "stage")
-    save_npz(cwd / "data/mnist.npz", **random_dataset(30))  # 3 per class: 0.1 of 3 rounds to 0
+    save_npz(cwd / "data/raw.npz", **random_dataset(30))  # 3 per class: 0.1 of 3 rounds to 0
     status, _, err = run("preprocess", cwd)
     assert status == 1
     assert one_error_line(err) == ("error: preprocess.val_fraction = 0.1 holds out no validation "
@@ -172,7 +140,7 @@ def big_input(tmp_path):
     """A stage folder whose preprocess has run once (scale) on 60,000 random training and as
     many test images: the next run spends about a second writing test.npz after train.npz."""
     cwd = stage_dir(tmp_path / "stage")
-    save_npz(cwd / "data/mnist.npz", **random_dataset(60_000, 60_000))
+    save_npz(cwd / "data/raw.npz", **random_dataset(60_000, 60_000))
     status, _, err = run("preprocess", cwd)
     assert status == 0, err
     first = {p.name: p.read_bytes() for p in (cwd / "data/processed").iterdir()}
@@ -185,27 +153,27 @@ def big_input(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_preprocess_stopped_while_writing_keeps_the_old_set_whole(big_input, signum):
     cwd, first = big_input
-    proc = start("preprocess", cwd, niceness=10)
-    freeze_between("data/.processed-*/train.npz", "data/.processed-*/test.npz", cwd, proc)
+    proc = start_stage("preprocess", cwd, niceness=10)
+    freeze_between("data/.processed.*.tmp/train.npz", "data/.processed.*.tmp/test.npz", cwd, proc)
     proc.send_signal(signum)
     proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum and "Traceback" not in err
-    assert sorted(p.name for p in (cwd / "data").iterdir()) == ["mnist.npz", "processed"]
+    assert sorted(p.name for p in (cwd / "data").iterdir()) == ["processed", "raw.npz"]
     now = {p.name: p.read_bytes() for p in (cwd / "data/processed").iterdir()}
     assert now == first, "the earlier run's outputs, all of them, unchanged: no mixed set"
 
 
 def test_what_sigkill_leaves_behind_the_next_run_removes(big_input):
     cwd, _ = big_input
-    proc = start("preprocess", cwd, niceness=10)
-    freeze_between("data/.processed-*/train.npz", "data/.processed-*/test.npz", cwd, proc)
+    proc = start_stage("preprocess", cwd, niceness=10)
+    freeze_between("data/.processed.*.tmp/train.npz", "data/.processed.*.tmp/test.npz", cwd, proc)
     proc.kill()
     proc.communicate()
-    assert list((cwd / "data").glob(".processed-*")), "SIGKILL cannot be caught"
+    assert list((cwd / "data").glob(".processed.*.tmp")), "SIGKILL cannot be caught"
     status, _, err = run("preprocess", cwd)
     assert status == 0, err
-    assert sorted(p.name for p in (cwd / "data").iterdir()) == ["mnist.npz", "processed"]
+    assert sorted(p.name for p in (cwd / "data").iterdir()) == ["processed", "raw.npz"]
     assert read_json(cwd / "data/processed/normalization.json")["method"] == "standardize"
 
 
@@ -222,10 +190,10 @@ def test_train_stopped_midway_keeps_the_old_model_and_its_neighbours(processed, 
     params = repo_params()
     params["train"]["mlp"].update(epochs=200, batch_size=64)  # long enough to be stopped
     save(params, cwd / "params.yaml")
-    (cwd / "metrics/train/metrics.json").unlink()  # the first run's
-    proc = start("train", cwd)
+    (cwd / "metrics/train/plots/metrics/train_loss.tsv").unlink()  # the first run's
+    proc = start_stage("train", cwd)
     deadline = time.monotonic() + 120
-    while not (cwd / "metrics/train/metrics.json").exists():  # the first epoch has ended
+    while not (cwd / "metrics/train/plots/metrics/train_loss.tsv").exists():  # an epoch ended
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)

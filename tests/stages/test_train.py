@@ -1,7 +1,6 @@
 """The train stage's pieces on real TensorFlow: both model families, the schedule, the batch
 shift, short deterministic trainings on the tiny drawn digits, and DVCLive's per-epoch files."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,15 +11,22 @@ import pytest
 from stages import train
 from stages.models import build_model
 from stages.normalization import normalize
+from stages.params import CNN, MLP
 from tests.conftest import REPO, TINY_TRAINING, repo_params
+
+SEED = 42
 
 
 def family_cfg(family, **overrides):
-    """The repo's params for `family`, as fit() reads them, shortened for the tiny dataset.
+    """The repo's recipe for `family`, as fit() reads it, shortened for the tiny dataset.
     threads 0: TensorFlow is already running in this process, its thread pools are fixed."""
-    params = repo_params()["train"]
-    params[family].update(TINY_TRAINING[family])
-    return {**train.recipe({**params, "model": family}), "epochs": 3, "threads": 0, **overrides}
+    values = {**repo_params()["train"][family], **TINY_TRAINING[family], "epochs": 3,
+              "threads": 0, **overrides}
+    return {"mlp": MLP, "cnn": CNN}[family].model_validate(values)
+
+
+def changed(cfg, **values):
+    return type(cfg).model_validate({**cfg.model_dump(), **values})
 
 
 @pytest.fixture
@@ -36,35 +42,36 @@ def tiny_splits(tiny_arrays):
     return {"x": x[:500], "y": y[:500]}, {"x": x[500:], "y": y[500:]}
 
 
-def test_default_model_is_the_classic_one():
-    params = repo_params()["train"]
-    assert params["model"] == "mlp"
-    model = build_model("mlp", train.recipe(params))
+def test_the_mlp_is_flatten_then_its_hidden_layers_then_softmax():
+    cfg = family_cfg("mlp", hidden_units=[64, 32], dropout=0.2)
+    model = build_model("mlp", cfg, SEED, dataset="fashion-mnist")
     assert [layer.__class__.__name__ for layer in model.layers] == [
-        "Flatten", "Dense", "Dropout", "Dense"]
-    assert model.layers[1].units == 128 and model.layers[-1].units == 10
-    assert model.count_params() == 101_770
+        "Flatten", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert [layer.units for layer in model.layers if hasattr(layer, "units")] == [64, 32, 10]
+    assert model.count_params() == (784 + 1) * 64 + (64 + 1) * 32 + (32 + 1) * 10
+    assert model.name == "fashion_mnist_mlp", "named after its family and the data it learns"
 
 
-def test_default_cnn_has_the_parameters_it_claims():
-    params = repo_params()["train"]
-    cfg = train.recipe({**params, "model": "cnn"})
-    model = build_model("cnn", cfg)
+def test_the_cnn_has_the_parameters_its_recipe_says():
+    cfg = family_cfg("cnn", **{k: repo_params()["train"]["cnn"][k] for k in (
+        "filters", "final_filters", "kernel_size", "padding", "dense_units")})
+    model = build_model("cnn", cfg, SEED)
+    assert model.name == "mnist_cnn"
     kinds = [layer.__class__.__name__ for layer in model.layers]
-    assert kinds.count("Conv2D") == len(cfg["filters"]) + len(cfg["final_filters"])
-    assert kinds.count("MaxPooling2D") == len(cfg["filters"]) and kinds[-1] == "Dense"
+    assert kinds.count("Conv2D") == len(cfg.filters) + len(cfg.final_filters)
+    assert kinds.count("MaxPooling2D") == len(cfg.filters) and kinds[-1] == "Dense"
     # Each 3x3 convolution: 9 weights per input channel and a bias, per filter.
     channels, expected = 1, 0
-    for filters in cfg["filters"] + cfg["final_filters"]:
-        expected += (cfg["kernel_size"] ** 2 * channels + 1) * filters
+    for filters in cfg.filters + cfg.final_filters:
+        expected += (cfg.kernel_size ** 2 * channels + 1) * filters
         channels = filters
     side = 28
-    for _ in cfg["filters"]:
-        side = (side - cfg["kernel_size"] + 1) // 2
+    for _ in cfg.filters:
+        side = (side - cfg.kernel_size + 1) // 2
     features = side * side * channels
-    if cfg["dense_units"]:
-        expected += (features + 1) * cfg["dense_units"]
-        features = cfg["dense_units"]
+    if cfg.dense_units:
+        expected += (features + 1) * cfg.dense_units
+        features = cfg.dense_units
     expected += (features + 1) * 10
     assert model.count_params() == expected <= 100_000
 
@@ -72,11 +79,11 @@ def test_default_cnn_has_the_parameters_it_claims():
 def test_a_cnn_that_shrinks_images_to_nothing_is_refused_in_one_line():
     cfg = family_cfg("cnn", filters=[8, 8, 8], kernel_size=5)
     with pytest.raises(ValueError, match="shrink 28x28 images to nothing"):
-        build_model("cnn", cfg)
+        build_model("cnn", cfg, SEED)
 
 
 def test_schedule_warms_up_then_decays_to_zero(cfg):
-    cfg = {**cfg, "epochs": 10, "warmup_epochs": 1, "learning_rate": 0.003}
+    cfg = changed(cfg, epochs=10, warmup_epochs=1, learning_rate=0.003)
     schedule = train.learning_rate_schedule(cfg, steps_per_epoch=100)
     rate = lambda step: float(schedule(step))  # noqa: E731
     assert rate(0) == 0.0
@@ -87,9 +94,9 @@ def test_schedule_warms_up_then_decays_to_zero(cfg):
 
 
 def test_constant_schedule_holds_the_peak_after_warm_up(cfg):
-    cfg = {**cfg, "epochs": 10, "warmup_epochs": 0, "schedule": "constant"}
+    cfg = changed(cfg, epochs=10, warmup_epochs=0, schedule="constant")
     schedule = train.learning_rate_schedule(cfg, steps_per_epoch=100)
-    assert [float(schedule(s)) for s in (0, 500, 999)] == pytest.approx([cfg["learning_rate"]] * 3)
+    assert [float(schedule(s)) for s in (0, 500, 999)] == pytest.approx([cfg.learning_rate] * 3)
 
 
 @pytest.mark.parametrize("offset, moved_to", [
@@ -116,8 +123,8 @@ def test_shift_of_zero_changes_nothing():
 
 
 def affine(rng_seed=0, count=1, **cfg):
-    cfg = {"augment_shift": 0, "augment_rotate": 0, "augment_scale": 0, "augment_flip": False,
-           **cfg}
+    cfg = family_cfg("cnn", **{"augment_shift": 0, "augment_rotate": 0, "augment_scale": 0,
+                               "augment_flip": False, **cfg})
     return train.affine_transforms(np.random.default_rng(rng_seed), count, cfg)
 
 
@@ -154,22 +161,23 @@ def test_affine_flip_mirrors_about_half_the_images():
 SCALE = {"method": "scale", "mean": 0.0, "std": 1.0}
 
 
-def trained_weights(cfg, splits, family="mlp"):
-    train.configure_tensorflow(cfg)
-    model = build_model(family, cfg)
+def trained_weights(cfg, splits, family="mlp", seed=SEED):
+    train.configure_tensorflow(cfg, seed)
+    model = build_model(family, cfg, seed)
     epochs_seen = []
-    history, seconds = train.fit(model, cfg, *splits, SCALE,
+    history, seconds = train.fit(model, cfg, seed, *splits, SCALE,
                                  on_epoch_end=lambda epoch, values: epochs_seen.append(epoch))
     return [w.copy() for w in model.get_weights()], history, seconds, epochs_seen
 
 
 def test_fit_learns_and_reports_every_epoch(cfg, tiny_splits):
-    _, history, seconds, epochs_seen = trained_weights({**cfg, "epochs": 6}, tiny_splits)
+    _, history, seconds, epochs_seen = trained_weights(changed(cfg, epochs=6), tiny_splits)
     assert epochs_seen == list(range(6)) and len(seconds) == 6
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert set(history) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                            "learning_rate"}
     assert history["learning_rate"][-1] == pytest.approx(0.0, abs=1e-9)  # cosine ends at 0
     assert all(len(values) == 6 for values in history.values())
-    assert history["loss"][-1] < 0.6 * history["loss"][0]
+    assert history["train_loss"][-1] < 0.6 * history["train_loss"][0]
     assert history["val_accuracy"][-1] > 0.5, "printed digits are easy: far above chance (0.1)"
 
 
@@ -177,14 +185,15 @@ def test_history_is_the_mean_over_every_example_last_short_batch_included(cfg, t
     # A learning rate of 0 keeps the weights fixed, and no dropout or shift makes a training
     # batch score like inference: each epoch's loss and accuracy must then be the model's
     # own, over all 500 examples (15 batches of 32 and one of 20), each counted once.
-    cfg = {**cfg, "learning_rate": 0.0, "dropout": 0.0, "augment_shift": 0, "epochs": 2}
-    train.configure_tensorflow(cfg)
-    model = build_model("mlp", cfg)
+    cfg = cfg.model_copy(update={"learning_rate": 0.0, "dropout": 0.0, "augment_shift": 0,
+                                 "epochs": 2})  # a rate of 0 is no params value: not validated
+    train.configure_tensorflow(cfg, SEED)
+    model = build_model("mlp", cfg, SEED)
     before = [w.copy() for w in model.get_weights()]
-    history, _ = train.fit(model, cfg, *tiny_splits, SCALE)
+    history, _ = train.fit(model, cfg, SEED, *tiny_splits, SCALE)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    for prefix, split in (("", tiny_splits[0]), ("val_", tiny_splits[1])):
+    for prefix, split in (("train_", tiny_splits[0]), ("val_", tiny_splits[1])):
         probs = model.predict(split["x"], verbose=0).astype(np.float64)
         loss = -np.mean(np.log(probs[np.arange(len(split["y"])), split["y"]]))
         accuracy = np.mean(probs.argmax(axis=1) == split["y"])
@@ -201,20 +210,22 @@ def test_fit_is_bit_identical_for_the_same_seed_and_differs_for_another(family, 
         np.testing.assert_array_equal(a, b)
     assert history == history_again
 
-    other, _, _, _ = trained_weights({**cfg, "seed": cfg["seed"] + 1}, tiny_splits, family)
+    other, _, _, _ = trained_weights(cfg, tiny_splits, family, seed=SEED + 1)
     assert any(not np.array_equal(a, b) for a, b in zip(first, other))
 
 
 def test_the_cnn_learns_the_tiny_digits(tiny_splits):
     cfg = family_cfg("cnn", epochs=10, augment_shift=1, learning_rate=0.01)
     _, history, _, _ = trained_weights(cfg, tiny_splits, "cnn")
-    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["train_loss"][-1] < 0.5 * history["train_loss"][0]
     assert history["val_accuracy"][-1] > 0.5
 
 
-def test_dvclive_summary_holds_each_epoch_as_soon_as_it_ends(cfg, tiny_splits, tmp_path):
-    """What `dvc exp show` reads while a run trains: after epoch k, the summary file holds
-    epoch k's numbers (step k), and each curve has k rows."""
+def test_dvclive_writes_each_curve_as_each_epoch_ends(cfg, tiny_splits, tmp_path):
+    """What `dvc plots` draws: after epoch k, each curve's .tsv has k rows, the last one this
+    epoch's value at step k."""
+    import csv
+
     from dvclive import Live
 
     seen = []
@@ -223,15 +234,16 @@ def test_dvclive_summary_holds_each_epoch_as_soon_as_it_ends(cfg, tiny_splits, t
 
         def check_after(epoch, values):
             log_epoch(epoch, values)
-            summary = json.loads((tmp_path / "live/metrics.json").read_text())
-            loss_rows = (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()
-            seen.append((summary.pop("step"), summary, len(loss_rows) - 1))
-            assert summary == values
+            for key, value in values.items():
+                tsv = (tmp_path / f"live/plots/metrics/{key}.tsv").read_text().splitlines()
+                *_, last = csv.DictReader(tsv, delimiter="\t")
+                assert (int(last["step"]), float(last[key])) == (epoch + 1, pytest.approx(value))
+                seen.append((key, len(tsv) - 1))
 
-        train.configure_tensorflow(cfg)
-        train.fit(build_model("mlp", cfg), cfg, *tiny_splits, SCALE, on_epoch_end=check_after)
-    assert [(step, rows) for step, _, rows in seen] == [(1, 1), (2, 2), (3, 3)]
-    assert [sorted(summary) for _, summary, _ in seen] == [sorted(train.HISTORY_KEYS)] * 3
+        train.configure_tensorflow(cfg, SEED)
+        train.fit(build_model("mlp", cfg, SEED), cfg, SEED, *tiny_splits, SCALE,
+                  on_epoch_end=check_after)
+    assert sorted(seen) == sorted((key, k) for key in train.HISTORY_KEYS for k in (1, 2, 3))
 
 
 # Trains the default model, at the default batch size, on 1,200 drawn digits; prints the weights.
@@ -241,15 +253,16 @@ import numpy as np
 from stages import train
 from stages.models import build_model
 from stages.normalization import normalize
+from stages.params import MLP
 from tests.digits import synthetic_mnist
 
-cfg = json.loads(sys.argv[1])
+cfg = MLP.model_validate_json(sys.argv[1])
 digits = synthetic_mnist(n_train=1400, n_test=1, seed=0)
 scale = {"method": "scale", "mean": 0.0, "std": 1.0}
 x, y = normalize(digits["x_train"], scale), digits["y_train"]
-train.configure_tensorflow(cfg)
-model = build_model("mlp", cfg)
-train.fit(model, cfg, {"x": x[:1200], "y": y[:1200]}, {"x": x[1200:], "y": y[1200:]}, scale)
+train.configure_tensorflow(cfg, 42)
+model = build_model("mlp", cfg, 42)
+train.fit(model, cfg, 42, {"x": x[:1200], "y": y[:1200]}, {"x": x[1200:], "y": y[1200:]}, scale)
 print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())
 """
 
@@ -257,23 +270,13 @@ print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to compare")
 def test_thread_count_does_not_change_the_result(cfg):
     # TensorFlow fixes its thread pools at its first op: each count trains in a process of its own.
-    cfg = {**cfg, "batch_size": 256, "epochs": 2}  # matrices of the real run's size
+    cfg = changed(cfg, batch_size=256, epochs=2)  # matrices of the real run's size
 
     def weights_with(threads):
         command = [sys.executable, "-c", TRAIN_AND_PRINT_WEIGHTS,
-                   json.dumps({**cfg, "threads": threads})]
+                   changed(cfg, threads=threads).model_dump_json()]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         return result.stdout.split()[-1]
 
     assert weights_with(1) == weights_with(os.cpu_count())
-
-
-def test_a_dataset_changes_only_what_params_say_for_it():
-    params = repo_params()["train"]
-    params["fashion-mnist"] = {"mlp": {"epochs": 40, "hidden_units": [256]}}
-    mnist, fashion = train.recipe(params, "mnist"), train.recipe(params, "fashion-mnist")
-    assert (mnist["epochs"], mnist["hidden_units"]) == (20, [128])
-    assert (fashion["epochs"], fashion["hidden_units"]) == (40, [256])
-    assert {k: v for k, v in fashion.items() if k not in ("epochs", "hidden_units")} == {
-        k: v for k, v in mnist.items() if k not in ("epochs", "hidden_units")}

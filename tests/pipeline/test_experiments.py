@@ -1,0 +1,178 @@
+"""The daily DVC loop as a user meets it, with the real dvc CLI on the tiny datasets: experiments
+run and queued, `dvc exp show` read at 120 columns with the README's own command, what trained
+being what DVC shows, going back to the committed results, and the plots page drawn offline in
+Chromium.
+"""
+
+import json
+import os
+import re
+import shlex
+import time
+
+import pytest
+
+from tests.conftest import FASHION, REPO, run
+
+pytestmark = pytest.mark.slow
+
+# Three experiments, each changing one param, as a user tries one idea at a time.
+EXPERIMENTS = {
+    "fewer-epochs": ("train.mlp.epochs", 3),
+    "higher-lr": ("train.mlp.learning_rate", 0.01),
+    "less-dropout": ("train.mlp.dropout", 0.05),
+}
+
+
+def readme_command(starts_with):
+    """The one command the README gives that starts with `starts_with`, as a list of words."""
+    lines = [line.split("  #")[0].strip() for line in (REPO / "README.md").read_text().splitlines()
+             if line.startswith(starts_with)]
+    assert len(lines) == 1, f"the README should give one `{starts_with}` command: {lines}"
+    return shlex.split(lines[0])
+
+
+@pytest.fixture(scope="module")
+def experimented(reproduced, tmp_path_factory):
+    """A copy of the session's repo with the three experiments: the first run in the workspace,
+    the other two queued and run by two workers."""
+    repo = reproduced.copy(tmp_path_factory.mktemp("experiments") / "repo")
+    first, *queued = EXPERIMENTS.items()
+    repo.dvc("exp", "run", "-n", first[0], "-S", f"{first[1][0]}={first[1][1]}")
+    repo.git("checkout", "--", "params.yaml", "dvc.lock", "metrics")
+    repo.dvc("checkout")
+    for name, (key, value) in queued:
+        repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"{key}={value}")
+    repo.dvc("queue", "start", "--jobs", "2")
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            status = repo.dvc("queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(1)
+    finally:
+        repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
+    assert status.count("Success") == 2 and "Failed" not in status, status
+    return repo
+
+
+def shown_experiments(repo):
+    """{name: {"params": {dotted key: value}, "test": metrics/test.json}} from exp show."""
+    found = {}
+    for baseline in json.loads(repo.dvc("exp", "show", "--json").stdout):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = {
+                    "params": data["params"]["params.yaml"]["data"],
+                    "test": data["metrics"]["metrics/test.json"]["data"]}
+    return found
+
+
+def test_each_experiment_shows_the_params_it_trained_with_and_its_test_metrics(experimented):
+    shown = shown_experiments(experimented)
+    assert set(EXPERIMENTS) <= set(shown)
+    for name, (key, value) in EXPERIMENTS.items():
+        section, family, param = key.split(".")
+        assert shown[name]["params"][section][family][param] == value
+        assert 0 <= shown[name]["test"]["test_accuracy"] <= 1
+    assert shown["fewer-epochs"]["test"] != shown["higher-lr"]["test"]
+
+
+def test_the_readmes_exp_show_is_readable_in_120_columns(experimented):
+    """The README's command, as printed in a 120-column terminal: every experiment with its
+    name, its test accuracy and the value of every param it changed, and no cell cut to '…'."""
+    command = readme_command("dvc exp show")
+    env = {**experimented.env, "COLUMNS": "120"}
+    table = run([experimented.dvc_bin, *command[1:]], experimented.path, env).stdout
+    lines = table.splitlines()
+    assert "…" not in table, table
+    assert max(len(line) for line in lines) <= 120, table
+    header = " ".join(line for line in lines[:4])
+    assert "test_accuracy" in header, table
+    shown = shown_experiments(experimented)
+    for name, (key, value) in EXPERIMENTS.items():
+        assert key in header or key.split(".")[-1] in header, (key, table)
+        [row] = [line for line in lines if f"[{name}]" in line]
+        cells = row.split()
+        assert str(shown[name]["test"]["test_accuracy"]) in cells, (name, table)
+        assert str(value) in cells, (name, value, table)
+
+
+def test_metrics_show_fits_120_columns_and_says_what_each_number_is(reproduced):
+    table = run([reproduced.dvc_bin, "metrics", "show"], reproduced.path,
+                {**reproduced.env, "COLUMNS": "120"}).stdout
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    header = table.splitlines()[0].split()
+    assert {"test_accuracy", "test_loss", "onnx_mismatches", "onnx_matching_decimals"} <= set(
+        header), table
+    assert "accuracy" not in header, "no number without the set it was measured on"
+
+
+def test_what_trained_is_what_dvc_shows_and_going_back_is_clean(reproduced_repo, tmp_path):
+    """The Fashion-MNIST experiment with an explicit -S: the epochs that trained are the ones
+    params show; then the README's way back leaves git clean and DVC silent."""
+    repo = reproduced_repo
+    result = repo.dvc("exp", "run", "-n", "fashion", "-S", "data.dataset=fashion-mnist",
+                      "-S", "train.mlp.epochs=1")
+    assert "trained 1 epochs" in result.stdout + result.stderr
+    curve = (repo.path / "metrics/train/plots/metrics/train_loss.tsv").read_text().splitlines()
+    assert len(curve) == 1 + 1, "one epoch trained, as `exp show` says"
+    shown = shown_experiments(repo)["fashion"]
+    assert shown["params"]["train"]["mlp"]["epochs"] == 1
+    metadata = json.loads((repo.path / "model/metadata.json").read_text())
+    assert metadata["dataset"] == "fashion-mnist" and metadata["class_names"] == FASHION
+    assert "Ankle boot" in (repo.path / "metrics/per_class.csv").read_text()
+
+    back = readme_command("git checkout --")
+    assert back[-3:] == ["&&", "dvc", "checkout"], back
+    repo.git(*back[1:-3])
+    restored = repo.dvc("checkout")
+    assert "WARNING" not in restored.stdout + restored.stderr, restored.stderr
+    assert repo.git("status", "--porcelain").stdout == ""
+    assert repo.dvc("status").stdout.strip().endswith("up to date.")
+    assert json.loads((repo.path / "model/metadata.json").read_text())["dataset"] == "mnist"
+
+
+def charts_drawn(page, tmp_path):
+    """How many Vega charts `page` draws in headless Chromium with every request to another
+    host blocked, and the outside requests it tried."""
+    from tests.serving import chromium
+
+    with chromium() as driver:
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["http://*", "https://*"]})
+        driver.get(page.as_uri())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            drawn = driver.execute_script(  # what Vega drew each chart on, canvas or svg
+                "return document.querySelectorAll('.vega-embed .marks').length")
+            if drawn and driver.execute_script("return document.readyState") == "complete":
+                break
+            time.sleep(0.2)
+        outside = [entry["name"] for entry in driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => ({name: e.name}))")
+            if not entry["name"].startswith(("file:", "data:"))]
+        return drawn, outside
+
+
+@pytest.mark.browser
+def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experimented, tmp_path):
+    repo = experimented
+    definitions = repo.dvc("plots", "show", "--json").stdout
+    ids = list(json.loads(definitions)["data"])
+    vega = [i for i in ids if not i.endswith(".png")]
+    assert len(ids) == len(set(ids)) and len(vega) == 5, ids  # each curve drawn once
+
+    repo.dvc("plots", "show", "-o", str(tmp_path / "show"))
+    drawn, outside = charts_drawn(tmp_path / "show/index.html", tmp_path)
+    assert drawn == len(vega) and outside == []
+
+    repo.dvc("plots", "diff", "fewer-epochs", "higher-lr", "-o", str(tmp_path / "diff"))
+    page = (tmp_path / "diff/index.html").read_text()
+    assert "fewer-epochs" in page and "higher-lr" in page, "both experiments on each chart"
+    drawn, outside = charts_drawn(tmp_path / "diff/index.html", tmp_path)
+    assert drawn == len(vega) and outside == []
+    assert not re.search(r"<script[^>]+src=", page), "no library fetched at view time"
+    assert os.path.getsize(tmp_path / "diff/index.html") > 500_000, "the libraries are inside"
