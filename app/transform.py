@@ -199,7 +199,8 @@ def search(image, polarity, plain, page=None):
     dark_ink = image if polarity == "dark" else 255 - image
     if page is not None:  # around the page, its own level: the desk is neither paper nor ink
         dark_ink = np.where(page, dark_ink, np.median(dark_ink[page]))
-    contrast = np.clip(paper_level(dark_ink, plain) - dark_ink, 0, None)
+    level = paper_level(dark_ink, plain)
+    contrast = np.clip(level - dark_ink, 0, None)
     if page is not None:
         contrast[~page] = 0
     otsu, _ = cv2.threshold(contrast.astype(np.uint8), 0, 255,
@@ -258,6 +259,11 @@ def search(image, polarity, plain, page=None):
     mask = np.isin(edges, np.unique(edges[core]))
     ys, xs = np.nonzero(mask)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    if polarity == "dark" and not plain:
+        # Light falling off and a shadow dim ink and paper alike: the ink's contrast is taken
+        # relative to its paper's own brightness, so a stroke in the shade is as strong as one
+        # in the light.
+        contrast = contrast * (float(np.median(level[mask])) / np.maximum(level, 1))
     return Found(np.where(mask, contrast, 0).astype(np.float32), box, polarity)
 
 
