@@ -3,13 +3,20 @@
 MNIST was made this way: grey levels, white ink on black, cropped to the ink, scaled to fit a
 20x20 box keeping the aspect ratio, then placed in a 28x28 field with the ink's centre of mass
 at the centre. A clean scan gets exactly that. A phone photo first needs the digit found, which
-OpenCV does (find_digit):
+OpenCV does (find_digit), in a work copy at most 400 px on its long side (a long strip keeps 56
+px across, so a digit in a 30000x30 picture is still there to find):
 
+0. A sheet of paper lying wholly inside the picture is found first (find_page): a region that
+   a sharp outline closes around, nearly a rectangle, lighter than the desk around it. If there
+   is one, it is the paper and the digit is the dark ink written on it: the steps below run on
+   the sheet alone, its edge taken for the picture's border. (Otherwise the bright sheet, seen
+   against the desk, would be the biggest "light ink" in the picture.)
 1. The paper's own level is estimated around every pixel (a median over a window a third of the
    picture wide), so light that falls off across the page is not taken for ink; a median also
    follows a darker desk around a sheet of paper, where a mean would see the desk as ink.
 2. Ink is what stands out from that level by more than a threshold chosen from the picture
-   (Otsu's), and more than its noise.
+   (Otsu's), and more than its noise. Dark ink's strength is taken relative to its paper's
+   brightness: in a shadow, paper and ink are dimmer alike.
 3. Its connected regions are sorted: specks, and regions touching the picture's border (a desk,
    the page's edge), are set aside; the digit is the main region near the middle, with the
    pieces close to it (the bar of a 5).
@@ -223,8 +230,8 @@ def search(image, polarity, plain, page=None):
         regions.append({"label": label, "box": (x, y, x + w, y + h), "touches": touches,
                         "ink": float(contrast[labels == label].sum()), "centre": centres[label]})
     # The page's edge and a desk reach the border; a digit does not, unless nothing else is
-    # there (a picture cropped close to its digit).
-    regions = [r for r in regions if not r["touches"]] or regions
+    # there (a picture cropped close to its digit). On a sheet found whole, never.
+    regions = [r for r in regions if not r["touches"]] or ([] if page is not None else regions)
     total = sum(r["ink"] for r in regions)
     regions = [r for r in regions if r["ink"] >= 0.02 * total]  # specks of noise
     if not regions:
