@@ -9,10 +9,11 @@ A classifier always names a class: a tap on the page reads "0", a dash "4", a sc
 - the model's uncertainty: the entropy of its probabilities, 0 when it is sure of one class,
   ln 10 = 2.3 when it cannot choose among the ten.
 
-Shape alone refuses what no digit looks like: a blot, a straight line lying flat, more loops or
-more strokes across than any digit has. A shape that is only unusual for a digit (a stub, a
-block of ink, thick strokes, three loops, much ink) is refused when the model is unsure of it
-too; any other picture only when the model is very unsure. Every threshold comes from the 5,999
+Shape alone refuses what no digit looks like: a blot, a straight line lying flat, a short thick
+stroke, a thick smear lying flat, more loops or more strokes across than any digit has. A shape
+only unusual for a digit (a stub, a block of ink, thick strokes, three loops, much ink) is
+refused when the model is unsure of it too; any other picture only when the model is very
+unsure. Every threshold comes from the 5,999
 digits of MNIST's validation split (data/processed/val.npz, read by the default MLP), set where
 it refuses almost none of them, never from the test set: `python -m bench.refusal --calibrate`
 prints where each number comes from.
@@ -37,14 +38,19 @@ CONVEX_STROKE = (0.8, 2.0)  # ... or it fills this share of its convex hull and 
 #                     this many times longer than wide (a short dash drawn with a wide pen)
 MAX_LEAN = 60       # degrees from upright: validation's straight strokes lean at most 49 (a
 #                     slanted 1); a dash lies flatter than 60
+SHORT_STROKE = (0.85, 9, 3.0)  # convex (this share of its hull), this thick (px) and less
+#                     than this many times longer than wide: a short dash, a stub (2 validation
+#                     digits: 0s inked into blobs)
+FLAT_SMEAR = (8, 1.2)  # ink this thick (px) in a box this many times wider than tall: a thick
+#                     scrawl lying flat (1 validation digit); digits stand
 MAX_LOOPS = 4       # holes of 2 px or more: at most 4 in validation; a chain of loops has more
 MAX_CROSSINGS = 5   # ink runs along one row or column: at most 5 in validation; a zigzag has more
 
-# What is unusual for a digit, yet shared by 0.1 to 3 % of validation digits (and by most of the
-# scribbles the tests draw): refused only when the model is unsure too (UNSURE_IF_ODD).
+# What is unusual for a digit, yet shared by 0.1 to 3 % of validation digits: refused only when
+# the model is unsure too (UNSURE_IF_ODD).
 STUB = (0.75, 2.0)  # fills this share of its convex hull and is less than twice as long as wide:
-#                     a stub or a block of ink, where a digit's strokes leave gaps (1.4 %)
-THICK = 8           # px: ink this thick is a short, fat stroke (1 % of validation digits)
+#                     a stub or a block of ink, where a digit's strokes leave gaps (1.6 %)
+THICK = 8           # px: ink this thick is a smudge or a short, fat stroke (1.3 %)
 ODD_LOOPS = 3       # holes (0.3 %)
 ODD_CROSSINGS = 5   # ink runs along one row or column (0.1 %)
 WIDE = 1.3          # the ink's box this many times wider than tall (2.2 %): digits stand
@@ -117,6 +123,12 @@ def unlike_any_digit(shape):
         return "a dot or a filled shape"
     if straight and shape.lean > MAX_LEAN:
         return "a dash"
+    convex, thick, long = SHORT_STROKE
+    if shape.solidity >= convex and shape.widest >= thick and shape.elongation < long:
+        return "a short, thick stroke"
+    thick, wide = FLAT_SMEAR
+    if shape.widest >= thick and shape.aspect > wide:
+        return "a thick smear lying flat"
     if shape.loops > MAX_LOOPS or shape.crossings > MAX_CROSSINGS:
         return "a scribble"
     return None
@@ -128,7 +140,7 @@ def unusual_for_a_digit(shape):
     if shape.solidity >= convex and shape.elongation < long:
         return "a blob or a short stroke"
     if shape.widest >= THICK:
-        return "a short, thick scrawl"
+        return "a smudge of thick strokes"
     if shape.loops >= ODD_LOOPS or shape.crossings >= ODD_CROSSINGS or shape.pixels > HEAVY:
         return "a scribble"
     if shape.aspect > WIDE:

@@ -79,12 +79,14 @@ def mnist_test_digits():
         return data["x_test"].astype(np.float32), data["y_test"]
 
 
-def measure(classifier, per_kind=100):
+def measure(classifier, per_kind=100, scrawl_seeds=5):
     """The four Samples: MNIST's test digits, the photo set (`per_kind` of each kind), digits
-    drawn as the page draws them (as many) and scrawls (30 % of that of each kind, 25 at least)."""
+    drawn as the page draws them (as many), and scrawls: the test's 30 of each kind (seed 0),
+    and as many again from each further seed, up to `scrawl_seeds`."""
     pixels, labels = mnist_test_digits()
     photos = photo_set(per_kind)
-    digits, drawings = page_digits(per_kind), scrawls(per_kind=max(25, per_kind * 3 // 10))
+    digits = page_digits(per_kind)
+    drawings = [d for seed in range(scrawl_seeds) for d in scrawls(per_kind=30, seed=seed)]
     return {
         "mnist": Sample("real MNIST test digits (28x28, as a .npy gives them)",
                         ["test"] * len(labels), [str(y) for y in labels],
@@ -128,8 +130,12 @@ def table(results):
         if len(kinds) > 1:
             rows += [row(f"&nbsp; {kind}", [p for k, p in zip(sample.kinds, pairs) if k == kind])
                      for kind in kinds]
-    why = Counter(a.refusal for sample in results.values() for a in sample.answers if a.refusal)
-    rows += ["", "Reasons given: " + "; ".join(f"{r} ({n})" for r, n in why.most_common())]
+    rows.append("")
+    for sample in results.values():
+        why = Counter(a.refusal for a in sample.answers if a.refusal)
+        if why:
+            rows.append(f"Refused of {sample.name}: "
+                        + "; ".join(f"{r} ({n})" for r, n in why.most_common()) + ".")
     return "\n".join(rows)
 
 
@@ -147,31 +153,50 @@ def goals(results):
 
 
 def calibration(classifier):
-    """Where the thresholds come from: each rule's share of the validation digits."""
+    """Where app/refusal.py's thresholds come from: what the validation digits look like, and
+    how many of them each rule refuses."""
     with np.load(VALIDATION) as data:
-        pixels = data["x"] * 255
+        pixels, labels = data["x"] * 255, data["y"]
     probabilities = classifier.probabilities(pixels)
     shapes = [rules.ink_shape(p) for p in pixels]
+    n = len(shapes)
+    f = {name: np.array([getattr(s, name) for s in shapes]) for name in (
+        "widest", "spread", "lean", "elongation", "solidity", "loops", "crossings", "aspect",
+        "pixels")}
     unsure = np.array([rules.uncertainty(p) for p in probabilities])
+    straight = f["spread"] < rules.STRAIGHT
+    convex, long = rules.CONVEX_STROKE
+    straight_or_convex = straight | ((f["solidity"] >= convex) & (f["elongation"] >= long))
+    stub_convex, stub_long = rules.STUB
+
+    def part(mask):
+        return f"{mask.sum()} ({mask.mean():.2%})"
+
+    lines = [
+        f"{n:,} validation digits, read by {classifier.path}",
+        f"thickest ink (px): 99 % at most {np.percentile(f['widest'], 99):.1f}, 99.9 % at most "
+        f"{np.percentile(f['widest'], 99.9):.1f}, the thickest {f['widest'].max():.1f}",
+        f"straight (spread < STRAIGHT): {straight.sum()}, 1s {(labels[straight] == 1).sum()}; "
+        f"straight or convex strokes lean at most {f['lean'][straight_or_convex].max():.0f} deg",
+        f"loops at most {f['loops'].max()}, crossings at most {f['crossings'].max()}",
+        "unusual shapes: stub " + part((f["solidity"] >= stub_convex)
+                                       & (f["elongation"] < stub_long))
+        + f", thick {part(f['widest'] >= rules.THICK)}, loops {part(f['loops'] >= rules.ODD_LOOPS)}"
+        f", crossings {part(f['crossings'] >= rules.ODD_CROSSINGS)}, wide "
+        f"{part(f['aspect'] > rules.WIDE)}, heavy {part(f['pixels'] > rules.HEAVY)}",
+        f"uncertainty (nats) above which the 0.1 % least sure lie: {np.quantile(unsure, 0.999):.3f}"
+        f" (UNSURE is {rules.UNSURE})"]
+    # UNSURE_IF_ODD: of the unusual shapes the other rules leave, 0.1 % of all lie above it.
     unlike = np.array([bool(rules.unlike_any_digit(s)) for s in shapes])
     unusual = np.array([bool(rules.unusual_for_a_digit(s)) for s in shapes])
-    n = len(pixels)
-    widest = np.array([s.widest for s in shapes])
-    lines = [f"{n:,} validation digits, read by {classifier.path}",
-             f"thickest ink (px): 99 % at most {np.percentile(widest, 99):.1f}, "
-             f"99.9 % at most {np.percentile(widest, 99.9):.1f}, the widest {widest.max():.1f}",
-             f"refused by shape alone (unlike any digit): {unlike.sum()} ({unlike.mean():.2%})",
-             f"of an unusual shape: {unusual.sum()} ({unusual.mean():.2%})",
-             f"uncertainty (nats) above which the 0.1 % least sure lie: "
-             f"{np.quantile(unsure, 0.999):.3f} (UNSURE is {rules.UNSURE})"]
-    # UNSURE_IF_ODD: of the unusual shapes the other rules leave, 0.1 % of all lie above it.
     left = np.sort(unsure[unusual & ~unlike & (unsure <= rules.UNSURE)])[::-1]
     k = round(n / 1000)
     lines.append(f"uncertainty above which 0.1 % ({k}) are unusual shapes the other rules leave: "
                  f"{left[k]:.3f} (UNSURE_IF_ODD is {rules.UNSURE_IF_ODD})")
-    reasons = [rules.refusal(p, q) for p, q in zip(pixels, probabilities)]
-    refused = sum(r is not None for r in reasons)
-    lines.append(f"refused with the thresholds as they are: {refused} ({refused / n:.2%})")
+    reasons = Counter(rules.refusal(p, q) for p, q in zip(pixels, probabilities))
+    refused = n - reasons.pop(None, 0)
+    lines.append(f"refused with the thresholds as they are: {refused} ({refused / n:.2%}): "
+                 + "; ".join(f"{r} ({c})" for r, c in reasons.most_common()))
     return "\n".join(lines)
 
 
