@@ -3,8 +3,10 @@
 Each picture is made here, from a seed, with no download: a digit drawn as strokes (a slanted,
 jittered hand), on paper, then what phones do to it: sensor noise and JPEG at low quality, light
 that falls off across the page, a vignette, the sheet lying on a darker desk, the digit small and
-off-centre; chalk on a board (light ink); and clean scans as controls. Every picture comes with
-its truth: the digit, where its ink is, and whether the ink is darker or lighter than the paper.
+off-centre; chalk on a board (light ink); a sheet wholly inside the picture, turned a little, on
+desks of several colours and grains, with a shadow across it; and clean scans as controls. Every
+picture comes with its truth: the digit, where its ink is, whether the ink is darker or lighter
+than the paper, and for a sheet inside the picture, where the sheet is.
 
     python -m tests.photos OUT_DIR      # writes the set as PNG/JPEG files to look at
 """
