@@ -3,13 +3,20 @@
 MNIST was made this way: grey levels, white ink on black, cropped to the ink, scaled to fit a
 20x20 box keeping the aspect ratio, then placed in a 28x28 field with the ink's centre of mass
 at the centre. A clean scan gets exactly that. A phone photo first needs the digit found, which
-OpenCV does (find_digit):
+OpenCV does (find_digit), in a work copy at most 400 px on its long side (a long strip keeps 56
+px across, so a digit in a 30000x30 picture is still there to find):
 
+0. A sheet of paper lying wholly inside the picture is found first (find_page): a region that
+   a sharp outline closes around, nearly a rectangle, lighter than the desk around it. If there
+   is one, it is the paper and the digit is the dark ink written on it: the steps below run on
+   the sheet alone, its edge taken for the picture's border. (Otherwise the bright sheet, seen
+   against the desk, would be the biggest "light ink" in the picture.)
 1. The paper's own level is estimated around every pixel (a median over a window a third of the
    picture wide), so light that falls off across the page is not taken for ink; a median also
    follows a darker desk around a sheet of paper, where a mean would see the desk as ink.
 2. Ink is what stands out from that level by more than a threshold chosen from the picture
-   (Otsu's), and more than its noise.
+   (Otsu's), and more than its noise. Dark ink's strength is taken relative to its paper's
+   brightness: in a shadow, paper and ink are dimmer alike.
 3. Its connected regions are sorted: specks, and regions touching the picture's border (a desk,
    the page's edge), are set aside; the digit is the main region near the middle, with the
    pieces close to it (the bar of a 5).
@@ -29,7 +36,10 @@ FORMATS = ("PNG", "JPEG", "BMP")
 MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding
 FIELD, BOX = 28, 20      # MNIST digits fit a 20x20 box, centred by mass in a 28x28 field
 WORK_SIDE = 400          # photos are searched at most this large: plenty for a digit
+WORK_SHORT_SIDE = 56     # but a strip keeps this much across, twice MNIST's field, for its digit
+WORK_PIXELS = 1_200_000  # a strip searched at that size may hold this many pixels (30000x40)
 MIN_SIDE = 8             # narrower than this, a picture cannot hold a readable digit
+SMALL = 64               # a picture narrower than this is a drawing or a crop, not a photo
 MIN_CONTRAST = 32        # grey levels between paper and ink; less is no ink at all
 NOISE_MARGIN = 4         # ink must stand out by this many times the paper's noise
 INK_LEVEL = 0.1          # of the darkest ink; fainter pixels are paper (noise, texture, JPEG)
@@ -51,6 +61,8 @@ class Found:
     ink: np.ndarray     # float32 0-255, the digit's ink cropped to `box`, white on black
     box: tuple          # (x0, y0, x1, y1), x1 and y1 exclusive
     polarity: str       # "dark" ink on light paper, or "light" ink on a dark ground
+    page: np.ndarray = None  # the sheet the digit is written on, lying wholly inside the
+    #                          picture: its outline's four corners (x, y); None when there is none
 
 
 def read_image(source):
@@ -119,26 +131,51 @@ def to_model_form(grey, dataset):
 # --- finding the digit ----------------------------------------------------------------------------
 
 def find_digit(grey):
-    """The digit in a picture: its ink (white on black), its box and its polarity."""
+    """The digit in a picture: its ink (white on black), its box, its polarity and the sheet of
+    paper it was found on, if any."""
     grey = np.asarray(grey, dtype=np.float32)
     height, width = grey.shape
     if min(height, width) < MIN_SIDE:
         raise InputError(f"{width}x{height} pixels is too small to hold a digit")
-    scale = min(1.0, WORK_SIDE / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # never 0 wide
-    small = grey if scale == 1 else cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-    uniform = plain_paper(small)
-    tries = [search(small, polarity, uniform) for polarity in ("dark", "light")]
-    found = [t for t in tries if isinstance(t, Found)]
-    if not found:
-        raise InputError(tries[0])
-    best = max(found, key=lambda f: f.ink.sum())
-    x0, y0, x1, y1 = best.box
-    ink = soft_ink(best.ink[y0:y1, x0:x1], uniform)
-    x_scale, y_scale = size[0] / width, size[1] / height
-    box = tuple(min(round(v / s), limit) for v, s, limit in
-                zip(best.box, (x_scale, y_scale) * 2, (width, height) * 2))
-    return Found(ink, box, best.polarity)
+    small = work_image(grey)
+    page = find_page(small)
+    if page is not None:  # a sheet of paper lies in the picture: the digit is written on it
+        found = search_page(small, page)
+        if not isinstance(found, Found):
+            raise InputError(found)
+    else:
+        uniform = plain_paper(small)
+        tries = [search(small, polarity, uniform) for polarity in ("dark", "light")]
+        found = [t for t in tries if isinstance(t, Found)]
+        if not found:
+            raise InputError(tries[0])
+        found = max(found, key=lambda f: f.ink.sum())
+        found.ink = soft_ink(crop(found.ink, found.box), uniform)
+    x_scale, y_scale = small.shape[1] / width, small.shape[0] / height
+    found.box = tuple(min(round(v / s), limit) for v, s, limit in
+                      zip(found.box, (x_scale, y_scale) * 2, (width, height) * 2))
+    if page is not None:
+        found.page = page.corners / (x_scale, y_scale)
+    return found
+
+
+def crop(image, box):
+    x0, y0, x1, y1 = box
+    return image[y0:y1, x0:x1]
+
+
+def work_image(grey):
+    """The picture at the size the digit is searched in: at most WORK_SIDE on its long side,
+    but a long strip keeps WORK_SHORT_SIDE on its short side, where the digit must fit. A strip
+    that would then be over WORK_PIXELS is refused rather than searched at a size where its
+    digit would vanish."""
+    height, width = grey.shape
+    scale = min(1.0, max(WORK_SIDE / max(height, width), WORK_SHORT_SIDE / min(height, width)))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size[0] * size[1] > WORK_PIXELS:
+        shape = "wide" if width > height else "tall"
+        raise InputError(f"{width}x{height} pixels is too {shape} to search for one digit")
+    return grey if scale == 1 else cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
 
 def border(image):
@@ -149,7 +186,7 @@ def plain_paper(image):
     """Whether the picture is a clean scan or drawing: small, or its border all one level. Its
     paper then has one level everywhere, as MNIST's own digits were found."""
     edge = border(image)
-    return min(image.shape) < 64 or float(np.percentile(edge, 95) - np.percentile(edge, 5)) < 16
+    return min(image.shape) < SMALL or float(np.percentile(edge, 95) - np.percentile(edge, 5)) < 16
 
 
 def paper_level(image, plain):
@@ -162,11 +199,17 @@ def paper_level(image, plain):
     return cv2.medianBlur(np.clip(image, 0, 255).astype(np.uint8), side).astype(np.float32)
 
 
-def search(image, polarity, plain):
+def search(image, polarity, plain, page=None):
     """The digit in `image` for one polarity, as a Found whose ink is the contrast of its
-    regions (the whole picture's size), or the reason there is none (a string)."""
+    regions (the whole picture's size), or the reason there is none (a string). With a `page`
+    (a mask), only the page is paper: its edge is a border, what lies outside it is no ink."""
     dark_ink = image if polarity == "dark" else 255 - image
-    contrast = np.clip(paper_level(dark_ink, plain) - dark_ink, 0, None)
+    if page is not None:  # around the page, its own level: the desk is neither paper nor ink
+        dark_ink = np.where(page, dark_ink, np.median(dark_ink[page]))
+    level = paper_level(dark_ink, plain)
+    contrast = np.clip(level - dark_ink, 0, None)
+    if page is not None:
+        contrast[~page] = 0
     otsu, _ = cv2.threshold(contrast.astype(np.uint8), 0, 255,
                             cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # The paper's grain and the camera's noise, from how far pixels stray from their
@@ -177,15 +220,18 @@ def search(image, polarity, plain):
     count, labels, stats, centres = cv2.connectedComponentsWithStats(
         (contrast > threshold).astype(np.uint8), connectivity=8)
     height, width = image.shape
+    # A region touching the page's edge is the desk showing through, or a shadow's edge.
+    rim = set() if page is None else set(np.unique(labels[page & ~cv2.erode(
+        page.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)]))
     regions = []
     for label in range(1, count):
         x, y, w, h, _ = stats[label]
-        touches = x == 0 or y == 0 or x + w == width or y + h == height
+        touches = x == 0 or y == 0 or x + w == width or y + h == height or label in rim
         regions.append({"label": label, "box": (x, y, x + w, y + h), "touches": touches,
                         "ink": float(contrast[labels == label].sum()), "centre": centres[label]})
     # The page's edge and a desk reach the border; a digit does not, unless nothing else is
-    # there (a picture cropped close to its digit).
-    regions = [r for r in regions if not r["touches"]] or regions
+    # there (a picture cropped close to its digit). On a sheet found whole, never.
+    regions = [r for r in regions if not r["touches"]] or ([] if page is not None else regions)
     total = sum(r["ink"] for r in regions)
     regions = [r for r in regions if r["ink"] >= 0.02 * total]  # specks of noise
     if not regions:
@@ -220,6 +266,11 @@ def search(image, polarity, plain):
     mask = np.isin(edges, np.unique(edges[core]))
     ys, xs = np.nonzero(mask)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    if polarity == "dark" and not plain:
+        # Light falling off and a shadow dim ink and paper alike: the ink's contrast is taken
+        # relative to its paper's own brightness, so a stroke in the shade is as strong as one
+        # in the light.
+        contrast = contrast * (float(np.median(level[mask])) / np.maximum(level, 1))
     return Found(np.where(mask, contrast, 0).astype(np.float32), box, polarity)
 
 
@@ -243,6 +294,90 @@ def soft_ink(contrast, plain):
     if peak < MIN_CONTRAST:
         raise InputError("no digit found: the image is blank")
     return np.clip((contrast / peak - INK_LEVEL) / (1 - INK_LEVEL), 0, 1).astype(np.float32) * 255
+
+
+# --- the sheet of paper ---------------------------------------------------------------------------
+
+PAGE_STEP = 25           # grey levels from desk to sheet at the least, for its outline to count
+PAGE_SMOOTH = 1.5        # the picture is smoothed this much (sigma, px) before edges are sought
+PAGE_MIN_AREA = 0.04     # of the picture: a smaller enclosed region is a digit's loop, not a sheet
+PAGE_RECTANGULAR = 0.9   # a sheet fills this much of its turned bounding rectangle; a digit's
+#                          enclosed outline (a 0, an 8, a filled blob) fills at most 0.83
+PAGE_BAND = (4, 10)      # px inside and outside the outline where sheet and desk are compared
+
+
+@dataclass
+class Page:
+    """A sheet of paper lying wholly inside the picture, in work-image pixels."""
+    mask: np.ndarray     # bool, the picture's size: the sheet and all that is on it
+    corners: np.ndarray  # (4, 2) float: its outline's corners (x, y)
+
+
+def find_page(image):
+    """The sheet of paper lying wholly inside the picture, if there is one (else None): a region
+    that a sharp outline encloses, that is nearly a rectangle and lighter than what is around
+    it.
+
+    Its outline is found as edges (Canny's) that close around it: what can be reached from the
+    picture's border without crossing an edge is the desk. A shadow's edge is soft, and crosses
+    the sheet from desk to desk, so it encloses nothing; the desk's grain encloses only small
+    pockets, cut away from the sheet by an opening."""
+    if min(image.shape) < SMALL:
+        return None
+    smooth = cv2.GaussianBlur(np.clip(image, 0, 255).astype(np.uint8), (0, 0), PAGE_SMOOTH)
+    # Canny's thresholds are on the Sobel gradient, which at this smoothing is about twice
+    # the height of the step it crosses.
+    edges = cv2.Canny(smooth, 0.8 * PAGE_STEP, 2 * PAGE_STEP, L2gradient=True)
+    edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))  # an outline with one-pixel gaps closes
+    _, open_ground = cv2.connectedComponents((edges == 0).astype(np.uint8), connectivity=4)
+    desk = np.isin(open_ground, np.setdiff1d(border(open_ground), [0]))
+    enclosed = cv2.morphologyEx((~desk).astype(np.uint8), cv2.MORPH_OPEN,
+                                cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(enclosed, connectivity=8)
+    if count < 2:
+        return None
+    label = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[label, cv2.CC_STAT_AREA] < PAGE_MIN_AREA * image.size:
+        return None
+    mask = labels == label
+    outline = max(cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)[0], key=cv2.contourArea)
+    rectangle = cv2.minAreaRect(outline)
+    if cv2.contourArea(outline) < PAGE_RECTANGULAR * rectangle[1][0] * rectangle[1][1]:
+        return None
+    inside, outside = (band(mask, inward) for inward in (True, False))
+    if not inside.any() or np.median(image[inside]) - np.median(image[outside]) < PAGE_STEP:
+        return None  # not lighter than the desk: a dark shape is ink, not paper
+    return Page(mask, cv2.boxPoints(rectangle))
+
+
+def band(mask, inward):
+    """The pixels PAGE_BAND[0] to PAGE_BAND[1] px inside a mask's edge (or outside it)."""
+    near, far = (cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+                 for r in PAGE_BAND)
+    grow = cv2.erode if inward else cv2.dilate
+    region = mask.astype(np.uint8)
+    return (grow(region, near) & ~grow(region, far)).astype(bool) if inward else \
+        (grow(region, far) & ~grow(region, near)).astype(bool)
+
+
+def search_page(image, page):
+    """The digit written on `page` in dark ink, as a Found with its ink already soft (see
+    soft_ink), or the reason there is none (a string)."""
+    ys, xs = np.nonzero(page.mask)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    region, mask = image[y0:y1, x0:x1], page.mask[y0:y1, x0:x1]
+    # A clean sheet (its paper all one level along its edge) is paper of one level, as a clean
+    # picture's is; a photographed one has light falling off and shadows across it.
+    near_edge = region[band(mask, True)]
+    plain = float(np.percentile(near_edge, 95) - np.percentile(near_edge, 5)) < 16
+    found = search(region, "dark", plain, mask)
+    if not isinstance(found, Found):
+        return found
+    found.ink = soft_ink(crop(found.ink, found.box), plain)
+    bx0, by0, bx1, by1 = found.box
+    found.box = (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0)
+    return found
 
 
 # --- MNIST's own steps ----------------------------------------------------------------------------

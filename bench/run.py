@@ -1,6 +1,7 @@
 """The benchmark: training speed of both model families against PyTorch (and Keras' model.fit
-and scikit-learn), predict's cold start, the API under load, and the pipeline's wall times and
-memory, in one run. Writes bench/results.md and prints it.
+and scikit-learn), predict's cold start, the API under load, the pipeline's wall times and
+memory, and how often "not a digit" is answered (bench/refusal.py), in one run. Writes
+bench/results.md and prints it.
 
     pip install -r bench/requirements.txt     # into the project's .venv; apt-get install wrk
     MNIST_MIRROR=../shared/mnist python -m bench
@@ -23,14 +24,15 @@ from datetime import date
 from importlib import metadata
 from pathlib import Path
 
-from bench import coldstart, load, pipeline, training
+from app.model import load_classifier
+from bench import coldstart, load, pipeline, refusal, training
 from bench.trainers import recipe
 from stages import params
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.md"
 MODEL = REPO / "model" / "model.onnx"
-PARTS = ("training", "predict", "api", "pipeline")
+PARTS = ("training", "predict", "api", "pipeline", "refusal")
 log = logging.getLogger("bench")
 # The goals this benchmark checks, and their limits.
 GOALS = {
@@ -219,6 +221,17 @@ def measure_serving(args, parts, tmp):
     return sections, serving_goals(cold, api)
 
 
+def measure_refusal(model):
+    """"Not a digit" on both sides (bench/refusal.py), with the repository's model and data."""
+    if not (model.is_file() and refusal.MNIST.is_file()):
+        return [["## Not a digit", "", f"Not measured: needs {model} and {refusal.MNIST}."]], []
+    log.info("not a digit: real digits and scrawls ...")
+    results = refusal.measure(load_classifier(model))
+    return ([["## Not a digit", "", refusal.table(results)]],
+            [f"| {goal} | {measured} | {verdict(met)} |" for goal, measured, met in
+             refusal.goals(results)])
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -233,6 +246,9 @@ def main(argv=None):
             real_data = bool(os.environ.get("MNIST_MIRROR"))
         if {"predict", "api"} & set(parts):
             more_sections, more_rows = measure_serving(args, parts, Path(tmp))
+            sections, goal_rows = sections + more_sections, goal_rows + more_rows
+        if "refusal" in parts:
+            more_sections, more_rows = measure_refusal(args.model)
             sections, goal_rows = sections + more_sections, goal_rows + more_rows
 
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])

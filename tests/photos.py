@@ -3,8 +3,10 @@
 Each picture is made here, from a seed, with no download: a digit drawn as strokes (a slanted,
 jittered hand), on paper, then what phones do to it: sensor noise and JPEG at low quality, light
 that falls off across the page, a vignette, the sheet lying on a darker desk, the digit small and
-off-centre; chalk on a board (light ink); and clean scans as controls. Every picture comes with
-its truth: the digit, where its ink is, and whether the ink is darker or lighter than the paper.
+off-centre; chalk on a board (light ink); a sheet wholly inside the picture, turned a little, on
+desks of several colours and grains, with a shadow across it; and clean scans as controls. Every
+picture comes with its truth: the digit, where its ink is, whether the ink is darker or lighter
+than the paper, and for a sheet inside the picture, where the sheet is.
 
     python -m tests.photos OUT_DIR      # writes the set as PNG/JPEG files to look at
 """
@@ -44,7 +46,7 @@ STROKES = {
 }
 
 KINDS = ("clean", "clean-inverse", "noise-jpeg", "uneven-light", "sheet-on-desk",
-         "small-off-centre", "chalk")
+         "small-off-centre", "chalk", "sheet-in-frame")
 CONTROLS = ("clean", "clean-inverse")
 
 
@@ -56,6 +58,7 @@ class Photo:
     polarity: str       # "dark" ink on light paper, or "light" ink on a dark ground
     kind: str
     name: str
+    page: tuple = None  # (x0, y0, x1, y1) of a sheet lying wholly inside the picture
 
 
 def ink_mask(digit, shape, box, rng, thickness):
@@ -102,6 +105,8 @@ def texture(shape, rng, amount):
 def make_photo(digit, kind, seed):
     """One picture of `digit`, as `kind` describes, reproducible from `seed`."""
     rng = np.random.default_rng(seed)
+    if kind == "sheet-in-frame":
+        return sheet_in_frame(digit, rng, f"{kind}-{digit}-{seed}")
     height, width = (int(rng.integers(420, 640)), int(rng.integers(420, 640)))
     if kind in ("clean", "clean-inverse"):
         height, width = int(rng.integers(120, 300)), int(rng.integers(120, 300))
@@ -154,6 +159,89 @@ def make_photo(digit, kind, seed):
     rows, cols = np.flatnonzero(mask.max(axis=1) > 0.5), np.flatnonzero(mask.max(axis=0) > 0.5)
     truth = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
     return Photo(image, digit, truth, polarity, kind, f"{kind}-{digit}-{seed}")
+
+
+# Desks as the camera's grey levels (ITU-R 601 luma of their colour, as read_image converts):
+# dark walnut, oak, grey laminate, a green cutting mat, a blue desk, black, light beige.
+DESK_COLOURS = {"walnut": (70, 45, 30), "oak": (160, 120, 75), "laminate": (120, 120, 125),
+                "cutting-mat": (40, 110, 70), "blue": (50, 80, 140), "black": (30, 30, 30),
+                "beige": (175, 165, 150)}
+DESK_TEXTURES = ("plain", "wood-grain", "speckled")
+
+
+def luma(rgb):
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def desk(shape, rng):
+    """A desk of one of DESK_COLOURS with one of DESK_TEXTURES."""
+    level = luma(list(DESK_COLOURS.values())[rng.integers(len(DESK_COLOURS))])
+    surface = np.full(shape, level, np.float32) + texture(shape, rng, 5)
+    grain = DESK_TEXTURES[rng.integers(len(DESK_TEXTURES))]
+    if grain == "wood-grain":  # streaks along one direction, wavering
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+        angle = rng.uniform(0, math.pi)
+        across = -math.sin(angle) * xx + math.cos(angle) * yy
+        across = across + 6 * texture(shape, rng, 1)
+        surface += 0.12 * level * np.sin(across / rng.uniform(3, 9)) * (0.6 + 0.4 * np.sin(
+            across / 37))
+    elif grain == "speckled":  # granite, terrazzo: grains of a pixel or two
+        surface += cv2.GaussianBlur(rng.normal(0, 0.3 * level, shape).astype(np.float32),
+                                    (0, 0), 0.8)
+    return surface
+
+
+def shadow(shape, rng, through):
+    """A soft shadow (a hand, the phone) over one side of a line through the point `through`:
+    the light it takes, and a penumbra some pixels wide."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    side = math.cos(angle) * (xx - through[0]) + math.sin(angle) * (yy - through[1])
+    penumbra = rng.uniform(4, 16)
+    return 1 - rng.uniform(0.2, 0.45) * 0.5 * (1 + np.tanh(side / (2 * penumbra)))
+
+
+def sheet_in_frame(digit, rng, name):
+    """A sheet of paper wholly inside the frame, turned a little, on a desk, with a shadow
+    across part of it: the digit written on the sheet, which the sheet's outline must not
+    hide (a bright region with darker ink in it is the page, not the ink)."""
+    height, width = int(rng.integers(420, 640)), int(rng.integers(420, 640))
+    shape = (height, width)
+    sheet_w, sheet_h = width * rng.uniform(0.35, 0.72), height * rng.uniform(0.4, 0.78)
+    angle = rng.uniform(-10, 10)
+    # the sheet's centre, far enough from the edges that its turned corners stay inside
+    reach_x = (abs(math.cos(math.radians(angle))) * sheet_w
+               + abs(math.sin(math.radians(angle))) * sheet_h) / 2
+    reach_y = (abs(math.sin(math.radians(angle))) * sheet_w
+               + abs(math.cos(math.radians(angle))) * sheet_h) / 2
+    margin = 0.04 * min(shape)
+    cx = rng.uniform(reach_x + margin, width - reach_x - margin)
+    cy = rng.uniform(reach_y + margin, height - reach_y - margin)
+
+    # The digit is written on the sheet upright; then sheet and ink are turned together.
+    size = min(sheet_w, sheet_h) * rng.uniform(0.5, 0.75)
+    box_w = size * rng.uniform(0.55, 0.75)
+    box = (cx - box_w / 2 + rng.uniform(-0.1, 0.1) * sheet_w,
+           cy - size / 2 + rng.uniform(-0.08, 0.08) * sheet_h, box_w, size)
+    thickness = max(2, round(size * rng.uniform(0.07, 0.11)))
+    turn = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    mask = cv2.warpAffine(ink_mask(digit, shape, box, rng, thickness), turn, shape[::-1])
+    corners = cv2.boxPoints(((cx, cy), (sheet_w, sheet_h), -angle))
+    sheet = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(sheet, np.round(corners * 8).astype(np.int32), 255, cv2.LINE_AA, shift=3)
+    sheet = sheet.astype(np.float32) / 255
+
+    paper = rng.uniform(200, 235) + texture(shape, rng, 4)
+    ink = rng.uniform(25, 70)
+    image = desk(shape, rng) * (1 - sheet) + (paper * (1 - mask) + ink * mask) * sheet
+    through = (cx + rng.uniform(-0.3, 0.3) * sheet_w, cy + rng.uniform(-0.3, 0.3) * sheet_h)
+    image = image * shadow(shape, rng, through) * lighting(shape, rng, rng.uniform(0.2, 0.4))
+    image = image + rng.normal(0, rng.uniform(5, 12), shape)
+    image = jpeg(np.clip(image, 0, 255).round().astype(np.uint8), int(rng.integers(15, 40)))
+    rows, cols = np.flatnonzero(mask.max(axis=1) > 0.5), np.flatnonzero(mask.max(axis=0) > 0.5)
+    truth = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    page = (*np.floor(corners.min(axis=0)).astype(int), *np.ceil(corners.max(axis=0)).astype(int))
+    return Photo(image, digit, truth, "dark", "sheet-in-frame", name, tuple(map(int, page)))
 
 
 def photo_set(per_kind=20, seed=0):
