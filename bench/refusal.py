@@ -27,7 +27,7 @@ from tests.photos import photo_set
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "model" / "model.onnx"
-MNIST = REPO / "data" / "mnist.npz"
+MNIST = REPO / "data" / "raw.npz"  # download's output: MNIST, when the model is an MNIST one
 VALIDATION = REPO / "data" / "processed" / "val.npz"  # scaled to [0, 1] (params: scale)
 GOALS = {"mnist": 0.005, "photos": 0.02, "scrawls": 0.9}  # issue 18: at most, at most, at least
 

@@ -1,6 +1,6 @@
-"""Make docs/photo.png, the README's before/after picture: photos from the project's photo set
-(tests/photos.py) beside the 28x28 image the model saw (app/transform.py), with what the trained
-model read. Run from the repository root after `make repro`: python docs/photo_figure.py"""
+"""Make a before/after picture (docs/photo.png is the one docs/photos.md shows): photos from the
+project's photo set (tests/photos.py) beside the 28x28 image the model saw (app/transform.py),
+with what the trained model read. From the repository root after `make repro`: python docs/photo_figure.py OUT.png"""
 
 import sys
 from pathlib import Path
@@ -19,6 +19,8 @@ EXAMPLES = [(4, "sheet-on-desk", 11), (7, "uneven-light", 3), (2, "noise-jpeg", 
 
 
 def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: docs/photo_figure.py OUT.png")
     classifier = load_classifier("model/model.onnx")
     font = ImageFont.load_default(size=14)
     figure = Image.new("L", (len(EXAMPLES) * (CELL + GAP) - GAP, 2 * CELL + GAP + CAPTION), 255)
@@ -33,8 +35,8 @@ def main():
                      (x, CELL + GAP))
         label = f"{kind}: read {classifier.class_names[probs.argmax()]} ({probs.max():.0%})"
         draw.text((x, 2 * CELL + GAP + 4), label, fill=0, font=font)
-    figure.save("docs/photo.png")
-    print("wrote docs/photo.png")
+    figure.save(sys.argv[1])
+    print(f"wrote {sys.argv[1]}")
 
 
 if __name__ == "__main__":
