@@ -1,6 +1,9 @@
 """Make a before/after picture (docs/photo.png is the one docs/photos.md shows): photos from the
 project's photo set (tests/photos.py) beside the 28x28 image the model saw (app/transform.py),
-with what the trained model read. From the repository root after `make repro`: python docs/photo_figure.py OUT.png"""
+with what the trained model read. From the repository root after `make repro`:
+
+    python docs/photo_figure.py OUT.png
+"""
 
 import sys
 from pathlib import Path
