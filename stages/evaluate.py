@@ -112,13 +112,14 @@ def error_grid(images, y_true, probs, count, class_names, columns=5, zoom=4):
 
 
 def main():
-    import_tensorflow()
-    from stages.keras_file import load_model_checked
-
     cfg = params.load().evaluate
     remove_stale_temporaries(layout.METRICS)
     test = read_split(layout.SPLITS["test"])
     class_names = read_json(layout.DATASET_INFO, "preprocess", ["class_names"])["class_names"]
+
+    import_tensorflow()  # after the inputs: a missing one is reported at once
+    from stages.keras_file import load_model_checked
+
     model = load_model_checked(layout.KERAS_MODEL, test["x"].shape[1:], len(class_names))
     probs = model.predict(test["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)
     y_true = test["y"].astype(np.int64)

@@ -113,13 +113,14 @@ def check_parity(result, images):
 
 
 def main():
-    import_tensorflow()
-    from stages.keras_file import load_model_checked
-
     params.load()  # a mistake anywhere in params.yaml stops every stage
     remove_stale_temporaries(layout.METRICS)
     test = read_split(layout.SPLITS["test"])
     metadata = read_json(layout.MODEL_INFO, "train", ["class_names", "normalization"])
+
+    import_tensorflow()  # after the inputs: a missing one is reported at once
+    from stages.keras_file import load_model_checked
+
     model = load_model_checked(layout.KERAS_MODEL, test["x"].shape[1:],
                                len(metadata["class_names"]))
     keras_probs = model.predict(test["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)

@@ -220,18 +220,19 @@ def live_logger(live):
 
 
 def main():
-    import_tensorflow()
-    from dvclive import Live
-
-    from stages.keras_file import save_model_reproducibly
-    from stages.models import build_model
-
+    # Params and inputs first: a mistake in them is reported before TensorFlow's seconds.
     cfg = params.load().train
     remove_stale_temporaries(layout.TIMING.parent)
     train, val = read_split(layout.SPLITS["train"]), read_split(layout.SPLITS["val"])
     normalization = read_json(layout.NORMALIZATION, "preprocess", ["mean", "std"])
     dataset = read_json(layout.DATASET_INFO, "preprocess", ["name", "class_names"])
     class_names = dataset["class_names"]
+
+    import_tensorflow()
+    from dvclive import Live
+
+    from stages.keras_file import save_model_reproducibly
+    from stages.models import build_model
 
     configure_tensorflow(cfg.recipe, cfg.seed)
     try:
