@@ -51,6 +51,13 @@ pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 
 function show(prediction) {
+  if (prediction.refusal) {  // "not a digit: a dash": say so, and no bars for a guess
+    digit.textContent = "–";
+    statusLine.textContent = prediction.refusal;
+    statusLine.classList.remove("error");
+    bars.replaceChildren();
+    return;
+  }
   digit.textContent = prediction.digit;
   statusLine.textContent = `${(prediction.probability * 100).toFixed(1)} % sure`;
   statusLine.classList.remove("error");
