@@ -22,6 +22,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 from app.api import create_app
+from app.server import server_config
+from app.settings import Limits, Settings
 
 START_TIMEOUT_S = 60  # generous: training experiments may share this machine's two cores
 REQUEST_TIMEOUT_S = 60
@@ -91,11 +93,12 @@ def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S):
 
 
 class ServedApp:
-    """uvicorn serving `create_app(model_file)` on 127.0.0.1, on a port the OS picks."""
+    """The app as `mnist-serve` serves it (app/server.py: uvicorn, h11 and the connection
+    limits), on 127.0.0.1, on a port the OS picks, in a thread of the test process."""
 
-    def __init__(self, model_file):
-        config = uvicorn.Config(create_app(model_file), host="127.0.0.1", port=0,
-                                log_level="warning")
+    def __init__(self, model_file, limits=None):
+        settings = Settings(model=model_file, port=0, limits=limits or Limits())
+        config = server_config(create_app(settings), settings, log_level="warning")
         self.server = uvicorn.Server(config)
         # Not the main thread, so uvicorn leaves the test process's signal handlers alone.
         self.thread = threading.Thread(target=self.server.run, daemon=True)
