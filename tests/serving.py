@@ -1,8 +1,10 @@
-"""The API served for real: uvicorn on 127.0.0.1 on a free port, in a thread of the test process;
-standard-library HTTP helpers that return 4xx/5xx answers instead of raising; and headless
-Chromium under Selenium, with a pen to draw on the page's pad.
+"""The API served for real: app/server.py on 127.0.0.1 on a free port, in a thread of the test
+process; standard-library HTTP helpers that return 4xx/5xx answers instead of raising; and
+headless Chromium under Selenium, which can reach no other host and counts the requests its
+pages make, with a pen to draw on the page's pad.
 
-Used by tests/app/test_api.py, tests/app/test_page.py and docs/screenshot_page.py.
+Used by tests/app/test_api.py, test_server.py, test_page.py, test_offline.py and
+docs/screenshot_page.py.
 """
 
 import json
@@ -33,7 +35,10 @@ CHROMIUM_FLAGS = (
     # Nothing but the page's own requests: no updates, sync, metrics or field trials.
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--no-first-run", "--no-default-browser-check", "--disable-domain-reliability",
-    "--metrics-recording-only")
+    "--metrics-recording-only",
+    # No host but this one resolves: a page that asked another host for anything would get
+    # nothing, and the request would still be counted (requests_elsewhere).
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
 PAD_SIDE = 280  # the page's pad in CSS pixels; strokes are in those units, (0, 0) top left
 
 
@@ -140,6 +145,8 @@ def chromium(window=(1000, 800), timeout_s=START_TIMEOUT_S):
         for flag in (*CHROMIUM_FLAGS, f"--window-size={window[0]},{window[1]}",
                      f"--user-data-dir={profile}"):
             options.add_argument(flag)
+        # The DevTools network events, for requests_elsewhere.
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
         try:
             driver.set_page_load_timeout(timeout_s)
@@ -147,6 +154,18 @@ def chromium(window=(1000, 800), timeout_s=START_TIMEOUT_S):
             yield driver
         finally:
             driver.quit()
+
+
+def requests_elsewhere(driver, base_url):
+    """Every request over the network the browser has begun, since this was last asked, to
+    anywhere but `base_url` (data:, blob: and the browser's own chrome: pages are none)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        event = json.loads(entry["message"])["message"]
+        if event["method"] == "Network.requestWillBeSent":
+            urls.append(event["params"]["request"]["url"])
+    return [url for url in urls if url.startswith(("http:", "https:", "ws:", "wss:"))
+            and not url.startswith(base_url + "/")]
 
 
 def draw(driver, strokes):
