@@ -8,6 +8,8 @@ docs/screenshot_page.py.
 """
 
 import json
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -39,6 +41,7 @@ CHROMIUM_FLAGS = (
     # No host but this one resolves: a page that asked another host for anything would get
     # nothing, and the request would still be counted (requests_elsewhere).
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+BROWSER_WAIT_S = 60  # generous: Chromium and a training run may share two cores
 PAD_SIDE = 280  # the page's pad in CSS pixels; strokes are in those units, (0, 0) top left
 
 
@@ -133,6 +136,19 @@ def base_url_fixture(model_dir):
     base_url_fixture into a test module to use it."""
     with ServedApp(model_dir / "model.onnx") as url:
         yield url
+
+
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture():
+    """`browser`: a headless Chromium (chromium() below), skipped where it is not installed,
+    except under .ci/run. Import browser_fixture into a test module to use it."""
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        why = f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
+        if os.environ.get("REQUIRE_BROWSER"):  # .ci/run: a skipped browser test is a failure
+            pytest.fail(why)
+        pytest.skip(why)
+    with chromium(timeout_s=BROWSER_WAIT_S) as driver:
+        yield driver
 
 
 @contextmanager

@@ -3,41 +3,25 @@ Chromium that can resolve no host but 127.0.0.1, each page drawn in full, and ev
 began counted. (ReDoc's own bundle draws Redocly's logo from their CDN; the app serves it with
 that address pointed at its own icon.)"""
 
-import os
-import shutil
-
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.serving import (  # noqa: F401
-    CHROMEDRIVER,
-    CHROMIUM,
+    BROWSER_WAIT_S,
     base_url_fixture,
-    chromium,
+    browser_fixture,
     requests_elsewhere,
 )
 
 pytestmark = pytest.mark.browser
 
-WAIT_S = 60  # generous: Chromium and a training run may share two cores
 # What shows each page is drawn in full, whatever it would fetch for it.
 DRAWN = {
     "/": "[data-testid=pad]",
     "/docs": ".opblock-post",  # Swagger UI's POST /predict, drawn from openapi.json
     "/redoc": "img[alt='redocly logo']",  # the last thing ReDoc draws, in its sidebar
 }
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        why = f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
-        if os.environ.get("REQUIRE_BROWSER"):  # .ci/run: a skipped browser test is a failure
-            pytest.fail(why)
-        pytest.skip(why)
-    with chromium(timeout_s=WAIT_S) as driver:
-        yield driver
 
 
 def loaded(driver, selector):
@@ -57,6 +41,6 @@ def test_a_page_asks_no_other_host_for_anything(browser, base_url, path):
         return elsewhere or loaded(driver, DRAWN[path])
 
     browser.get(base_url + path)
-    WebDriverWait(browser, WAIT_S).until(drawn_or_gone_elsewhere)
+    WebDriverWait(browser, BROWSER_WAIT_S).until(drawn_or_gone_elsewhere)
 
     assert elsewhere + requests_elsewhere(browser, base_url) == []
