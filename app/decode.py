@@ -109,6 +109,7 @@ def read_grey(file, deadline=math.inf):
     """A picture (a binary file) -> 2-D float32 grey levels 0-255, transparent parts white,
     upright as its EXIF orientation says, averaged down by an integer factor if it is much
     larger than the transform needs. Raises an InputError subclass, or PastDeadline."""
+    file.seek(0)
     kind = signature(file.read(8))
     file.seek(0)
     data = None
