@@ -69,28 +69,36 @@ def cpu_seconds(session):
     return total
 
 
-def until_closed(port, send=b"", drip=None):
-    """(seconds until the server closed the connection or PROBE_LIMIT_S, the status it
-    answered or None)."""
+def until_closed(sock, drip=None, limit_s=PROBE_LIMIT_S, every_s=0.2):
+    """(seconds until the server closed the connection, or None if it was still open after
+    `limit_s`; all it sent). With `drip`, those bytes are sent every `every_s` until the
+    server stops taking them."""
     started, received = time.monotonic(), b""
+    sock.settimeout(every_s)
+    while time.monotonic() - started < limit_s:
+        try:
+            if drip:
+                sock.sendall(drip)
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:  # reset, or refused to take more
+            break
+        if not data:
+            break
+        received += data
+    else:
+        return None, received
+    return time.monotonic() - started, received
+
+
+def probe(port, send=b"", drip=None):
+    """(seconds until closed or None, the status answered or None) for a connection that
+    sends `send`, then `drip` every 0.2 s."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(0.2)
         sock.sendall(send)
-        while time.monotonic() - started < PROBE_LIMIT_S:
-            try:
-                if drip:
-                    sock.sendall(drip)
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            received += data
-        else:
-            return None, status_of(received)
-    return time.monotonic() - started, status_of(received)
+        seconds, received = until_closed(sock, drip)
+    return seconds, status_of(received)
 
 
 def status_of(response):
@@ -101,7 +109,7 @@ def past_the_cap(port, idle=256):
     sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(idle)]
     try:
         time.sleep(0.5)  # accepted
-        return until_closed(port, b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n")
+        return probe(port, b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n")
     finally:
         for sock in sockets:
             sock.close()
@@ -113,11 +121,11 @@ def probes(port):
               b'Content-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
               + b"\0" * 1000)
     return {
-        "sends nothing": until_closed(port),
-        "slowloris": until_closed(port, b"GET /health HTTP/1.1\r\nHost: b\r\n", b"X-A: b\r\n"),
-        "100 KB head, unfinished": until_closed(port, b"GET /health HTTP/1.1\r\nHost: b\r\n"
-                                                + b"X-Big: " + b"a" * 100_000),
-        "stalled upload": until_closed(port, upload),
+        "sends nothing": probe(port),
+        "slowloris": probe(port, b"GET /health HTTP/1.1\r\nHost: b\r\n", b"X-A: b\r\n"),
+        "100 KB head, unfinished": probe(port, b"GET /health HTTP/1.1\r\nHost: b\r\n"
+                                         + b"X-Big: " + b"a" * 100_000),
+        "stalled upload": probe(port, upload),
         "257th connection": past_the_cap(port),
     }
 

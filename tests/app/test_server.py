@@ -20,6 +20,7 @@ from PIL import Image
 
 from app.settings import Limits
 from bench.hostile_images import png, progressive_jpeg
+from bench.servers import until_closed as closed_after
 from tests.serving import ServedApp, multipart, post_file, request
 
 QUICK = Limits(head_timeout_s=1, keep_alive_s=1, body_progress_s=1, upload_deadline_s=3,
@@ -45,24 +46,11 @@ def connect(url):
     return socket.create_connection((host, int(port)), timeout=WAIT_S)
 
 
-def until_closed(sock, drip=None, every_s=0.2):
-    """(seconds until the server closed the connection, all it sent). With `drip`, those
-    bytes are sent every `every_s` until the server stops taking them."""
-    started, received = time.monotonic(), b""
-    sock.settimeout(every_s if drip else WAIT_S)
-    while time.monotonic() - started < WAIT_S:
-        try:
-            if drip:
-                sock.sendall(drip)
-            data = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            break
-        if not data:
-            break
-        received += data
-    return time.monotonic() - started, received
+def until_closed(sock, drip=None):
+    """(seconds until the server closed the connection, all it sent); see bench/servers.py."""
+    seconds, received = closed_after(sock, drip, limit_s=WAIT_S)
+    assert seconds is not None, f"still open after {WAIT_S} s"
+    return seconds, received
 
 
 def status_and_detail(response):
