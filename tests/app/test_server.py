@@ -24,9 +24,12 @@ from bench.servers import until_closed as closed_after
 from tests.serving import ServedApp, multipart, post_file, request
 
 QUICK = Limits(head_timeout_s=1, keep_alive_s=1, body_progress_s=1, upload_deadline_s=3,
-               decode_deadline_s=0.3)
+               decode_deadline_s=0.1)
 CAPPED = Limits(max_connections=8, max_uploads=2)
 WAIT_S = 10  # for what must happen within about a second; generous for a busy machine
+# The server's clock for a limit may start a moment before the client's: after the connect,
+# while the client is still sending.
+SLACK_S = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ def test_a_connection_that_sends_nothing_is_closed(quick):
         seconds, received = until_closed(sock)
 
     assert received == b""
-    assert QUICK.head_timeout_s <= seconds < WAIT_S
+    assert QUICK.head_timeout_s - SLACK_S <= seconds < WAIT_S
 
 
 def test_a_head_sent_a_line_at_a_time_is_cut_off(quick):
@@ -81,7 +84,7 @@ def test_a_head_sent_a_line_at_a_time_is_cut_off(quick):
         seconds, received = until_closed(sock, drip=b"X-Slow: 1\r\n")
 
     assert status_and_detail(received) == (408, "the request's head did not arrive within 1 s")
-    assert QUICK.head_timeout_s <= seconds < WAIT_S
+    assert QUICK.head_timeout_s - SLACK_S <= seconds < WAIT_S
 
 
 def test_an_idle_connection_is_closed_after_its_answer(quick):
@@ -90,7 +93,7 @@ def test_an_idle_connection_is_closed_after_its_answer(quick):
         seconds, received = until_closed(sock)
 
     assert received.startswith(b"HTTP/1.1 200 ")
-    assert QUICK.keep_alive_s <= seconds + 0.1 < WAIT_S
+    assert QUICK.keep_alive_s - SLACK_S <= seconds < WAIT_S
 
 
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "unfinished"])
@@ -112,7 +115,7 @@ def test_an_upload_that_stalls_gets_408(quick):
         seconds, received = until_closed(sock)
 
     assert status_and_detail(received) == (408, "the upload stalled: nothing came for 1 s")
-    assert QUICK.body_progress_s <= seconds < WAIT_S
+    assert QUICK.body_progress_s - SLACK_S <= seconds < WAIT_S
 
 
 def test_an_upload_that_drags_on_gets_408(quick):
@@ -122,7 +125,7 @@ def test_an_upload_that_drags_on_gets_408(quick):
         seconds, received = until_closed(sock, drip=b"\0")
 
     assert status_and_detail(received) == (408, "the upload did not arrive within 3 s")
-    assert QUICK.upload_deadline_s <= seconds < WAIT_S
+    assert QUICK.upload_deadline_s - SLACK_S <= seconds < WAIT_S
 
 
 def open_temporary_files():
@@ -156,12 +159,12 @@ def test_an_aborted_upload_leaves_no_temporary_file(quick):
 
 
 def test_a_picture_past_its_deadline_gets_503_and_frees_the_pool(quick):
-    costly = png(6300, 6300, 0, 8)  # a second of decoding: past the 0.3 s given here
+    costly = png(6300, 6300, 0, 8)  # a second of decoding here: far past the 0.1 s given
 
     answer = post_file(quick, costly)
 
     assert answer.status == 503
-    assert answer.json()["detail"] == ("the picture was not read within 0.3 s: the server is "
+    assert answer.json()["detail"] == ("the picture was not read within 0.1 s: the server is "
                                        "busy; try again in a few seconds")
     # The decode stops at its next check: the one thread is free again for the next picture.
     digit = io.BytesIO()
