@@ -12,9 +12,11 @@ keeps accepting connections that never send a request. LimitedH11Protocol adds:
   part of a head came);
 - 431 for a head over `max_header_bytes` that arrives in pieces (app/limits.py refuses one
   that arrives whole);
-- a cap of `max_connections`: the next one gets a 503 and is closed at once.
+- a cap of `max_connections`: the next one gets a 503 and is closed;
+- an end to a connection whose request was answered before its body was all read (a refused
+  upload): it cannot carry another request.
 Every refusal is JSON with a string `detail`, sent before a lingering close (the client's
-unread bytes are drained, so that it reads the answer rather than a connection reset).
+unread bytes are drained for a second, so that it reads the answer rather than a reset).
 docs/serving.md says why uvicorn and h11, with the measurements.
 """
 
