@@ -97,13 +97,17 @@ async def health(request: Request) -> Health:
     return request.app.state.health
 
 
-@router.post("/predict", responses={code: {"model": Problem, "description": why} for code, why in (
+# What /predict may answer instead of a Prediction, for the OpenAPI schema and /docs.
+PREDICT_PROBLEMS = {code: {"model": Problem, "description": why} for code, why in (
     (400, "not a PNG, JPEG or BMP picture, or a damaged one"),
     (408, "the upload stalled, or took over a minute"),
     (413, "an upload over 10 MB, or a picture over the decoding limits"),
     (422, "no digit found in the picture, or no file in the form"),
     (500, "the model gave no probabilities for this picture"),
-    (503, "the server is busy: try again in a few seconds"))})
+    (503, "the server is busy: try again in a few seconds"))}
+
+
+@router.post("/predict", responses=PREDICT_PROBLEMS)
 async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG or BMP")],
                   classifier: Annotated[Classifier, Depends(get_classifier)],
                   pool: Annotated[Pool, Depends(get_pool)]) -> Prediction:

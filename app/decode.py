@@ -42,9 +42,10 @@ from app.transform import (
     grey_levels,
 )
 
-# Two workers decoding at once stay under 500 MB with the app's own 150 MB: a 40-megapixel
-# grey or palette PNG fits (1 byte per pixel), a colour PNG or BMP up to 16 megapixels,
-# a progressive colour JPEG up to about 20; a baseline JPEG of any allowed size.
+# Memory to decode one picture. Even four decoding at once (a pool of four threads) keep a
+# worker, 120 MB at rest, under 500 MB. It lets through a 40-megapixel grey or palette PNG
+# (a byte per pixel), a colour PNG or BMP of up to 16 megapixels, a progressive colour JPEG
+# of up to about 20, and a baseline JPEG of any allowed size (drafted).
 MAX_DECODE_BYTES = 64 * 2**20
 # An encoder's progressive JPEG has 6 (grey) to 10 (colour) scans, a baseline one 1 to 3. A
 # scan of 40 megapixels takes about 50 ms here: 20 of them, a second.
