@@ -172,7 +172,8 @@ def plan(image, kind, data):
         if image.info.get("progressive"):  # libjpeg keeps every coefficient until the end
             coefficients = coefficient_bytes(width, height, image.layer)
         scale = max(s for s in (8, 4, 2, 1) if s <= reduction(width, height))
-        image.draft("L", (width // scale, height // scale) if scale > 1 else None)
+        if scale > 1:  # decoded smaller, and in grey: libjpeg skips the colour
+            image.draft("L", (width // scale, height // scale))
     cost = image.width * image.height * bytes_per_pixel(image.mode) + coefficients
     if cost > MAX_DECODE_BYTES:
         cheaper = "a baseline (not progressive) JPEG" if kind == "JPEG" else "a JPEG"
