@@ -315,11 +315,20 @@ def test_server_refuses_a_model_without_its_softmax(model_variants):
     assert "its outputs are not probabilities" in line and "final softmax" in line
 
 
-def test_server_refuses_a_port_that_is_not_one():
-    status, lines = start_refused({"PORT": "80000"})
+@pytest.mark.parametrize("name, value, error", [
+    ("PORT", "80000", "error: PORT='80000': input should be less than 65536"),
+    ("WORKERS", "two", "error: WORKERS='two': input should be a valid integer, unable to parse "
+                       "string as an integer"),
+])
+def test_server_refuses_a_setting_it_cannot_use(monkeypatch, name, value, error):
+    """mnist-serve's own main, here: it stops before it loads anything."""
+    from app.server import main
 
-    assert status != 0
-    assert lines == ["error: PORT='80000': input should be less than 65536"]
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        main()
+
+    assert stopped.value.code == error
 
 
 def test_nan_is_never_served(model_variants):

@@ -1,7 +1,7 @@
 """The app stands alone: app/ and a model.onnx in an empty folder, in a fresh virtual
 environment holding app/requirements.txt and nothing else (no TensorFlow, no DVC, no stages/),
 predicts and serves; and `pip install .` gives `mnist-predict` and `mnist-serve`, which work
-from any folder. Slow: installing the requirements takes half a minute, from pip's cache."""
+from any folder. Slow: installing the requirements takes ten seconds, from pip's cache."""
 
 import shutil
 import socket
@@ -28,13 +28,20 @@ def run(cmd, **options):
     return done
 
 
+def pip_install(venv, *args):
+    """This interpreter's pip installing into `venv` (which needs no pip of its own), without
+    compiling what it installs: a third of the time."""
+    subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin/python", "install",
+                    "--quiet", "--no-compile", *args], check=True, timeout=INSTALL_TIMEOUT_S)
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    """A fresh virtual environment with only the app's requirements installed."""
+    """A fresh virtual environment with the app's requirements installed, and nothing else."""
     venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run([venv / "bin/python", "-m", "pip", "install", "--quiet", "-r",
-                    REPO / "app/requirements.txt"], check=True, timeout=INSTALL_TIMEOUT_S)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True,
+                   timeout=120)
+    pip_install(venv, "-r", REPO / "app/requirements.txt")
     return venv
 
 
@@ -92,7 +99,7 @@ def test_pip_install_gives_two_commands_that_work_from_any_folder(venv, folder, 
     source = tmp_path / "source"  # what pip builds from: pyproject.toml and app/ alone
     shutil.copytree(folder / "app", source / "app")
     shutil.copy(REPO / "pyproject.toml", source)
-    run([venv / "bin/python", "-m", "pip", "install", "--quiet", source])
+    pip_install(venv, source)
     elsewhere, home = tmp_path / "elsewhere", tmp_path / "home"
     elsewhere.mkdir()
     home.mkdir()

@@ -2,8 +2,8 @@
 app/limits.py, app/pool.py): every connection and every upload ends within its limits, with a
 JSON answer when one can be given, and `/health` keeps answering while costly pictures decode.
 
-The servers here run with short timeouts (a second instead of ten), so that each case takes
-about as long as its limit; docs/serving.md has the real values.
+The servers here run with short timeouts (a second or less instead of ten), so that each case
+takes about as long as its limit; docs/serving.md has the real values.
 """
 
 import io
@@ -23,7 +23,8 @@ from bench.hostile_images import png, progressive_jpeg
 from bench.servers import until_closed as closed_after
 from tests.serving import ServedApp, multipart, post_file, request
 
-QUICK = Limits(head_timeout_s=1, keep_alive_s=1, body_progress_s=1, upload_deadline_s=3,
+# An upload that drags on sends a byte every 0.2 s: its body_progress_s leaves a margin of five.
+QUICK = Limits(head_timeout_s=0.5, keep_alive_s=0.5, body_progress_s=1, upload_deadline_s=2,
                decode_deadline_s=0.1)
 CAPPED = Limits(max_connections=8, max_uploads=2)
 WAIT_S = 10  # for what must happen within about a second; generous for a busy machine
@@ -83,7 +84,7 @@ def test_a_head_sent_a_line_at_a_time_is_cut_off(quick):
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n")
         seconds, received = until_closed(sock, drip=b"X-Slow: 1\r\n")
 
-    assert status_and_detail(received) == (408, "the request's head did not arrive within 1 s")
+    assert status_and_detail(received) == (408, "the request's head did not arrive within 0.5 s")
     assert QUICK.head_timeout_s - SLACK_S <= seconds < WAIT_S
 
 
@@ -124,7 +125,7 @@ def test_an_upload_that_drags_on_gets_408(quick):
         sock.sendall(upload_head(100_000))
         seconds, received = until_closed(sock, drip=b"\0")
 
-    assert status_and_detail(received) == (408, "the upload did not arrive within 3 s")
+    assert status_and_detail(received) == (408, "the upload did not arrive within 2 s")
     assert QUICK.upload_deadline_s - SLACK_S <= seconds < WAIT_S
 
 
