@@ -2,6 +2,7 @@
 (tests/conftest.py's `model_dir`) by editing its ONNX graph:
 
 - fixed-batch: the same model with its batch size fixed at 1, as some exporters write it;
+- batch-of-32: fixed at 32, which one picture cannot fill;
 - logits: the same model without its final softmax, giving scores, not probabilities;
 - nan-for-digits: the same model, plus NaN in every output for a picture whose ink adds up like
   a digit's (10,000 to 90,000): the probe pictures a model is checked on at load pass.
@@ -10,9 +11,11 @@
 import pytest
 
 
-def fixed_batch(model):
-    for value in (*model.graph.input, *model.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_value = 1  # replaces the free dim_param
+def fixed_batch(size):
+    def edit(model):
+        for value in (*model.graph.input, *model.graph.output):
+            value.type.tensor_type.shape.dim[0].dim_value = size  # replaces the free dim_param
+    return edit
 
 
 def without_softmax(model):
@@ -50,7 +53,8 @@ def nan_for_digits(model):
     model.graph.initializer.append(helper.make_tensor("column", TensorProto.INT64, [2], [-1, 1]))
 
 
-EDITS = {"fixed-batch": fixed_batch, "logits": without_softmax, "nan-for-digits": nan_for_digits}
+EDITS = {"fixed-batch": fixed_batch(1), "batch-of-32": fixed_batch(32), "logits": without_softmax,
+         "nan-for-digits": nan_for_digits}
 
 
 @pytest.fixture(scope="session")

@@ -375,6 +375,15 @@ def test_a_model_with_a_fixed_batch_of_one_gives_the_same_answers(tmp_path, mode
     assert len(json.loads(fixed.stdout)) == 7
 
 
+def test_a_model_with_a_fixed_batch_of_32_is_refused_in_one_line(model_variants, good_png):
+    result = run_cli("--model", model_variants["batch-of-32"], good_png)
+
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.endswith("the model takes batches of exactly 32 pictures; export it with a free "
+                         "batch size, or a batch of 1")
+
+
 def test_a_model_without_its_softmax_is_refused_in_one_line(model_variants, good_png):
     result = run_cli("--model", model_variants["logits"], good_png)
 
