@@ -1,35 +1,46 @@
-"""The HTTP API and the draw-a-digit page: FastAPI under uvicorn, the exported ONNX model inside.
+"""The HTTP API and the draw-a-digit page: the routes, and the FastAPI app that holds them.
 
-    make serve                                  # http://127.0.0.1:8000 (HOST=..., PORT=...)
+    mnist-serve                                 # http://127.0.0.1:8000 (app/server.py)
     curl -F file=@digit.png http://127.0.0.1:8000/predict
 
-Routes: `POST /predict` (an image in the multipart field `file`), `GET /health` (which model is
-loaded), `GET /` (the page), `/docs` and `/redoc` (served from the app itself, so they work
-offline). Bad input never costs a 500: each kind gets a 4xx and a JSON `detail` naming it.
-Uploads over MAX_UPLOAD_BYTES are refused with 413 from their Content-Length, or as soon as
-the body passes the limit, before it is read whole.
+Routes: `POST /predict` (a picture in the multipart field `file`), `GET /health` (which model
+is loaded), `GET /` (the page), `/docs` and `/redoc` (served from the app itself: they work
+offline and ask no other host for anything). HEAD works wherever GET does.
+
+Bad input never costs a 500: each kind gets a 4xx whose JSON `detail` is a string naming it,
+and nothing of the upload is echoed back. Decoding and classifying run in a bounded pool of
+threads (app/pool.py), within the limits of app/decode.py; the limits on requests are in
+app/limits.py and app/settings.py.
 """
 
 import hashlib
-import io
-import os
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-from fastapi import File, HTTPException, UploadFile
-from fastapi.responses import FileResponse
+import fastapi_offline
+from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from app.model import MODEL_FILE, load_classifier
-from app.predict import INPUT_ERRORS, ranked
-from app.transform import FORMATS, MAX_PIXELS, InputError, TooManyPixels, read_image, to_model_form
+from app.classify import classify
+from app.decode import Damaged, NotAnImage, PastDeadline, TooCostly
+from app.limits import RequestLimits
+from app.model import Classifier, ModelError, load_classifier
+from app.pool import Pool
+from app.settings import settings_from_env
+from app.transform import InputError, TooManyPixels
 
-MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-8 MB; a drawing from the page a few KB
 STATIC = Path(__file__).parent / "static"
+OFFLINE_DOCS = "/static-offline-docs"  # where fastapi-offline serves Swagger UI's and ReDoc's files
+# ReDoc's sidebar shows Redocly's logo from their CDN, whatever its options say: the bundle
+# is served with that address pointed at the app's own icon.
+REDOC_BUNDLE = Path(fastapi_offline.__file__).parent / "static" / "redoc.standalone.js"
+REDOC_CDN_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 class Ranked(BaseModel):
@@ -38,7 +49,7 @@ class Ranked(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The same object `python -m app.predict --json` prints for one image, without `file`."""
+    """The same object `mnist-predict --json` prints for one image, without `file`."""
     digit: str
     probability: float
     top: list[Ranked]
@@ -53,116 +64,126 @@ class Health(BaseModel):
     class_names: list[str]
 
 
-class UploadLimit:
-    """ASGI middleware: a POST body over `limit` bytes gets 413 before it is read whole. A
-    declared Content-Length is checked first; a chunked body is counted as it arrives."""
-
-    def __init__(self, app, limit):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")  # the server checked it
-        if int(length) > self.limit:
-            body = b'{"detail":"the upload is over the %d MB limit"}' % (self.limit // 2**20)
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            return await send({"type": "http.response.body", "body": body})
-        received = 0
-
-        async def counting_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise BodyTooLarge(413, f"the upload is over the {self.limit // 2**20} MB limit")
-            return message
-
-        await self.app(scope, counting_receive, send)
+class Problem(BaseModel):
+    """Every 4xx and 5xx the app answers: what is wrong, in a sentence."""
+    detail: str
 
 
-class BodyTooLarge(HTTPException):
-    """Raised while the body arrives. An HTTPException, which FastAPI answers as it is (its
-    form parsing turns anything else into a 400 "error parsing the body")."""
+# What each kind of bad picture gets: the first that matches.
+REFUSALS = (((NotAnImage, Damaged), 400), ((TooManyPixels, TooCostly), 413), (InputError, 422))
 
 
-def file_sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+# Dependencies, async so that FastAPI calls them in the event loop (a plain function would be
+# sent to a thread, two thread hops per request for an attribute lookup).
+async def get_classifier(request: Request) -> Classifier:
+    return request.app.state.classifier
 
 
-def create_app(model_file=None):
-    """The app, with the model loaded once (ModelError if it cannot be). The model path comes
-    from the argument, else $MODEL, else model/model.onnx."""
-    classifier = load_classifier(model_file or os.environ.get("MODEL") or MODEL_FILE)
-    api = FastAPIOffline(title="MNIST classifier", version="1",
+async def get_pool(request: Request) -> Pool:
+    return request.app.state.pool
+
+
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+async def page():
+    return FileResponse(STATIC / "index.html")
+
+
+@router.get("/health")
+async def health(request: Request) -> Health:
+    """Which model is loaded: its file name and SHA-256, family, dataset and classes."""
+    return request.app.state.health
+
+
+# What /predict may answer instead of a Prediction, for the OpenAPI schema and /docs.
+PREDICT_PROBLEMS = {code: {"model": Problem, "description": why} for code, why in (
+    (400, "not a PNG, JPEG or BMP picture, or a damaged one"),
+    (408, "the upload stalled, or took over a minute"),
+    (413, "an upload over 10 MB, or a picture over the decoding limits"),
+    (422, "no digit found in the picture, or no file in the form"),
+    (500, "the model gave no probabilities for this picture"),
+    (503, "the server is busy: try again in a few seconds"))}
+
+
+@router.post("/predict", responses=PREDICT_PROBLEMS)
+async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG or BMP")],
+                  classifier: Annotated[Classifier, Depends(get_classifier)],
+                  pool: Annotated[Pool, Depends(get_pool)]) -> Prediction:
+    """The most likely class of the picture in `file`, and every class ranked."""
+    if not file.size:
+        raise HTTPException(400, "the upload is empty")
+    try:
+        return Prediction(**await pool.run(classify, file.file, classifier))
+    except InputError as error:
+        status = next(code for kinds, code in REFUSALS if isinstance(error, kinds))
+        raise HTTPException(status, str(error)) from None
+    except PastDeadline:  # noticed by the job or by the pool, whichever came first
+        raise HTTPException(503, f"the picture was not read within {pool.deadline_s:g} s: "
+                                 "the server is busy; try again in a few seconds") from None
+    except ModelError as error:  # NaN, say: never served as an answer
+        raise HTTPException(500, str(error)) from None
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return get_redoc_html(openapi_url=f"{root}{request.app.openapi_url}",
+                          title=f"{request.app.title} - ReDoc", redoc_js_url=f"{root}/redoc.js",
+                          with_google_fonts=False,
+                          redoc_favicon_url=f"{root}{OFFLINE_DOCS}/favicon.png")
+
+
+@router.get("/redoc.js", include_in_schema=False)
+async def redoc_js(request: Request) -> Response:
+    return Response(request.app.state.redoc_bundle, media_type="text/javascript")
+
+
+async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422 lists each error with the input it got, which echoed a text field of
+    1 MB back as 6 MB; this says what is wrong in one string, and echoes nothing."""
+    first = error.errors()[0]
+    if tuple(first["loc"]) == ("body", "file"):
+        detail = ("no picture: send it in the multipart field `file` (curl -F file=@digit.png)"
+                  if first["type"] == "missing" else
+                  "the multipart field `file` must be a file, not text")
+    else:
+        detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def create_app(settings=None):
+    """The app, with the model loaded and checked once (ModelError if it cannot be), from
+    `settings` or else from the environment (app/settings.py)."""
+    settings = settings or settings_from_env()
+    classifier = load_classifier(settings.model)
+    pool = Pool(settings.limits.pool_threads, settings.limits.decode_deadline_s)
+
+    @asynccontextmanager
+    async def lifespan(api):
+        yield
+        pool.shutdown()
+
+    api = FastAPIOffline(title="MNIST classifier", version="1", redoc_url=None,
+                         static_url=OFFLINE_DOCS, lifespan=lifespan,
                          description="Predicts the class of an image with the pipeline's "
                                      "exported ONNX model.")
+    api.state.classifier, api.state.pool = classifier, pool
+    api.state.health = Health(status="ok", model=classifier.path.name,  # no paths of the host
+                              sha256=hashlib.sha256(classifier.path.read_bytes()).hexdigest(),
+                              dataset=classifier.dataset, family=classifier.family,
+                              class_names=classifier.class_names)
+    api.state.redoc_bundle = REDOC_BUNDLE.read_text(encoding="utf-8").replace(
+        REDOC_CDN_LOGO, f"{OFFLINE_DOCS}/favicon.png")
+    api.include_router(router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
-    health = Health(status="ok", model=classifier.path.name,  # no paths of the host
-                    sha256=file_sha256(classifier.path), dataset=classifier.dataset,
-                    family=classifier.family, class_names=classifier.class_names)
-
-    @api.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html")
-
-    @api.get("/health")
-    async def get_health() -> Health:
-        """Which model is loaded: its file name and SHA-256, family, dataset and classes."""
-        return health
-
-    @api.post("/predict", responses={400: {}, 413: {}, 422: {}})
-    async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG or BMP")]
-                      ) -> Prediction:
-        """The most likely class of the image in `file`, and every class ranked."""
-        data = await file.read()
-        if not data:
-            raise HTTPException(400, "the upload is empty")
-        try:
-            pixels = to_model_form(read_image(io.BytesIO(data)), classifier.dataset)
-        except UnidentifiedImageError:
-            raise HTTPException(400, f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} "
-                                     "image") from None
-        except (TooManyPixels, Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise HTTPException(413, f"the image is over the {MAX_PIXELS // 1_000_000}-"
-                                     "megapixel limit") from None
-        except InputError as e:  # no digit found
-            raise HTTPException(422, str(e)) from None
-        except INPUT_ERRORS as e:  # truncated or damaged image data
-            raise HTTPException(400, f"cannot read the image: {e}") from None
-        probs = classifier.probabilities(pixels[np.newaxis])[0]
-        # Every class, most likely first: the page draws a bar for each.
-        top = ranked(probs, classifier.class_names, len(classifier.class_names))
-        return Prediction(**top[0], top=top)
-
-    return UploadLimit(api, MAX_UPLOAD_BYTES)
+    api.add_exception_handler(RequestValidationError, invalid_request)
+    api.add_middleware(RequestLimits, limits=settings.limits)
+    return api
 
 
-def main():
-    """`python -m app.api`: serve on $HOST:$PORT (default 127.0.0.1:8000) with $WORKERS
-    processes (default 1), after checking the model loads (a clear line if it does not)."""
-    import uvicorn
+if __name__ == "__main__":  # `python -m app.api`, as before there was app/server.py
+    from app.server import main
 
-    from app.model import ModelError
-
-    try:
-        app = create_app()
-    except ModelError as e:
-        raise SystemExit(f"error: {e}") from None
-    host = os.environ.get("HOST", "127.0.0.1")
-    port, workers = os.environ.get("PORT", "8000"), os.environ.get("WORKERS", "1")
-    if not (port.isdigit() and int(port) < 65536 and workers.isdigit() and int(workers) >= 1):
-        raise SystemExit(f"error: PORT={port!r} WORKERS={workers!r}: expected a port number "
-                         "and a number of worker processes")
-    port, workers = int(port), int(workers)
-    if workers > 1:  # each worker process builds its own app, so uvicorn needs the factory
-        uvicorn.run("app.api:create_app", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning")
-    else:
-        uvicorn.run(app, host=host, port=port, log_level="info")
-
-
-if __name__ == "__main__":
     main()

@@ -2,22 +2,35 @@
 
 Export puts train's metadata (class names, the input shape, the dataset and family) into the
 ONNX file itself, so a model always comes with its own, and puts preprocess's normalisation
-into the graph: the model takes 28x28 grey levels 0-255 as app/transform.py makes them. It is
-checked against the model once, when it is loaded: what does not fit is refused in one line
-rather than producing wrong answers later.
+into the graph: the model takes 28x28 grey levels 0-255 as app/transform.py makes them.
+
+Any model file is served right or refused when it is loaded, in one line: its metadata must
+fit it, its input must be [N, 28, 28] floats (N free, or fixed at 1: such a model is run one
+picture at a time), and its outputs must be probabilities. That is checked by running it on a
+few probe pictures: a model that ends without its softmax, or that gives NaN, is refused,
+since a score is not a probability and the page would show "7 (1161.0%)". Every answer is
+checked again, so NaN is never served.
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-MODEL_FILE = Path("model/model.onnx")
+# ONNX Runtime records an event with a persistent device id in ~/.cache/Microsoft/ for every
+# process that imports it, for an uploader to send; this stops it. It must be set before the
+# import (in load_classifier), so it is set when this module is.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
+MODEL_FILE = Path("model/model.onnx")  # where the pipeline's export stage writes it
 METADATA_KEY = "pipeline_metadata"  # as stages/export.py writes it
 PIXEL_RANGE = [0, 255]  # what the graph takes, as stages/export.py says in the metadata
 FIELD = 28  # MNIST's images are 28x28
 DATASETS, FAMILIES = ("mnist", "fashion-mnist"), ("mlp", "cnn")
+# How far a row of probabilities may stray from summing to 1: float32 softmax is within 1e-6.
+SUM_TOLERANCE = 1e-3
 
 
 class ModelError(Exception):
@@ -41,11 +54,41 @@ class Classifier:
     dataset: str
     family: str
     path: Path
+    one_at_a_time: bool  # the graph's batch size is fixed at 1
 
     def probabilities(self, pixels):
-        """(N, classes) probabilities for N images of 28x28 grey levels 0-255 in MNIST form."""
+        """(N, classes) probabilities for N pictures of 28x28 grey levels 0-255 in MNIST form.
+        Raises ModelError if the model gives anything but probabilities for any of them."""
+        out = self.outputs(pixels)
+        bad = ~is_probabilities(out)
+        if bad.any():
+            raise ModelError(f"{self.path.name} gave no probabilities for {bad.sum()} of "
+                             f"{len(out)} pictures ({describe_outputs(out[bad][0])})")
+        return out
+
+    def outputs(self, pixels):
+        """What the graph gives for N pictures, run one at a time if its batch is fixed at 1."""
         x = np.asarray(pixels, dtype=np.float32)
+        if self.one_at_a_time:
+            return np.concatenate([self.outputs_of_batch(x[i:i + 1]) for i in range(len(x))])
+        return self.outputs_of_batch(x)
+
+    def outputs_of_batch(self, x):
         return self.session.run(None, {self.input_name: x})[0]
+
+
+def is_probabilities(rows):
+    """For each row: all finite, each within [0, 1], summing to 1."""
+    rows = np.asarray(rows, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return (np.isfinite(rows).all(axis=1) & (rows >= -1e-6).all(axis=1)
+                & (rows <= 1 + 1e-6).all(axis=1) & (np.abs(rows.sum(axis=1) - 1) <= SUM_TOLERANCE))
+
+
+def describe_outputs(row):
+    if not np.isfinite(row).all():
+        return "NaN or infinity among its outputs"
+    return f"outputs from {row.min():.3g} to {row.max():.3g}, summing to {row.sum():.4g}"
 
 
 def check_metadata(metadata, path):
@@ -70,25 +113,26 @@ def check_metadata(metadata, path):
                   "export from before the graph normalised its input)")
 
 
-def load_classifier(model_file=MODEL_FILE):
-    """The ONNX model and the metadata it carries, checked against each other. Raises
-    ModelError."""
+def open_session(model_file):
     import onnxruntime
 
-    model_file = Path(model_file)
-    if not model_file.is_file():
-        raise ModelError(f"{model_file}: model file not found (run `dvc repro`, or pass --model)")
-
+    onnxruntime.disable_telemetry_events()  # in case the host imported it before we could
     options = onnxruntime.SessionOptions()
     # One image at a time is microseconds of arithmetic: a thread pool costs more than it saves.
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
     try:
-        session = onnxruntime.InferenceSession(str(model_file), options,
-                                               providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(str(model_file), options,
+                                            providers=["CPUExecutionProvider"])
     except ort_errors() as e:
-        cause = str(e).split(":", 3)[-1].strip() or type(e).__name__
-        raise ModelError(f"{model_file}: cannot load the model ({cause[:200]})") from e
+        raise ModelError(f"{model_file}: cannot load the model ({ort_cause(e)})") from e
+
+
+def ort_cause(error):
+    return (str(error).split(":", 3)[-1].strip() or type(error).__name__)[:200]
+
+
+def read_metadata(session, model_file):
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if text is None:
         raise ModelError(f"{model_file}: the model carries no metadata (class names, "
@@ -98,17 +142,61 @@ def load_classifier(model_file=MODEL_FILE):
     except ValueError as e:
         raise ModelError(f"{model_file}: its metadata is not JSON ({e})") from e
     check_metadata(metadata, model_file)
+    return metadata
 
+
+def check_signature(session, model_file, names):
+    """Whether the graph takes one batch of pictures and gives one score per class; returns
+    whether its batch size is fixed at 1."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    names = metadata["class_names"]
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelError(f"{model_file}: the model has {len(inputs)} inputs and {len(outputs)} "
                          "outputs; expected one of each")
-    if list(inputs[0].shape[1:]) != [FIELD, FIELD] or inputs[0].type != "tensor(float)":
+    shape = inputs[0].shape
+    if len(shape) != 3 or list(shape[1:]) != [FIELD, FIELD] or inputs[0].type != "tensor(float)":
         raise ModelError(f"{model_file}: the model takes {inputs[0].type} of shape "
-                         f"{inputs[0].shape}; expected float images of [N, {FIELD}, {FIELD}]")
+                         f"{shape}; expected float images of [N, {FIELD}, {FIELD}]")
+    batch = shape[0]  # a name (or None) when free, a number when fixed
+    if isinstance(batch, int) and batch != 1:
+        raise ModelError(f"{model_file}: the model takes batches of exactly {batch} pictures; "
+                         "export it with a free batch size, or a batch of 1")
+    if len(outputs[0].shape) != 2:
+        raise ModelError(f"{model_file}: the model gives outputs of shape {outputs[0].shape}; "
+                         "expected one score per class for each picture, [N, classes]")
     if outputs[0].shape[-1] != len(names):
         raise ModelError(f"{model_file}: the model gives {outputs[0].shape[-1]} outputs but "
                          f"its metadata names {len(names)} classes")
-    return Classifier(session, inputs[0].name, names, metadata["dataset"], metadata["family"],
-                      model_file)
+    return batch == 1
+
+
+PROBES = ("blank", "white", "random")
+
+
+def probe_pictures():
+    """PROBES: pictures any classifier answers with probabilities."""
+    noise = np.random.default_rng(0).uniform(0, 255, (FIELD, FIELD))
+    return np.stack([np.zeros((FIELD, FIELD)), np.full((FIELD, FIELD), 255), noise]
+                    ).astype(np.float32)
+
+
+def load_classifier(model_file):
+    """The ONNX model and the metadata it carries, checked against each other and run once on
+    probe pictures. Raises ModelError."""
+    model_file = Path(model_file)
+    if not model_file.is_file():
+        raise ModelError(f"{model_file}: model file not found (run `dvc repro`, or pass --model)")
+    session = open_session(model_file)
+    metadata = read_metadata(session, model_file)
+    one_at_a_time = check_signature(session, model_file, metadata["class_names"])
+    classifier = Classifier(session, session.get_inputs()[0].name, metadata["class_names"],
+                            metadata["dataset"], metadata["family"], model_file, one_at_a_time)
+    try:
+        out = classifier.outputs(probe_pictures())
+    except ort_errors() as e:
+        raise ModelError(f"{model_file}: cannot run the model ({ort_cause(e)})") from e
+    bad = ~is_probabilities(out)
+    if bad.any():
+        raise ModelError(f"{model_file}: its outputs are not probabilities (for a "
+                         f"{PROBES[int(np.argmax(bad))]} picture, {describe_outputs(out[bad][0])}"
+                         "): export it with its final softmax")
+    return classifier

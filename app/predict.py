@@ -1,19 +1,20 @@
 """Predict: which digit is in each image, according to the trained model.
 
-    python -m app.predict digit.png [more.png ...] [--top K] [--json] [--model PATH]
+    mnist-predict digit.png [more.png ...] [--top K] [--json] [--debug DIR] [--model PATH]
+    python -m app.predict ...               # the same, from a checkout
 
 Runs the exported ONNX model (model/model.onnx, which carries its class names and
 normalisation) with ONNX Runtime: no TensorFlow, so a cold start takes a fraction of a second.
 
-Images (PNG, JPEG or BMP, any size and colour mode) are brought to MNIST form by
-app/transform.py, the same transform the API uses. `.npy` arrays of shape (28, 28) or
-(N, 28, 28) are taken as already in that form, white digits on black, uint8 0-255 or float
-0-255 (or 0-1); they are neither cropped nor moved. The model's own normalisation is applied
-last, exactly as in training.
+Images (PNG, JPEG or BMP, any size and colour mode) are decoded within the same limits as the
+server's (app/decode.py: 40 megapixels, 64 MB to decode, 20 JPEG scans) and brought to MNIST
+form by app/transform.py. `.npy` arrays of shape (28, 28) or (N, 28, 28) are taken as already
+in that form, white digits on black, uint8 0-255 or float 0-255 (or 0-1); they are neither
+cropped nor moved. The model's graph normalises them as training did.
 
 One line per image on stdout. A file that cannot be used gets one line on stderr and the others
 are still predicted. Exit status: 0 if every image was predicted, 1 if any was not (or the model
-could not be loaded), 2 for a usage error.
+could not be loaded, or gave no probabilities), 2 for a usage error.
 """
 
 import argparse
@@ -25,20 +26,22 @@ import tokenize
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from app.classify import answer, model_form
 from app.model import MODEL_FILE, ModelError, load_classifier
-from app.transform import FIELD, FORMATS, InputError, read_image, to_model_form
-from stages.fileio import npy_header
+from app.transform import FIELD, InputError
 
 MAX_NPY_BYTES = 64 * 2**20  # an (N, 28, 28) batch: 80,000 images of float32 at most
+# numpy's own readers of an .npy header, by format version: shape and dtype, before any data.
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}
 
-# What reading one bad file raises: ours, Pillow's and numpy's. Beyond OSError and ValueError,
-# Pillow raises SyntaxError on some broken PNG chunks and its bomb error (or warning, made an
-# error in transform.read_image) on huge images; numpy raises EOFError on an empty .npy and
-# lets tokenize's error out of some cut headers.
-INPUT_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError,
-                Image.DecompressionBombError, Image.DecompressionBombWarning)
+# What reading one bad file raises: OSError from the file system; InputError (a ValueError)
+# from app/decode.py and app/transform.py for every picture they cannot use; for a damaged
+# .npy, numpy's ValueError and EOFError, and the SyntaxError and tokenize.TokenError of the
+# Python literal parser it reads the header with.
+INPUT_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError)
 
 # The first bytes of files people may name .npy by mistake.
 MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"BM": "a BMP image",
@@ -46,8 +49,9 @@ MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"BM": "a B
 
 
 def parse_args(argv=None):
+    installed = Path(sys.argv[0]).name == "mnist-predict"  # the command pip installs
     parser = argparse.ArgumentParser(
-        prog="python -m app.predict",
+        prog="mnist-predict" if installed else "python -m app.predict",
         description="Predict the class of each image with the trained model (ONNX Runtime).")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
                         help="PNG, JPEG or BMP image, or .npy array of shape (28, 28) or "
@@ -85,10 +89,13 @@ def read_array(path):
             raise InputError(f"is {kind}, not an .npy array" if kind[0] == "a" else
                              f"not an .npy array ({kind})")
         f.seek(0)
-        shape, dtype = npy_header(f)
+        version = np.lib.format.read_magic(f)
+        if version not in NPY_HEADER_READERS:
+            raise InputError(f".npy format version {version[0]}.{version[1]} is not supported")
+        shape, _, dtype = NPY_HEADER_READERS[version](f)  # the file is left past the header
         if dtype.hasobject:
             raise InputError("holds pickled Python objects (refused: allow_pickle is off)")
-        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
         available = os.fstat(f.fileno()).st_size - f.tell()
         if declared > available:
             raise InputError(f"declares shape {shape} ({declared:,} bytes) but holds only "
@@ -119,13 +126,12 @@ def read_input(path, dataset="mnist"):
         if pixels.ndim == 2:
             return [(str(path), pixels)]
         return [(f"{path}[{i}]", p) for i, p in enumerate(pixels)]
-    return [(str(path), to_model_form(read_image(path), dataset))]
+    with open(path, "rb") as f:
+        return [(str(path), model_form(f, dataset))]
 
 
 def problem(error):
     """What went wrong, in a few words, without repeating the file name."""
-    if isinstance(error, UnidentifiedImageError):
-        return f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return str(error) or type(error).__name__
@@ -144,11 +150,6 @@ def save_debug_image(directory, number, name, pixels):
     stem = Path(name).name.replace("[", "-").replace("]", "")
     Image.fromarray(np.asarray(pixels).round().clip(0, 255).astype(np.uint8)).save(
         directory / f"{number:03d}-{stem}.28x28.png")
-
-
-def ranked(probs, names, k):
-    return [{"digit": names[i], "probability": round(float(probs[i]), 6)}
-            for i in np.argsort(-probs, kind="stable")[:k]]
 
 
 def text_line(result):
@@ -187,9 +188,13 @@ def main(argv=None):
 
     good = [r for r in results if "error" not in r]
     if good:
-        for result, probs in zip(good, classifier.probabilities(np.stack(pixels))):
-            top = ranked(probs, classifier.class_names, args.top)
-            result.update(top[0], top=top)
+        try:
+            probabilities = classifier.probabilities(np.stack(pixels))
+        except ModelError as error:  # NaN, say: nothing is printed as if it were an answer
+            print(f"error: {printable(str(error))}", file=sys.stderr)
+            return 1
+        for result, probs in zip(good, probabilities):
+            result.update(answer(probs, classifier.class_names, args.top))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -1,4 +1,4 @@
-"""The API under load: `python -m app.api` on a free port of 127.0.0.1, then POST /predict with
+"""The API under load: `python -m app.server` on a free port of 127.0.0.1, then POST /predict with
 a small PNG digit from many concurrent clients, with `wrk` if it is installed (apt-get install
 wrk), else with a threaded Python client (which itself takes CPU from the server on a small
 machine). The server is always stopped afterwards."""
@@ -50,10 +50,11 @@ def free_port():
 
 
 def start_server(model, port, workers, log_file):
-    """`python -m app.api` in a session of its own, so that stopping it stops its workers."""
+    """`python -m app.server` in a session of its own, so that stopping it stops its
+    workers."""
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": str(workers),
            "MODEL": str(model)}
-    return subprocess.Popen([sys.executable, "-m", "app.api"], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "app.server"], cwd=REPO, env=env,
                             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -207,7 +208,7 @@ def table(load, model_label):
     lines = [
         "## API under load",
         "",
-        f"`python -m app.api` with {model_label} on 127.0.0.1, POST /predict of a 28x28 PNG "
+        f"`python -m app.server` with {model_label} on 127.0.0.1, POST /predict of a 28x28 PNG "
         f"digit from {load['clients']} concurrent keep-alive connections by {tool}, on the same "
         "machine as the server, after a warm-up.",
         "",

@@ -1,11 +1,12 @@
 """The benchmark: training speed of both model families against PyTorch (and Keras' model.fit
-and scikit-learn), predict's cold start, the API under load, the pipeline's wall times and
-memory, and how often "not a digit" is answered (bench/refusal.py), in one run. Writes
-bench/results.md and prints it.
+and scikit-learn), predict's cold start, the API under load and under hostile uploads, the
+pipeline's wall times and memory, and how often "not a digit" is answered (bench/refusal.py), in
+one run. Writes bench/results.md and prints it.
 
     pip install -r bench/requirements.txt     # into the project's .venv; apt-get install wrk
     MNIST_MIRROR=../shared/mnist python -m bench
     python -m bench --only training --families cnn --epochs 2 --threads 2   # a quick look
+    python -m bench --only api,hostile --model path/to/model.onnx           # the server alone
 
 With MNIST_MIRROR the pipeline and the training runs use real MNIST; without it, random data of
 MNIST's shapes (timings hold, accuracies mean nothing). predict and the API run the repository's
@@ -25,14 +26,14 @@ from importlib import metadata
 from pathlib import Path
 
 from app.model import load_classifier
-from bench import coldstart, load, pipeline, refusal, training
+from bench import coldstart, hostile, load, pipeline, refusal, training
 from bench.trainers import recipe
 from stages import params
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.md"
 MODEL = REPO / "model" / "model.onnx"
-PARTS = ("training", "predict", "api", "pipeline", "refusal")
+PARTS = ("training", "predict", "api", "hostile", "pipeline", "refusal")
 log = logging.getLogger("bench")
 # The goals this benchmark checks, and their limits.
 GOALS = {
@@ -45,6 +46,8 @@ GOALS = {
     "predict": "`python -m app.predict one.png` cold: median <= 0.5 s, peak RSS <= 150 MB, "
                "no TensorFlow",
     "api": ">= 400 requests/s, p99 <= 100 ms, no errors (load generator on the same machine)",
+    "hostile": "4 clients sending the dearest pictures: /health p99 <= 1 s, the worker's peak "
+               "RSS < 500 MB",
 }
 
 
@@ -105,8 +108,12 @@ def pipeline_goals(stages_run):
     ]
 
 
-def serving_goals(cold, api):
+def serving_goals(cold, api, flood=None):
     rows = []
+    if flood:
+        ok = flood["flood"]["p99_ms"] <= 1000 and flood["peak_mb"] < 500
+        rows.append(f"| hostile: {GOALS['hostile']} | p99 {flood['flood']['p99_ms']:.0f} ms, "
+                    f"peak {flood['peak_mb']:.0f} MB | {verdict(ok)} |")
     if cold:
         ok = cold["median_s"] <= 0.5 and cold["peak_rss_mb"] <= 150 and not cold["heavy_imports"]
         rows.append(f"| predict: {GOALS['predict']} | median {cold['median_s']:.3f} s (max "
@@ -209,7 +216,7 @@ def measure_serving(args, parts, tmp):
         return [["## predict and the API", "",
                  f"Not measured: no model at {args.model} (run `dvc repro`)."]], []
     png, label = coldstart.digit_png(tmp / "one.png"), model_label(args.model)
-    sections, cold, api = [], None, None
+    sections, cold, api, flood = [], None, None, None
     if "predict" in parts:
         log.info("predict's cold start ...")
         cold = coldstart.measure(args.model, png, args.runs)
@@ -218,7 +225,11 @@ def measure_serving(args, parts, tmp):
         log.info("the API under load ...")
         api = load.measure(args.model, png, args.workers, seconds=args.api_seconds)
         sections.append(load.table(api, label))
-    return sections, serving_goals(cold, api)
+    if "hostile" in parts:
+        log.info("the server under hostile uploads ...")
+        flood = hostile.measure(args.model)
+        sections.append(hostile.table(flood, label))
+    return sections, serving_goals(cold, api, flood)
 
 
 def measure_refusal(model):
@@ -244,7 +255,7 @@ def main(argv=None):
         if {"pipeline", "training"} & set(parts):
             sections, goal_rows = measure_training(args, parts, Path(tmp), train_params)
             real_data = bool(os.environ.get("MNIST_MIRROR"))
-        if {"predict", "api"} & set(parts):
+        if {"predict", "api", "hostile"} & set(parts):
             more_sections, more_rows = measure_serving(args, parts, Path(tmp))
             sections, goal_rows = sections + more_sections, goal_rows + more_rows
         if "refusal" in parts:

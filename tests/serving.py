@@ -1,11 +1,15 @@
-"""The API served for real: uvicorn on 127.0.0.1 on a free port, in a thread of the test process;
-standard-library HTTP helpers that return 4xx/5xx answers instead of raising; and headless
-Chromium under Selenium, with a pen to draw on the page's pad.
+"""The API served for real: app/server.py on 127.0.0.1 on a free port, in a thread of the test
+process; standard-library HTTP helpers that return 4xx/5xx answers instead of raising; and
+headless Chromium under Selenium, which can reach no other host and counts the requests its
+pages make, with a pen to draw on the page's pad.
 
-Used by tests/app/test_api.py, tests/app/test_page.py and docs/screenshot_page.py.
+Used by tests/app/test_api.py, test_server.py, test_page.py, test_offline.py and
+docs/screenshot_page.py.
 """
 
 import json
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -22,6 +26,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 from app.api import create_app
+from app.server import server_config
+from app.settings import Limits, Settings
 
 START_TIMEOUT_S = 60  # generous: training experiments may share this machine's two cores
 REQUEST_TIMEOUT_S = 60
@@ -31,7 +37,11 @@ CHROMIUM_FLAGS = (
     # Nothing but the page's own requests: no updates, sync, metrics or field trials.
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--no-first-run", "--no-default-browser-check", "--disable-domain-reliability",
-    "--metrics-recording-only")
+    "--metrics-recording-only",
+    # No host but this one resolves: a page that asked another host for anything would get
+    # nothing, and the request would still be counted (requests_elsewhere).
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+BROWSER_WAIT_S = 60  # generous: Chromium and a training run may share two cores
 PAD_SIDE = 280  # the page's pad in CSS pixels; strokes are in those units, (0, 0) top left
 
 
@@ -91,11 +101,12 @@ def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S):
 
 
 class ServedApp:
-    """uvicorn serving `create_app(model_file)` on 127.0.0.1, on a port the OS picks."""
+    """The app as `mnist-serve` serves it (app/server.py: uvicorn, h11 and the connection
+    limits), on 127.0.0.1, on a port the OS picks, in a thread of the test process."""
 
-    def __init__(self, model_file):
-        config = uvicorn.Config(create_app(model_file), host="127.0.0.1", port=0,
-                                log_level="warning")
+    def __init__(self, model_file, limits=None):
+        settings = Settings(model=model_file, port=0, limits=limits or Limits())
+        config = server_config(create_app(settings), settings, log_level="warning")
         self.server = uvicorn.Server(config)
         # Not the main thread, so uvicorn leaves the test process's signal handlers alone.
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -127,6 +138,19 @@ def base_url_fixture(model_dir):
         yield url
 
 
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture():
+    """`browser`: a headless Chromium (chromium() below), skipped where it is not installed,
+    except under .ci/run. Import browser_fixture into a test module to use it."""
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        why = f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
+        if os.environ.get("REQUIRE_BROWSER"):  # .ci/run: a skipped browser test is a failure
+            pytest.fail(why)
+        pytest.skip(why)
+    with chromium(timeout_s=BROWSER_WAIT_S) as driver:
+        yield driver
+
+
 @contextmanager
 def chromium(window=(1000, 800), timeout_s=START_TIMEOUT_S):
     """A headless Chromium driven by Selenium, with a fresh profile that is deleted after."""
@@ -137,6 +161,8 @@ def chromium(window=(1000, 800), timeout_s=START_TIMEOUT_S):
         for flag in (*CHROMIUM_FLAGS, f"--window-size={window[0]},{window[1]}",
                      f"--user-data-dir={profile}"):
             options.add_argument(flag)
+        # The DevTools network events, for requests_elsewhere.
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
         try:
             driver.set_page_load_timeout(timeout_s)
@@ -144,6 +170,18 @@ def chromium(window=(1000, 800), timeout_s=START_TIMEOUT_S):
             yield driver
         finally:
             driver.quit()
+
+
+def requests_elsewhere(driver, base_url):
+    """Every request over the network the browser has begun, since this was last asked, to
+    anywhere but `base_url` (data:, blob: and the browser's own chrome: pages are none)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        event = json.loads(entry["message"])["message"]
+        if event["method"] == "Network.requestWillBeSent":
+            urls.append(event["params"]["request"]["url"])
+    return [url for url in urls if url.startswith(("http:", "https:", "ws:", "wss:"))
+            and not url.startswith(base_url + "/")]
 
 
 def draw(driver, strokes):

@@ -1,8 +1,11 @@
-"""The HTTP API under a real uvicorn on 127.0.0.1, with real requests and the fixture model.
+"""The HTTP API under the real server (app/server.py) on 127.0.0.1, with real requests and the
+fixture model.
 
 A good image gets the same answer the predict CLI gives; every kind of bad input gets a 4xx
-with a JSON `detail` naming it (never a 500), and the server goes on answering; the docs pages
-work offline.
+whose JSON `detail` is a string naming it (never a 500, never the upload echoed back), and the
+server goes on answering; HEAD works wherever GET does; the docs pages work offline; a model
+is served right or refused at start in one line. The limits on connections and on hostile
+uploads are tested in test_server.py.
 """
 
 import hashlib
@@ -19,10 +22,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.api import MAX_UPLOAD_BYTES
+from app.settings import Limits
+from bench.hostile_images import bad_checksum_png, png, progressive_jpeg
 from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
 from tests.digits import draw_digit
-from tests.serving import base_url_fixture, post_file, request, wait_until_answering  # noqa: F401
+from tests.serving import (  # noqa: F401
+    ServedApp,
+    base_url_fixture,
+    post_file,
+    request,
+    wait_until_answering,
+)
+
+MAX_UPLOAD_BYTES = Limits().max_upload_bytes
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -113,37 +125,83 @@ def huge_png():
 
 
 BAD_UPLOADS = {
-    # name: (upload bytes, expected status, words the detail must contain)
-    "text": (b"hello, this is not an image\n", 400, "not a PNG, JPEG or BMP image"),
-    "empty": (b"", 400, "empty"),
-    "truncated png": (truncated_png(), 400, "cannot read the image"),
-    "too many pixels": (huge_png(), 413, "megapixel limit"),
-    "blank page": (encoded(Image.new("L", (200, 200), 255), "PNG"), 422, "no digit found"),
-    "one pixel high": (encoded(Image.new("L", (1000, 1), 0), "PNG"), 422, "too small"),
-    "three pixels wide": (encoded(Image.new("L", (3, 3000), 0), "PNG"), 422, "too small"),
-    "two digits": (encoded(Image.fromarray(np.hstack([digit_image(3), digit_image(8, seed=1)])),
-                           "PNG"), 422, "several"),
+    # name: (a function making the upload's bytes; the expected status; words the detail
+    # must contain)
+    "text": (lambda: b"hello, this is not an image\n", 400, "not a PNG, JPEG or BMP image"),
+    "empty": (lambda: b"", 400, "empty"),
+    "truncated png": (truncated_png, 400, "a damaged PNG image"),
+    "bad checksum": (bad_checksum_png, 400, "a damaged PNG image"),
+    "too many pixels": (huge_png, 413, "over the 40-megapixel limit"),
+    # A 16-bit RGBA PNG of 6300x6300 in 300 KB: 151 MB to decode.
+    "costly png": (lambda: png(6300, 6300, 6, 16), 413, "over the 64 MB limit"),
+    # 6000x6000 with its last scan repeated: it once took 46 s to decode.
+    "1,000 scans": (lambda: progressive_jpeg(6000, 1000), 413, "1000 scans, over the limit"),
+    "blank page": (lambda: encoded(Image.new("L", (200, 200), 255), "PNG"), 422,
+                   "no digit found"),
+    "one pixel high": (lambda: encoded(Image.new("L", (1000, 1), 0), "PNG"), 422, "too small"),
+    "three pixels wide": (lambda: encoded(Image.new("L", (3, 3000), 0), "PNG"), 422,
+                          "too small"),
+    "two digits": (lambda: encoded(Image.fromarray(np.hstack([digit_image(3),
+                                                              digit_image(8, seed=1)])), "PNG"),
+                   422, "several"),
 }
 
 
 @pytest.mark.parametrize("name", BAD_UPLOADS)
 def test_bad_upload_gets_a_4xx_naming_it(base_url, name):
-    data, status, words = BAD_UPLOADS[name]
+    make, status, words = BAD_UPLOADS[name]
 
-    answer = post_file(base_url, data)
+    answer = post_file(base_url, make())
 
     assert answer.status == status, answer.body
     assert words in answer.json()["detail"]
     assert_still_serving(base_url)
 
 
-def test_missing_file_field_is_named(base_url):
-    answer = post_file(base_url, encoded(digit_image(1), "PNG"), field="image")
+def form_with_text(field, text):
+    body = (f'--b\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n'.encode() + text
+            + b"\r\n--b--\r\n")
+    return body, {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+@pytest.mark.parametrize("field, detail", [
+    ("image", "no picture: send it in the multipart field `file` (curl -F file=@digit.png)"),
+    ("file", "the multipart field `file` must be a file, not text"),
+])
+def test_a_form_without_a_file_gets_one_string_and_no_echo(base_url, field, detail):
+    """FastAPI's own 422 is a list, and it echoed a text field of 1 MB back as 6 MB."""
+    body, headers = form_with_text(field, b"x" * 2**19)
+
+    answer = request(f"{base_url}/predict", body, headers, "POST")
 
     assert answer.status == 422
-    [error] = answer.json()["detail"]
-    assert error["loc"] == ["body", "file"] and error["type"] == "missing"
+    assert answer.json() == {"detail": detail}
     assert_still_serving(base_url)
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/nowhere", 404), ("GET", "/predict", 405), ("DELETE", "/health", 405),
+    ("GET", "/static/nothing.js", 404), ("HEAD", "/predict", 405),
+])
+def test_every_refusal_has_a_string_detail(base_url, method, path, status):
+    answer = request(base_url + path, method=method)
+
+    assert answer.status == status
+    if method != "HEAD":
+        assert isinstance(answer.json()["detail"], str)
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/docs", "/redoc", "/openapi.json",
+                                  "/static/app.js"])
+def test_head_answers_as_get_does_without_the_body(base_url, path):
+    get = request(base_url + path)
+
+    head = request(base_url + path, method="HEAD")
+
+    assert get.status == head.status == 200
+    assert head.body == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == str(len(get.body))
 
 
 def test_declared_oversize_upload_is_refused_before_its_body_is_sent(base_url):
@@ -232,27 +290,82 @@ def test_openapi_schema_is_served(base_url):
     assert "/predict" in answer.json()["paths"]
 
 
-def test_server_refuses_to_start_without_its_model():
-    env = {**os.environ, "MODEL": "/nonexistent/model.onnx", "PORT": "0"}
-
-    done = subprocess.run([sys.executable, "-m", "app.api"], cwd=REPO, env=env,
+def start_refused(environ):
+    """`python -m app.server` with `environ` added: (exit status, the lines it wrote)."""
+    done = subprocess.run([sys.executable, "-m", "app.server"], cwd=REPO,
+                          env={**os.environ, "PORT": "0", **environ},
                           capture_output=True, text=True, timeout=120, check=False)
-
-    assert done.returncode != 0
     assert "Traceback" not in done.stderr + done.stdout
-    [line] = done.stderr.splitlines()
+    return done.returncode, done.stderr.splitlines()
+
+
+def test_server_refuses_to_start_without_its_model():
+    status, lines = start_refused({"MODEL": "/nonexistent/model.onnx"})
+
+    assert status != 0
+    [line] = lines
     assert line.startswith("error: /nonexistent/model.onnx: model file not found")
 
 
-def test_the_api_serves_where_tensorflow_cannot_be_imported(model_dir):
-    """`python -m app.api` as a serving host runs it: the training packages are not there."""
+def test_server_refuses_a_model_without_its_softmax(model_variants):
+    status, lines = start_refused({"MODEL": str(model_variants["logits"])})
 
-    with socket.socket() as probe:  # a free port for the server to take
+    assert status != 0
+    [line] = lines
+    assert "its outputs are not probabilities" in line and "final softmax" in line
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("PORT", "80000", "error: PORT='80000': input should be less than 65536"),
+    ("WORKERS", "two", "error: WORKERS='two': input should be a valid integer, unable to parse "
+                       "string as an integer"),
+])
+def test_server_refuses_a_setting_it_cannot_use(monkeypatch, name, value, error):
+    """mnist-serve's own main, here: it stops before it loads anything."""
+    from app.server import main
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        main()
+
+    assert stopped.value.code == error
+
+
+def test_nan_is_never_served(model_variants):
+    """A model that gives NaN for pictures of digits, though not for the pictures it is
+    checked on at load: a 500 that says so, never `"probability": null`."""
+    with ServedApp(model_variants["nan-for-digits"]) as url:
+        answer = post_file(url, encoded(digit_image(7), "PNG"))
+
+    assert answer.status == 500
+    assert "gave no probabilities" in answer.json()["detail"]
+
+
+def test_a_model_with_a_fixed_batch_of_one_is_served(model_variants, base_url):
+    png_bytes = encoded(digit_image(2), "PNG")
+
+    with ServedApp(model_variants["fixed-batch"]) as url:
+        answer = post_file(url, png_bytes)
+
+    assert answer.status == 200
+    assert answer.json()["top"] == post_file(base_url, png_bytes).json()["top"]
+
+
+def free_port():
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port)}
+        return probe.getsockname()[1]
+
+
+def test_the_server_runs_without_tensorflow_and_writes_no_telemetry(model_dir, tmp_path):
+    """`python -m app.server` as a serving host runs it: the training packages are not there,
+    and ONNX Runtime writes nothing under the user's home (it would record a device id under
+    ~/.cache/Microsoft for an uploader)."""
+    port = free_port()
+    env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port),
+           "HOME": str(tmp_path)}
     code = ("import runpy, sys\n" + WITHOUT_TRAINING_PACKAGES
-            + "runpy.run_module('app.api', run_name='__main__', alter_sys=True)\n")
+            + "runpy.run_module('app.server', run_name='__main__', alter_sys=True)\n")
     server = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -264,3 +377,4 @@ def test_the_api_serves_where_tensorflow_cannot_be_imported(model_dir):
         server.terminate()
         output, _ = server.communicate(timeout=30)
     assert "Traceback" not in output, output
+    assert list(tmp_path.rglob("*")) == []

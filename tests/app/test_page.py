@@ -4,18 +4,19 @@ mouse are read as the digit drawn, the bars show every class, Clear starts over,
 asks nothing of any host but the app."""
 
 import math
-import os
-import shutil
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.serving import CHROMEDRIVER, CHROMIUM, base_url_fixture, chromium, draw  # noqa: F401
+from tests.serving import (  # noqa: F401
+    BROWSER_WAIT_S,
+    base_url_fixture,
+    browser_fixture,
+    draw,
+)
 
 pytestmark = pytest.mark.browser
-
-WAIT_S = 60  # generous: Chromium and a training run may share two cores
 
 
 def ellipse(cx, cy, rx, ry, points=36):
@@ -31,17 +32,6 @@ DRAWINGS = {
     "0": [ellipse(140, 140, 60, 95)],
     "4": [[(170, 40), (60, 170), (215, 170)], [(170, 40), (170, 245)]],
 }
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        why = f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
-        if os.environ.get("REQUIRE_BROWSER"):  # .ci/run: a skipped browser test is a failure
-            pytest.fail(why)
-        pytest.skip(why)
-    with chromium(timeout_s=WAIT_S) as driver:
-        yield driver
 
 
 @pytest.fixture
@@ -64,7 +54,7 @@ def settled(driver, requests):
     """What the page shows once its `requests`-th /predict answer is in (every stroke asks,
     and an earlier stroke's answer must not pass for the drawing's): (digit, bars), bars as
     {class: (probability, marked best?)}."""
-    WebDriverWait(driver, WAIT_S).until(lambda d: predict_requests(d) >= requests)
+    WebDriverWait(driver, BROWSER_WAIT_S).until(lambda d: predict_requests(d) >= requests)
     # The timing entry is in when the answer's last byte is; the page shows it a moment later.
     driver.execute_async_script("setTimeout(arguments[0], 200)")
     bars = {li.get_attribute("data-testid").removeprefix("bar-"):

@@ -1,0 +1,144 @@
+"""Serve the app: uvicorn with its h11 parser, and the connection limits uvicorn leaves out.
+
+    mnist-serve                       # or python -m app.server; HOST, PORT, WORKERS, MODEL
+
+uvicorn closes an idle connection only after a first answer; it never times out a request's
+head, so a client that sends one byte a second holds a connection forever (slowloris); it
+answers a head over h11's size limit with a plain-text 400; and past `limit_concurrency` it
+keeps accepting connections that never send a request. LimitedH11Protocol adds:
+
+- a head deadline: a request's head must arrive whole within `head_timeout_s` of the
+  connection opening or of the previous answer, else the connection is closed (with a 408 if
+  part of a head came);
+- 431 for a head over `max_header_bytes` that arrives in pieces (app/limits.py refuses one
+  that arrives whole);
+- a cap of `max_connections`: the next one gets a 503 and is closed;
+- an end to a connection whose request was answered before its body was all read (a refused
+  upload): it cannot carry another request.
+Every refusal is JSON with a string `detail`, sent before a lingering close (the client's
+unread bytes are drained for a second, so that it reads the answer rather than a reset).
+docs/serving.md says why uvicorn and h11, with the measurements.
+"""
+
+import json
+import sys
+from http import HTTPStatus
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors import Multiprocess
+
+from app.api import create_app
+from app.model import ModelError
+from app.settings import SettingsError, settings_from_env
+
+LINGER_S = 1  # how long a refused client has to read its answer before the socket is closed
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's Config with the app's Limits, which each connection's protocol reads."""
+
+    def __init__(self, app, limits, **options):
+        super().__init__(app, http=LimitedH11Protocol, ws="none",  # the app has no WebSocket
+                         timeout_keep_alive=limits.keep_alive_s,
+                         h11_max_incomplete_event_size=limits.max_header_bytes, **options)
+        self.limits = limits
+
+
+class LimitedH11Protocol(H11Protocol):
+    head_timer = None
+    refused = False
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if len(self.connections) > self.config.limits.max_connections:
+            self.refuse(503, "the server has too many connections open; try again in a few "
+                             "seconds")
+        else:
+            self.expect_head()
+
+    def expect_head(self):
+        """From now, the next request's head must arrive whole within head_timeout_s."""
+        if self.head_timer:
+            self.head_timer.cancel()
+        self.head_timer = self.loop.call_later(self.config.limits.head_timeout_s,
+                                               self.head_overdue, self.cycle)
+
+    def head_overdue(self, cycle):
+        if self.cycle is not cycle or self.transport.is_closing():
+            return  # a request came in time
+        if self.conn.trailing_data[0]:  # part of a head
+            self.refuse(408, "the request's head did not arrive within "
+                             f"{self.config.limits.head_timeout_s:g} s")
+        else:
+            self.transport.close()
+
+    def data_received(self, data):
+        if not self.refused:  # a refused client's bytes are read and dropped (linger)
+            super().data_received(data)
+
+    def on_response_complete(self):
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.SEND_BODY:  # answered before the body was all read
+            self.linger()  # (a refused upload): the connection cannot carry another request
+        elif self.cycle.response_complete:  # unless a pipelined request has already started
+            self.expect_head()
+
+    def connection_lost(self, exc):
+        if self.head_timer:
+            self.head_timer.cancel()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg):
+        """What uvicorn sends for every head h11 cannot parse; one left longer than h11's
+        limit in its buffer is a head too large rather than a malformed one."""
+        if len(self.conn.trailing_data[0]) > self.config.h11_max_incomplete_event_size:
+            self.refuse(431, "the request's headers are over the "
+                             f"{self.config.limits.max_header_bytes // 1024} KB limit")
+        else:
+            self.refuse(400, "not a valid HTTP/1.1 request")
+
+    def refuse(self, status, detail):
+        """Answer `status` with `detail`, then linger."""
+        body = json.dumps({"detail": detail}).encode()
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                             % (status, HTTPStatus(status).phrase.encode(), len(body), body))
+        self.linger()
+
+    def linger(self):
+        """Close once the client has had time to read the answer: end our side, drop what it
+        still sends, close when it ends its side or after LINGER_S. Closing a socket with
+        unread bytes in it would send a reset, which can reach the client before the answer."""
+        self.refused = True
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def server_config(app, settings, **options):
+    return ServerConfig(app, settings.limits, host=settings.host, port=settings.port,
+                        **options)
+
+
+def main():
+    """`mnist-serve`: serve on $HOST:$PORT (default 127.0.0.1:8000) with $WORKERS processes
+    (default 1), after checking the model loads (a clear line if it does not)."""
+    try:
+        settings = settings_from_env()
+        app = create_app(settings)
+    except (SettingsError, ModelError) as error:
+        sys.exit(f"error: {error}")
+    if settings.workers == 1:
+        uvicorn.Server(server_config(app, settings, log_level="info")).run()
+        return
+    # Each worker process builds its own app from the environment, so uvicorn gets the factory.
+    config = server_config("app.api:create_app", settings, factory=True, workers=settings.workers,
+                           log_level="warning")
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+if __name__ == "__main__":
+    main()
