@@ -28,7 +28,7 @@ predict: $(VENV)/.installed
 
 # The HTTP API and the draw-a-digit page on http://$(HOST):$(PORT)/ (WORKERS=2 for two processes).
 serve: $(VENV)/.installed
-	HOST=$(HOST) PORT=$(PORT) python -m app.api
+	HOST=$(HOST) PORT=$(PORT) python -m app.server
 
 venv: $(VENV)/.installed
 dev: $(VENV)/.installed-dev

@@ -49,9 +49,12 @@ class Ranked(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The same object `mnist-predict --json` prints for one image, without `file`."""
-    digit: str
-    probability: float
+    """The same object `mnist-predict --json` prints for one image, without `file`. A picture
+    that holds no digit gets a 200 with `refusal` saying so ("not a digit: a dash") and no
+    `digit` or `probability`: the model answered, and that is its answer."""
+    digit: str | None
+    probability: float | None
+    refusal: str | None
     top: list[Ranked]
 
 
@@ -182,8 +185,3 @@ def create_app(settings=None):
     api.add_middleware(RequestLimits, limits=settings.limits)
     return api
 
-
-if __name__ == "__main__":  # `python -m app.api`, as before there was app/server.py
-    from app.server import main
-
-    main()

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from app.decode import read_grey
+from app.refusal import refusal
 from app.transform import to_model_form
 
 
@@ -25,14 +26,20 @@ def ranked(probs, names, k):
             for i in np.argsort(-probs, kind="stable")[:k]]
 
 
-def answer(probs, names, k):
-    """{"digit", "probability", "top"}: the best class and the k best."""
-    top = ranked(probs, names, k)
-    return {**top[0], "top": top}
+def answer(pixels, probs, classifier, k):
+    """{"digit", "probability", "refusal", "top"} for the 28x28 `pixels` the model read as
+    `probs`: the best class and the k best; or, when the picture holds no digit
+    (app/refusal.py), "refusal" says why in a line, and "digit" and "probability" are None.
+    `top` stays, for the curious: it is what the model would have guessed."""
+    top = ranked(probs, classifier.class_names, k)
+    why = refusal(pixels, probs, classifier.dataset)
+    if why:
+        return {"digit": None, "probability": None, "refusal": why, "top": top}
+    return {**top[0], "refusal": None, "top": top}
 
 
 def classify(file, classifier, deadline=math.inf):
     """The answer for one picture, every class ranked (the page draws a bar for each)."""
     pixels = model_form(file, classifier.dataset, deadline)
     probs = classifier.probabilities(pixels[np.newaxis])[0]
-    return answer(probs, classifier.class_names, len(classifier.class_names))
+    return answer(pixels, probs, classifier, len(classifier.class_names))

@@ -12,9 +12,11 @@ form by app/transform.py. `.npy` arrays of shape (28, 28) or (N, 28, 28) are tak
 in that form, white digits on black, uint8 0-255 or float 0-255 (or 0-1); they are neither
 cropped nor moved. The model's graph normalises them as training did.
 
-One line per image on stdout. A file that cannot be used gets one line on stderr and the others
-are still predicted. Exit status: 0 if every image was predicted, 1 if any was not (or the model
-could not be loaded, or gave no probabilities), 2 for a usage error.
+One line per image on stdout: its class, or "not a digit (a dash)" when it holds none
+(app/refusal.py; `--json` gives `refusal` and no `digit`). A file that cannot be used gets one
+line on stderr and the others are still predicted. Exit status: 0 if every image was
+predicted, 1 if any was not (or the model could not be loaded, or gave no probabilities), 2 for
+a usage error.
 """
 
 import argparse
@@ -29,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from app.classify import answer, model_form
+from app.decode import read_grey
 from app.model import MODEL_FILE, ModelError, load_classifier
 from app.transform import FIELD, InputError
 
@@ -60,8 +63,10 @@ def parse_args(argv=None):
                         help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     parser.add_argument("--debug", type=Path, metavar="DIR",
-                        help="write the 28x28 image the model saw for each input into DIR "
-                             "(as NNN-NAME.28x28.png), to see why a guess went wrong")
+                        help="write into DIR, for each input, the 28x28 image the model saw "
+                             "(NNN-NAME.28x28.png) and, for a picture, what the transform took "
+                             "as the page and as the ink, with the answer (NNN-NAME.debug.png): "
+                             "to see why a picture was refused or misread")
     parser.add_argument("--model", type=Path, default=MODEL_FILE,
                         help=f"ONNX model exported by the pipeline (default: {MODEL_FILE})")
     args = parser.parse_args(argv)
@@ -144,15 +149,35 @@ def printable(name):
 
 # --- output -------------------------------------------------------------------------------------
 
-def save_debug_image(directory, number, name, pixels):
-    """The input as the model saw it: 28x28, white on black, before normalisation, as
-    NNN-NAME.28x28.png (numbered in the order given: two inputs may share a name)."""
+def debug_name(directory, number, name, kind):
+    """NNN-NAME.KIND.png, NNN the input's place among those given: two may share a name."""
     stem = Path(name).name.replace("[", "-").replace("]", "")
+    return directory / f"{number:03d}-{stem}.{kind}.png"
+
+
+def save_debug_image(directory, number, name, pixels):
+    """The input as the model saw it: 28x28, white on black, before normalisation."""
     Image.fromarray(np.asarray(pixels).round().clip(0, 255).astype(np.uint8)).save(
-        directory / f"{number:03d}-{stem}.28x28.png")
+        debug_name(directory, number, name, "28x28"))
+
+
+def save_debug_view(directory, number, path, caption, dataset):
+    """A picture (not an .npy) with what the transform took as the page and as the ink, the
+    28x28 the model saw, and `caption` (its answer, or why it has none): app/debug_view.py."""
+    from app.debug_view import debug_view
+
+    try:
+        with open(path, "rb") as f:
+            grey = read_grey(f)
+    except INPUT_ERRORS:  # no picture to draw: the error line already says why
+        return
+    debug_view(grey, dataset, caption).save(debug_name(directory, number, str(path), "debug"))
 
 
 def text_line(result):
+    if result["refusal"]:  # "not a digit: a dash" -> "not a digit (a dash)"
+        what, _, why = result["refusal"].partition(": ")
+        return f"{printable(result['file'])}: {what} ({why})"
     best = ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in result["top"])
     return f"{printable(result['file'])}: {best}"
 
@@ -173,7 +198,7 @@ def main(argv=None):
             return 2
 
     results, pixels = [], []  # results in the order given; pixels of those that can be predicted
-    for path in args.images:
+    for number, path in enumerate(args.images, 1):
         try:
             inputs = read_input(path, classifier.dataset)
         except INPUT_ERRORS as error:
@@ -184,7 +209,7 @@ def main(argv=None):
             results.append({"file": name})
             pixels.append(image)
             if args.debug:
-                save_debug_image(args.debug, len(pixels), name, image)
+                save_debug_image(args.debug, number, name, image)
 
     good = [r for r in results if "error" not in r]
     if good:
@@ -193,13 +218,19 @@ def main(argv=None):
         except ModelError as error:  # NaN, say: nothing is printed as if it were an answer
             print(f"error: {printable(str(error))}", file=sys.stderr)
             return 1
-        for result, probs in zip(good, probabilities):
-            result.update(answer(probs, classifier.class_names, args.top))
+        for result, image, probs in zip(good, pixels, probabilities):
+            result.update(answer(image, probs, classifier, args.top))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for result in good:
             print(text_line(result))
+    if args.debug:
+        for number, path in enumerate(args.images, 1):
+            if path.suffix.lower() != ".npy":  # an array has no page and no ink to show
+                result = next(r for r in results if r["file"] == str(path))
+                caption = f"error: {result['error']}" if "error" in result else text_line(result)
+                save_debug_view(args.debug, number, path, caption, classifier.dataset)
     return 0 if len(good) == len(results) else 1
 
 

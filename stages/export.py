@@ -74,6 +74,8 @@ def embed_metadata(path, metadata):
 
 
 def onnx_probabilities(path, x):
+    # ONNX Runtime's telemetry records each session (with a device id) unless told not to.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -26,6 +26,7 @@ from app.settings import Limits
 from bench.hostile_images import bad_checksum_png, png, progressive_jpeg
 from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
 from tests.digits import draw_digit
+from tests.drawings import canvas_png
 from tests.serving import (  # noqa: F401
     ServedApp,
     base_url_fixture,
@@ -61,8 +62,9 @@ def assert_still_serving(url):
 
 
 def assert_prediction(body):
-    """The shape of a prediction: the best class, then all ten ranked, summing to 1."""
-    assert set(body) == {"digit", "probability", "top"}
+    """The shape of a prediction: the best class, no refusal, then all ten ranked, summing
+    to 1."""
+    assert set(body) == {"digit", "probability", "refusal", "top"} and body["refusal"] is None
     top = body["top"]
     assert sorted(t["digit"] for t in top) == CLASSES
     probs = [t["probability"] for t in top]
@@ -88,6 +90,22 @@ def test_png_is_predicted_as_the_cli_predicts_it(base_url, model_dir, tmp_path, 
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     [printed] = json.loads(cli.stdout)
     assert printed == {"file": str(png), **body}
+
+
+def test_a_dash_gets_not_a_digit_as_the_cli_says_it(base_url, model_dir, tmp_path):
+    """No digit in the picture: a 200 whose refusal says why, no class, and the model's guesses
+    still listed; the command line says the same."""
+    dash = tmp_path / "dash.png"
+    dash.write_bytes(canvas_png([[(50, 150), (230, 140)]]))
+    answer = post_file(base_url, dash.read_bytes())
+    assert answer.status == 200, answer.body
+    body = answer.json()
+    assert body["refusal"] == "not a digit: a dash"
+    assert body["digit"] is None and body["probability"] is None and len(body["top"]) == 10
+    cli = subprocess.run([sys.executable, "-m", "app.predict", "--json", "--top", "10",
+                          "--model", str(model_dir / "model.onnx"), str(dash)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(cli.stdout) == [{"file": str(dash), **body}]
 
 
 @pytest.mark.parametrize("fmt, content_type", [("JPEG", "image/jpeg"), ("BMP", "image/bmp")])

@@ -126,3 +126,18 @@ def test_page_asks_only_the_app(page, base_url):
 
     assert any(name.endswith("/static/app.js") for name in names)
     assert [name for name in names if not name.startswith(base_url + "/")] == []
+
+
+def test_a_dash_is_not_a_digit_and_shows_no_bars(page):
+    """A stroke lying flat is refused on its shape, whatever the model guesses: the status line
+    says so, and no bar suggests a class."""
+    draw(page, [[(50, 150), (230, 140)]])
+    WebDriverWait(page, BROWSER_WAIT_S).until(
+        lambda d: find(d, "status").text.startswith("not a digit"))
+    assert find(page, "status").text == "not a digit: a dash"
+    assert find(page, "digit").text == "–"
+    assert page.find_elements(By.CSS_SELECTOR, "li[data-testid^=bar-]") == []
+    # A digit drawn after it is read again as a digit.
+    find(page, "clear").click()
+    draw(page, DRAWINGS["1"])
+    assert_reads(page, "1", requests=2)

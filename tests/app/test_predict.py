@@ -24,6 +24,8 @@ from app.transform import InputError, centre_of_mass, read_image, to_mnist_form
 from bench.hostile_images import bad_checksum_png, png, progressive_jpeg
 from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
 from tests.digits import draw_digit, mnist_form_digits, png_bytes
+from tests.drawings import canvas_png
+from tests.photos import make_photo
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -179,7 +181,8 @@ def test_predictions_agree_with_the_model_on_the_original_arrays(tmp_path, capsy
     paths = [p for kind in variants.values() for p in kind]
     status, out, err = run_main(capsys, "--json", "--model", model_file, *paths)
     assert status == 0 and err == "", err
-    digits = {r["file"]: int(r["digit"]) for r in json.loads(out)}
+    # The model's best guess, refused or not: the transform is what is checked here.
+    digits = {r["file"]: int(r["top"][0]["digit"]) for r in json.loads(out)}
 
     rates = {kind: np.mean([digits[str(p)] for p in files] == expected)
              for kind, files in variants.items()}
@@ -514,6 +517,34 @@ def test_debug_writes_the_28x28_image_the_model_saw(tmp_path, capsys, model_file
     for number, path in enumerate([good_png, other], start=1):
         seen = np.asarray(Image.open(tmp_path / "seen" / f"{number:03d}-{path.name}.28x28.png"))
         np.testing.assert_array_equal(seen, to_mnist_form(read_image(path)))
+
+
+def test_a_picture_with_no_digit_is_answered_not_a_digit(tmp_path, capsys, model_file, good_png):
+    dash = tmp_path / "dash.png"
+    dash.write_bytes(canvas_png([[(50, 150), (230, 140)]]))
+    status, out, err = run_main(capsys, "--model", model_file, good_png, dash)
+    assert status == 0 and err == "", "refusing is an answer, not an error"
+    assert out.splitlines()[1] == f"{dash}: not a digit (a dash)"
+
+
+def test_debug_shows_what_was_taken_for_the_page_and_the_ink(tmp_path, capsys, model_file,
+                                                             good_png):
+    """A photo of a digit on a sheet lying on a desk: the debug view outlines the sheet and the
+    ink, beside the 28x28, with the answer written under it."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(make_photo(7, "sheet-in-frame", 3).image).save(photo)
+    status, out, _ = run_main(capsys, "--debug", tmp_path / "seen", "--model", model_file, photo,
+                              good_png)
+    assert status == 0
+    with Image.open(tmp_path / "seen/001-photo.png.debug.png") as view:
+        pixels = np.asarray(view.convert("RGB")).reshape(-1, 3)
+    blue, red = (40, 110, 255), (230, 30, 30)  # app/debug_view.py's colours
+    assert (pixels == blue).all(axis=1).sum() > 100, "the sheet is outlined"
+    assert (pixels == red).all(axis=1).sum() > 50, "the ink is boxed"
+    assert (tmp_path / "seen/002-seven.png.debug.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == [
+        "001-photo.png.28x28.png", "001-photo.png.debug.png", "002-seven.png.28x28.png",
+        "002-seven.png.debug.png"]
 
 
 def test_debug_into_a_file_is_a_usage_error(tmp_path, capsys, model_file, good_png):
