@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from stages import download
-from stages.download import Catalogue, IdxError, candidate_sources, parse_idx
+from stages.catalogue import Catalogue
+from stages.download import IdxError, candidate_sources, parse_idx
 from stages.fileio import load_npz
 from stages.params import checked, save
 from stages.runner import StageError

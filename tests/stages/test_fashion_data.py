@@ -10,7 +10,7 @@ import pytest
 
 from app.transform import to_fashion_form
 from stages import download
-from stages.download import Catalogue
+from stages.catalogue import Catalogue
 from stages.params import checked
 from stages.runner import StageError
 from tests.conftest import FASHION, tiny_catalogue

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from stages.download import Catalogue
+from stages.catalogue import Catalogue
 from stages.params import Params, checked, load, save
 from stages.yaml12 import ParamsError, read_yaml
 from tests.conftest import REPO, repo_catalogue, repo_params
