@@ -47,6 +47,14 @@ def catch_signals():
         signal.signal(signum, on_stop_signal)
 
 
+def quiet_lost_stop(unraisable):
+    """sys.unraisablehook: a stop signal's SystemExit raised inside a finaliser is recorded and
+    obeyed later, so the traceback Python would print for it ("Exception ignored in ...") is
+    noise; anything else is printed as usual."""
+    if not (isinstance(unraisable.exc_value, SystemExit) and _received):
+        sys.__unraisablehook__(unraisable)
+
+
 def os_error_line(error):
     """'data/raw.npz: No space left on device' from an OSError, without the errno noise."""
     where = error.filename or ""
@@ -60,6 +68,7 @@ def run(main):
     """Run a stage's `main()` with clean signal handling and one-line errors."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     catch_signals()
+    sys.unraisablehook = quiet_lost_stop
     try:
         main()
     except StageError as error:

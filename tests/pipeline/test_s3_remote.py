@@ -72,7 +72,8 @@ def contents(repo):
     for out in lock_outs(repo):
         path = repo.path / out
         assert path.exists(), f"{out} is missing"
-        for file in [path] if path.is_file() else sorted(path.rglob("*")):
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                         if p.is_file()):
             digests[str(file.relative_to(repo.path))] = hashlib.sha256(file.read_bytes()).digest()
     return digests
 
