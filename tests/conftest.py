@@ -326,15 +326,37 @@ def pipeline_repo(tmp_path, mirrors, tiny_checksums):
     return new_pipeline_repo(tmp_path / "repo", mirrors, tiny_checksums)
 
 
+def built_once(tmp_path_factory, worker_id, name, build):
+    """`build(folder)` run once for the whole test run, however many pytest-xdist workers share
+    it: the first to get here builds, under a file lock, and the others wait and reuse. Returns
+    the folder, which nobody may change afterwards."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # the run's own folder, which its workers share
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory, mirrors, tiny_checksums):
-    """One pipeline repo per session whose `dvc repro` has run and whose results are
-    committed; tests get copies of it (reproduced_repo), or read it as it is."""
-    repo = new_pipeline_repo(tmp_path_factory.mktemp("reproduced") / "repo", mirrors,
-                             tiny_checksums)
-    repo.repro()
-    repo.commit_all("results")
-    return repo
+def reproduced(tmp_path_factory, worker_id, mirrors, tiny_checksums):
+    """One pipeline repo whose `dvc repro` has run and whose results are committed, built once
+    per test run. Read its files, clone it; run dvc only in a copy (reproduced_repo): other
+    tests read it at the same time."""
+    def build(folder):
+        repo = new_pipeline_repo(folder / "repo", mirrors, tiny_checksums)
+        repo.repro()
+        repo.commit_all("results")
+
+    folder = built_once(tmp_path_factory, worker_id, "reproduced", build)
+    return PipelineRepo(folder / "repo", mirrors)
 
 
 @pytest.fixture
@@ -344,7 +366,11 @@ def reproduced_repo(reproduced, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, worker_id):
+    return built_once(tmp_path_factory, worker_id, "model", make_model)
+
+
+def make_model(directory):
     """A real model as the pipeline leaves it: model.keras and metadata.json, and the ONNX
     export that carries that metadata and the normalisation in its graph.
     A small MLP trained here on 1,000 drawn digits in MNIST form, standardised, so that
@@ -368,10 +394,8 @@ def model_dir(tmp_path_factory):
     model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
     model.fit(normalize(x, constants), y, epochs=15, batch_size=32, verbose=0)
 
-    directory = tmp_path_factory.mktemp("model")
     metadata = {"class_names": [str(d) for d in range(10)], "dataset": "mnist", "family": "mlp",
                 "input_shape": [28, 28]}
     save_model_reproducibly(model, directory / "model.keras")
     write_json(directory / "metadata.json", {**metadata, "normalization": constants})
     export_onnx(model, constants, directory / "model.onnx", metadata)
-    return directory

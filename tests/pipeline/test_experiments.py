@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import FASHION, REPO, run
 
-pytestmark = pytest.mark.slow
+# The experiments are made once per module: its tests stay on one pytest-xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments")]
 
 # Three experiments, each changing one param, as a user tries one idea at a time.
 EXPERIMENTS = {
@@ -100,9 +101,9 @@ def test_the_readmes_exp_show_is_readable_in_120_columns(experimented):
         assert str(value) in cells, (name, value, table)
 
 
-def test_metrics_show_fits_120_columns_and_says_what_each_number_is(reproduced):
-    table = run([reproduced.dvc_bin, "metrics", "show"], reproduced.path,
-                {**reproduced.env, "COLUMNS": "120"}).stdout
+def test_metrics_show_fits_120_columns_and_says_what_each_number_is(reproduced_repo):
+    table = run([reproduced_repo.dvc_bin, "metrics", "show"], reproduced_repo.path,
+                {**reproduced_repo.env, "COLUMNS": "120"}).stdout
     assert max(len(line) for line in table.splitlines()) <= 120, table
     header = table.splitlines()[0].split()
     assert {"test_accuracy", "test_loss", "onnx_mismatches", "onnx_matching_decimals"} <= set(

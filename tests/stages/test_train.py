@@ -246,7 +246,7 @@ def test_dvclive_writes_each_curve_as_each_epoch_ends(cfg, tiny_splits, tmp_path
     assert sorted(seen) == sorted((key, k) for key in train.HISTORY_KEYS for k in (1, 2, 3))
 
 
-# Trains the default model, at the default batch size, on 1,200 drawn digits; prints the weights.
+# Trains the default model, at the default batch size, on 600 drawn digits; prints the weights.
 TRAIN_AND_PRINT_WEIGHTS = """
 import json, sys
 import numpy as np
@@ -257,12 +257,12 @@ from stages.params import MLP
 from tests.digits import synthetic_mnist
 
 cfg = MLP.model_validate_json(sys.argv[1])
-digits = synthetic_mnist(n_train=1400, n_test=1, seed=0)
+digits = synthetic_mnist(n_train=700, n_test=1, seed=0)
 scale = {"method": "scale", "mean": 0.0, "std": 1.0}
 x, y = normalize(digits["x_train"], scale), digits["y_train"]
 train.configure_tensorflow(cfg, 42)
 model = build_model("mlp", cfg, 42)
-train.fit(model, cfg, 42, {"x": x[:1200], "y": y[:1200]}, {"x": x[1200:], "y": y[1200:]}, scale)
+train.fit(model, cfg, 42, {"x": x[:600], "y": y[:600]}, {"x": x[600:], "y": y[600:]}, scale)
 print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())
 """
 
@@ -270,7 +270,7 @@ print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to compare")
 def test_thread_count_does_not_change_the_result(cfg):
     # TensorFlow fixes its thread pools at its first op: each count trains in a process of its own.
-    cfg = changed(cfg, batch_size=256, epochs=2)  # matrices of the real run's size
+    cfg = changed(cfg, batch_size=256, epochs=1)  # matrices of the real run's size
 
     def weights_with(threads):
         command = [sys.executable, "-c", TRAIN_AND_PRINT_WEIGHTS,
