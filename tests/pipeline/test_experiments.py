@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from tests.conftest import FASHION, REPO, run
+from tests.conftest import FASHION, REPO, PipelineRepo, built_once, run
 
-# The experiments are made once per module: its tests stay on one pytest-xdist worker.
+# The experiments are made once per run; the tests that read them stay on one pytest-xdist
+# worker, so that no two dvc commands work in their repo at once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments")]
 
 # Three experiments, each changing one param, as a user tries one idea at a time.
@@ -33,29 +34,32 @@ def readme_command(starts_with):
     return shlex.split(lines[0])
 
 
-@pytest.fixture(scope="module")
-def experimented(reproduced, tmp_path_factory):
-    """A copy of the session's repo with the three experiments: the first run in the workspace,
-    the other two queued and run by two workers."""
-    repo = reproduced.copy(tmp_path_factory.mktemp("experiments") / "repo")
-    first, *queued = EXPERIMENTS.items()
-    repo.dvc("exp", "run", "-n", first[0], "-S", f"{first[1][0]}={first[1][1]}")
-    repo.git("checkout", "--", "params.yaml", "dvc.lock", "metrics")
-    repo.dvc("checkout")
-    for name, (key, value) in queued:
-        repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"{key}={value}")
-    repo.dvc("queue", "start", "--jobs", "2")
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            status = repo.dvc("queue", "status").stdout
-            if "Queued" not in status and "Running" not in status:
-                break
-            time.sleep(1)
-    finally:
-        repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
-    assert status.count("Success") == 2 and "Failed" not in status, status
-    return repo
+@pytest.fixture(scope="session")
+def experimented(reproduced, tmp_path_factory, worker_id):
+    """A copy of the session's repo with the three experiments, made once per run: the first
+    run in the workspace, the other two queued and run by two workers."""
+    def build(folder):
+        repo = reproduced.copy(folder / "repo")
+        first, *queued = EXPERIMENTS.items()
+        repo.dvc("exp", "run", "-n", first[0], "-S", f"{first[1][0]}={first[1][1]}")
+        repo.git("checkout", "--", "params.yaml", "dvc.lock", "metrics")
+        repo.dvc("checkout")
+        for name, (key, value) in queued:
+            repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"{key}={value}")
+        repo.dvc("queue", "start", "--jobs", "2")
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                status = repo.dvc("queue", "status").stdout
+                if "Queued" not in status and "Running" not in status:
+                    break
+                time.sleep(1)
+        finally:
+            repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
+        assert status.count("Success") == 2 and "Failed" not in status, status
+
+    folder = built_once(tmp_path_factory, worker_id, "experiments", build)
+    return PipelineRepo(folder / "repo", reproduced.mirrors)
 
 
 def shown_experiments(repo):
