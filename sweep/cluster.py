@@ -44,9 +44,10 @@ def local_cluster_env():
 
 
 # What the head (Ray's "driver") asks of Ray, wherever the cluster is: Ray's own INFO lines
-# (which cluster, which dashboard) are noise here; its warnings, such as a trial's retry after
-# its node died, are not.
-DRIVER_OPTIONS = {"logging_level": logging.WARNING, "log_to_driver": True}
+# (which cluster, which dashboard) are noise here, and the trials print nothing of their own
+# (what their commands print is in their logs). Ray's notices, such as a trial's retry after
+# its node died, still come, on stdout, before the table.
+DRIVER_OPTIONS = {"logging_level": logging.WARNING, "log_to_driver": False}
 
 
 @contextmanager

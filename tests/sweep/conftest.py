@@ -109,9 +109,12 @@ def ray_temp_dirs():
 
 
 def table_rows(stdout):
-    """{trial: [changed params, test accuracy, ...]} from the table the sweep prints."""
+    """{trial: the rest of its row} from the table the sweep prints last (Ray prints its notices
+    before it, on the same stdout)."""
+    lines = stdout.splitlines()
+    header = max(i for i, line in enumerate(lines) if line.startswith("trial "))
     rows = {}
-    for line in stdout.splitlines()[1:]:
+    for line in lines[header + 1:]:
         if not line.strip():
             break
         name, rest = line.split(None, 1)

@@ -66,7 +66,7 @@ def test_ctrl_c_stops_every_trial_and_leaves_nothing_behind(sweep_repo):
     status, out, err = finish(sweep)
 
     assert status == 130, err
-    assert "stopped" in err and "Traceback" not in err
+    assert "stopping 2 trials" in err and "stopped" in err and "Traceback" not in err
     assert exp_refs(repo) == {}
     nothing_left(repo, ray_dirs)
 
