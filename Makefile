@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: repro test lint venv dev predict serve
+.PHONY: repro test lint venv dev predict serve sweep
 
 repro: $(VENV)/.installed
 	dvc repro
@@ -27,6 +27,11 @@ predict: $(VENV)/.installed
 serve: $(VENV)/.installed
 	HOST=$(HOST) PORT=$(PORT) python -m app.api
 
+# A grid of DVC experiments on a Ray cluster, this machine's unless --address (or $RAY_ADDRESS)
+# names one: make sweep ARGS="-S 'train.seed=1,2,3'" (docs/sweeps.md).
+sweep: $(VENV)/.installed-sweep
+	python -m sweep $(ARGS)
+
 venv: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
@@ -38,4 +43,8 @@ $(VENV)/.installed: requirements.txt app/requirements.txt
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-s3.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.installed-sweep: $(VENV)/.installed requirements-sweep.txt
+	$(BIN)/python -m pip install --quiet -r requirements-sweep.txt
 	touch $@

@@ -95,8 +95,11 @@ def run_trial(name, set_args, setup):
             return outcome(reason)
         write_local_config(clone, setup)
         run_started = time.monotonic()
-        # A stage's own one-line error says it all (a bad param): no prefix.
-        reason = step(["dvc", "exp", "run", "--pull", "--allow-missing", "-n", name,
+        # --pull: what the baseline's stages made comes from the DVC remote (or the shared
+        # cache); a stage whose outputs are in neither runs here. (--allow-missing would skip
+        # it and leave the next stage without its input.) A stage's own one-line error says it
+        # all (a bad param): no prefix.
+        reason = step(["dvc", "exp", "run", "--pull", "-n", name,
                        *[part for arg in set_args for part in ("-S", arg)]], "")
         run_s, run_log = time.monotonic() - run_started, log[-1]
         if reason:
