@@ -35,8 +35,8 @@ TRIALS = 8
 EPOCHS = 3
 GOAL_RATIO = 1.3
 MARKER = "BENCH_SWEEP_RUN"
-# A trial's log (.dvc/tmp/sweeps/NAME.log) times each command: "$ dvc push --quiet  (1.2 s)";
-# a command is named by its words before the first option ("dvc push").
+# A trial's log (.dvc/tmp/sweeps/NAME.log) times each step: "$ git clone --quiet ...  (0.1 s)";
+# a step is named by its words before the first option ("git clone", "dvc push && dvc exp push").
 STEP = re.compile(r"^\$ ([^-\n]+?) (?:-.*)?  \(([0-9.]+) s\)$", re.MULTILINE)
 
 
@@ -136,12 +136,7 @@ class PeakMemory:
 
 def measure_ray(repo, env):
     started = time.perf_counter()
-    head = loopback.start_head(2, env)
-    try:
-        worker = loopback.start_worker(head.address, 2, env)
-    except RuntimeError:
-        head.stop()
-        raise
+    head, worker = nodes = loopback.start_cluster([2, 2], env)
     cluster_s = time.perf_counter() - started
     sweep = {}
     memory = PeakMemory({
@@ -153,17 +148,17 @@ def measure_ray(repo, env):
     })
     try:
         started = time.perf_counter()
-        process = psutil.Popen([sys.executable, "-m", "sweep", "--address", head.address,
-                                "-n", "ray", *GRID], cwd=repo,
-                               env={**env, **loopback.LOOPBACK_ENV})
-        sweep["pid"] = process.pid
-        if process.wait() != 0:
-            raise RuntimeError(f"the sweep failed: see {repo}/.dvc/tmp/sweeps/")
+        with open(repo.parent / "sweep.log", "w") as log:
+            process = psutil.Popen([sys.executable, "-m", "sweep", "--address", head.address,
+                                    "-n", "ray", *GRID], cwd=repo,
+                                   env={**env, **loopback.LOOPBACK_ENV}, stdout=log, stderr=log)
+            sweep["pid"] = process.pid
+            if process.wait() != 0:
+                raise RuntimeError("the sweep failed:\n" + Path(log.name).read_text()[-3000:])
         wall_s = time.perf_counter() - started
     finally:
         peaks = memory.stop()
-        worker.stop()
-        head.stop()
+        loopback.stop_cluster(nodes)
     steps = trial_steps(repo / ".dvc/tmp/sweeps")
     return {"cluster_s": cluster_s, "wall_s": wall_s, "memory": peaks, "steps": steps}
 
@@ -181,19 +176,21 @@ def measure_queue(repo, env):
     timed(dvc("exp", "run", "--queue", "-n", "queue", *GRID), repo, env)
     run = {}
     memory = PeakMemory({
-        "the head (`dvc exp run --run-all`)": lambda: tree(run["pid"]) if run else [],
+        "the head (`dvc exp run --run-all`)": lambda: [run["pid"]] if run else [],
         "DVC's queue workers (celery)": lambda: [p for p in marked(env[MARKER])
-                                                 if not is_pipeline(p)
-                                                 and p not in tree(run.get("pid", -1))],
+                                                 if not is_pipeline(p) and p != run.get("pid")],
         "the trials (dvc, stages, git)": lambda: [p for p in marked(env[MARKER])
                                                   if is_pipeline(p)],
     })
     try:
         started = time.perf_counter()
-        process = psutil.Popen(dvc("exp", "run", "--run-all", "--jobs", "2"), cwd=repo, env=env)
-        run["pid"] = process.pid
-        if process.wait() != 0:
-            raise RuntimeError("dvc exp run --run-all failed")
+        with open(repo.parent / "queue.log", "w") as log:
+            process = psutil.Popen(dvc("exp", "run", "--run-all", "--jobs", "2"), cwd=repo,
+                                   env=env, stdout=log, stderr=log)
+            run["pid"] = process.pid
+            if process.wait() != 0:
+                raise RuntimeError("dvc exp run --run-all failed:\n"
+                                   + Path(log.name).read_text()[-3000:])
         wall_s = time.perf_counter() - started
     finally:
         peaks = memory.stop()

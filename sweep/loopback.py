@@ -35,6 +35,8 @@ COMMON_OPTIONS = ["--disable-usage-stats", "--object-store-memory=100000000", "-
 # How long a node's processes get to exit on SIGTERM before SIGKILL: Ray's exit cleanly in
 # a second or two when they do at all (gcs_server and raylet often wait for each other).
 STOP_GRACE_S = 2
+# How long a node may take to start (seconds on a quiet machine, a minute on a busy one).
+READY_TIMEOUT_S = 120
 
 
 def free_port():
@@ -49,7 +51,7 @@ class Node:
     everything run on it (clones, the trials' DVC cache), are under one folder, removed by stop().
     """
 
-    def __init__(self, args, num_cpus, env, timeout_s=120):
+    def __init__(self, args, num_cpus, env):
         # Short: Ray's unix sockets live under --temp-dir (at most 107 bytes a path).
         self.folder = Path(tempfile.mkdtemp(prefix="ray-node-", dir="/tmp"))
         (self.folder / "tmp").mkdir()
@@ -61,8 +63,9 @@ class Node:
             env={**env, **LOOPBACK_ENV, "TMPDIR": str(self.folder / "tmp")},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         threading.Thread(target=self._read_output, daemon=True).start()
+
+    def wait_ready(self, timeout_s=READY_TIMEOUT_S):
         if not self._ready.wait(timeout_s) or self.process.poll() is not None:
-            self.stop()
             raise RuntimeError("ray start did not come up:\n" + "".join(self.output[-30:]))
 
     def _read_output(self):
@@ -135,16 +138,38 @@ class Node:
                 pass
 
 
-def start_head(num_cpus, env):
-    """The head node; its address is `node.address`."""
+def start_cluster(cpus, env):
+    """Nodes of cpus[0], cpus[1], ... CPUs, the first the head (its address: `.address`), all
+    started and joined; on failure, those started are stopped. Each joins as soon as the head's
+    GCS answers, rather than once the whole head is up."""
     port = free_port()
-    node = Node([str(Path(sys.executable).parent / "ray"), "start", "--head",
-                 "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
-                 f"--ray-client-server-port={free_port()}"], num_cpus, env)
-    node.address = f"127.0.0.1:{port}"
-    return node
+    nodes = [Node([str(Path(sys.executable).parent / "ray"), "start", "--head",
+                   "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
+                   f"--ray-client-server-port={free_port()}"], cpus[0], env)]
+    nodes[0].address = f"127.0.0.1:{port}"
+    try:
+        wait_for_port(port, nodes[0])
+        nodes += [Node([sys.executable, "-c", JOIN, "start", f"--address=127.0.0.1:{port}"],
+                       n, env) for n in cpus[1:]]
+        for node in nodes:
+            node.wait_ready()
+    except RuntimeError:
+        stop_cluster(nodes)
+        raise
+    return nodes
 
 
-def start_worker(address, num_cpus, env):
-    """A node that joins the cluster at `address`."""
-    return Node([sys.executable, "-c", JOIN, "start", f"--address={address}"], num_cpus, env)
+def wait_for_port(port, node, timeout_s=READY_TIMEOUT_S):
+    """Until something accepts connections on 127.0.0.1:port (the head's GCS)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and node.process.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("the head's GCS did not come up:\n" + "".join(node.output[-30:]))
+
+
+def stop_cluster(nodes):
+    for node in reversed(nodes):
+        node.stop()

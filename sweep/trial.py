@@ -104,11 +104,10 @@ def run_trial(name, set_args, setup):
         run_s, run_log = time.monotonic() - run_started, log[-1]
         if reason:
             return outcome(reason, run_s)
-        # --force: a retry of this trial replaces what an earlier attempt may have pushed
-        # before its worker died (the head checked that the name was free before the sweep).
-        reason = (step(["dvc", "push", "--quiet"], "dvc push: ")
-                  or step(["dvc", "exp", "push", "--no-cache", "--force", "origin", name],
-                          "dvc exp push: "))
+        push_started = time.monotonic()
+        reason = push(clone, name)
+        log.append(f"$ dvc push && dvc exp push --no-cache --force origin {name}  "
+                   f"({time.monotonic() - push_started:.1f} s)\n{reason or ''}")
         return outcome(reason, run_s, training_seconds(run_log))
     finally:
         shutil.rmtree(clone, ignore_errors=True)
@@ -117,6 +116,24 @@ def run_trial(name, set_args, setup):
 def work_dir():
     """The worker's own (this module's constants are the head's: they travel with the code)."""
     return Path(tempfile.gettempdir()) / WORK_DIR_NAME
+
+
+def push(clone, name):
+    """Push the trial: its data and model to the DVC remote, then its git ref to the git remote
+    (see above). None, or why it failed. Here, through DVC's Python API, rather than as two
+    `dvc` commands that would each pay DVC's start-up (a second or two on a busy machine)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(clone)) as repo:
+            repo.push()
+            # force: a retry of this trial replaces what an earlier attempt may have pushed
+            # before its worker died (the head checked that the name was free before the sweep).
+            repo.experiments.push("origin", [name], force=True)
+    except (DvcException, OSError) as error:
+        return f"push: {error}"
+    return None
 
 
 def command_env():

@@ -46,15 +46,9 @@ def shared_repo(sweep_repo, s3_remote, tmp_path):
 def two_nodes(shared_repo):
     """(head, worker): two CPUs each, the environment of the repository (S3 credentials, the
     tiny dataset's mirror); stopped by their process ids, their folders removed."""
-    head = loopback.start_head(2, shared_repo.env)
-    try:
-        worker = loopback.start_worker(head.address, 2, shared_repo.env)
-    except RuntimeError:
-        head.stop()
-        raise
-    yield head, worker
-    worker.stop()
-    head.stop()
+    nodes = loopback.start_cluster([2, 2], shared_repo.env)
+    yield nodes
+    loopback.stop_cluster(nodes)
 
 
 def test_trials_on_two_nodes_land_as_experiments_though_a_worker_dies(shared_repo, two_nodes):
