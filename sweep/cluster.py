@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 
@@ -25,6 +26,8 @@ CANCEL_WAIT_S = trial.STOP_GRACE_S + 5
 # A trial whose worker dies (a machine lost, the OOM killer) runs once more, elsewhere if Ray
 # can; a trial that fails on its own (bad params) is reported, never retried.
 RETRIES = 1
+# How long the head waits for a cluster's address to answer.
+CONNECT_TIMEOUT_S = 10
 
 
 class ClusterError(RuntimeError):
@@ -56,6 +59,7 @@ def connected(address):
     machine's cores started for the sweep, with no dashboard, and stopped with all its
     processes and files when the block ends."""
     if address:
+        check_reachable(address)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
@@ -78,6 +82,19 @@ def connected(address):
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def check_reachable(address):
+    """Ray waits for an address that never answers for minutes, retrying in silence: try the
+    GCS's port first. ("auto" and ray:// addresses are left to Ray.)"""
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ClusterError(f"no Ray cluster answers at {address}: "
+                           f"{error.strerror or error}") from error
 
 
 def largest_node_cpus():

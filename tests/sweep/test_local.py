@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from sweep.loopback import free_port
 from sweep.repo import metric_of
 from tests.sweep.conftest import (
     MARKER,
@@ -21,8 +22,6 @@ from tests.sweep.conftest import (
     wait_for_a_stage_to_have_run,
 )
 
-pytestmark = pytest.mark.slow
-
 
 def nothing_left(repo, ray_dirs_before):
     assert marked_processes(repo.env[MARKER]) == [], "a process of the sweep is still running"
@@ -30,6 +29,7 @@ def nothing_left(repo, ray_dirs_before):
     assert ray_temp_dirs() <= ray_dirs_before, "the local cluster's folder is left"
 
 
+@pytest.mark.slow
 def test_the_local_default_runs_the_grid_and_a_bad_value_fails_alone(sweep_repo):
     repo = sweep_repo
     ray_dirs = ray_temp_dirs()
@@ -57,6 +57,7 @@ def test_the_local_default_runs_the_grid_and_a_bad_value_fails_alone(sweep_repo)
     nothing_left(repo, ray_dirs)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_trial_and_leaves_nothing_behind(sweep_repo):
     repo = sweep_repo
     ray_dirs = ray_temp_dirs()
@@ -92,6 +93,18 @@ def test_a_cluster_needs_the_baseline_pushed_where_workers_clone(sweep_repo, tmp
     assert err.strip().splitlines()[-1] == (
         f"error: commit {head} is not on origin, where the workers clone from: push it first "
         "(git push origin HEAD)")
+
+
+def test_an_address_where_nothing_answers_is_said_at_once(sweep_repo, tmp_path):
+    repo = sweep_repo
+    repo.git("init", "-q", "--bare", "-b", "main", str(tmp_path / "origin.git"))
+    repo.git("remote", "add", "origin", str(tmp_path / "origin.git"))
+    repo.git("push", "-q", "origin", "main")
+    address = f"127.0.0.1:{free_port()}"  # a port just closed (Ray would retry for minutes)
+    status, _, err = finish(start_sweep(repo, "--address", address, "-S", "train.seed=1"))
+    assert status == 1
+    assert err.strip().splitlines()[-1] == \
+        f"error: no Ray cluster answers at {address}: Connection refused"
 
 
 def test_a_param_dvc_would_refuse_stops_the_sweep_before_it_starts(sweep_repo):
