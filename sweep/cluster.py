@@ -53,25 +53,32 @@ def local_cluster_env():
 DRIVER_OPTIONS = {"logging_level": logging.WARNING, "log_to_driver": False}
 
 
-@contextmanager
 def connected(address):
     """Ray, connected to the cluster at `address`, or (address None) to a cluster of this
-    machine's cores started for the sweep, with no dashboard, and stopped with all its
-    processes and files when the block ends."""
-    if address:
-        check_reachable(address)
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        import ray
+    machine's cores started for the sweep: a context manager."""
+    return existing_cluster(address) if address else local_cluster()
 
-        try:
-            ray.init(address=address, **DRIVER_OPTIONS)
-        except ConnectionError as error:
-            raise ClusterError(f"no Ray cluster at {address}: {grid.one_line(error)}") from error
-        try:
-            yield
-        finally:
-            ray.shutdown()
-        return
+
+@contextmanager
+def existing_cluster(address):
+    check_reachable(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    try:
+        ray.init(address=address, **DRIVER_OPTIONS)
+    except ConnectionError as error:
+        raise ClusterError(f"no Ray cluster at {address}: {grid.one_line(error)}") from error
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def local_cluster():
+    """A cluster of this machine's cores, with no dashboard, stopped with all its processes and
+    files when the block ends."""
     temp = tempfile.mkdtemp(prefix="ray-sweep-", dir=LOCAL_TEMP_PARENT)
     os.environ.update(local_cluster_env())
     import ray
@@ -131,16 +138,16 @@ def run_trials(trials, setup, on_end):
     return outcomes
 
 
-def result(ref, t):
+def result(ref, planned):
     """The trial's Outcome; a failed one if Ray could not run it (its worker died twice)."""
     import ray
 
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as error:  # the trial's own code raised: a bug
-        return trial.Outcome(t.name, "", f"{type(error.cause).__name__}: {error.cause}")
+        return trial.Outcome(planned.name, "", f"{type(error.cause).__name__}: {error.cause}")
     except ray.exceptions.RayError as error:
-        return trial.Outcome(t.name, "", grid.one_line(error).split(". ")[0])
+        return trial.Outcome(planned.name, "", grid.one_line(error).split(". ")[0])
 
 
 def cancel(pending):
