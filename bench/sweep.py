@@ -81,15 +81,16 @@ def rss_mb(pids):
 
 
 def is_pipeline(pid):
-    """A trial's own work (dvc exp run, its stages, git), as opposed to the engine's."""
+    """A trial's own work (`dvc exp run` or `exec-run`, its stages, git), as opposed to the
+    engine's (Ray's processes; DVC's queue workers, `dvc exp queue-worker`)."""
     try:
         args = psutil.Process(pid).cmdline()
     except psutil.NoSuchProcess:
         return False
     line = " ".join(args)
-    return "stages." in line or "exec-run" in line or " exp run " in f" {line} " \
-        or (args[:1] and Path(args[0]).name in ("git", "dvc")) \
-        or (len(args) > 1 and Path(args[1]).name == "dvc")
+    if "queue-worker" in line:
+        return False
+    return "stages." in line or any(Path(arg).name in ("git", "dvc") for arg in args[:2])
 
 
 def marked(marker):
@@ -195,7 +196,20 @@ def measure_queue(repo, env):
     finally:
         peaks = memory.stop()
         timed(dvc("queue", "stop"), repo, env)  # its workers, if any is still waiting
+        stop_all(lambda: marked(env[MARKER]))   # they exit after the command returns
     return {"wall_s": wall_s, "memory": peaks}
+
+
+def stop_all(pids, grace_s=30):
+    """Wait until the processes `pids()` gives have exited; SIGKILL those left after grace_s."""
+    deadline = time.monotonic() + grace_s
+    while pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in pids():
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def report(ray, queue, real_data, load_avg):

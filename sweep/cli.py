@@ -80,7 +80,7 @@ def sweep(args):
     metrics = {}
     if done:
         repo.pull(root, setup, done)
-        metrics = repo.test_metrics(root, done)
+        metrics = repo.read_metrics(root, done)
     print(report.table(changed, outcomes, metrics))
     return 0 if len(done) == len(trials) else 1
 

@@ -70,7 +70,8 @@ def apply(baseline_files, overrides):
         for path in {PARAMS_FILE, *overrides}:
             if path not in baseline_files:
                 raise GridError(f"-S {path}:...: {path} is not in the baseline commit")
-            copy = Path(tmp) / Path(path).name
+            copy = Path(tmp) / path
+            copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_text(baseline_files[path])
             try:
                 apply_overrides(copy, overrides.get(path, []))

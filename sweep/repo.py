@@ -22,8 +22,8 @@ class RepoError(RuntimeError):
 
 
 def run(root, *args, check=True):
-    """stdout of a git or dvc command run in the repository; RepoError with its last line of
-    stderr if it fails."""
+    """stdout of a git or dvc command run in the repository; RepoError with the line that says
+    why, if it fails."""
     result = subprocess.run(args, cwd=root, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise RepoError(f"{' '.join(args[:2])}: {error_line(result.stderr or result.stdout)}")
@@ -142,7 +142,7 @@ def pull(root, setup, names):
     run(root, "dvc", "exp", "pull", setup.git_url, *names)
 
 
-def test_metrics(root, names):
+def read_metrics(root, names):
     """{name: test metric} of the experiments `names`, from `dvc exp show --json`."""
     return metric_of(json.loads(run(root, "dvc", "exp", "show", "--json")), names)
 

@@ -5,6 +5,7 @@ temporary folder."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,7 +40,17 @@ def sweep_repo(pipeline_repo, tmp_path):
     (tmp_path / "tmp").mkdir()
     repo.env.update({"TMPDIR": str(tmp_path / "tmp"), MARKER: uuid.uuid4().hex,
                      "PYTHONUNBUFFERED": "1"})
-    return repo
+    ray_dirs = ray_temp_dirs()
+    yield repo
+    # Whatever a failed test left running or on disk (a passing one leaves nothing: the tests
+    # check that themselves, before this).
+    for pid in marked_processes(repo.env[MARKER]):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for folder in ray_temp_dirs() - ray_dirs:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
