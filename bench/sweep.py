@@ -157,11 +157,13 @@ def measure_ray(repo, env):
             if process.wait() != 0:
                 raise RuntimeError("the sweep failed:\n" + Path(log.name).read_text()[-3000:])
         wall_s = time.perf_counter() - started
+        output = Path(log.name).read_text()
     finally:
         peaks = memory.stop()
         loopback.stop_cluster(nodes)
     steps = trial_steps(repo / ".dvc/tmp/sweeps")
-    return {"cluster_s": cluster_s, "wall_s": wall_s, "memory": peaks, "steps": steps}
+    return {"cluster_s": cluster_s, "wall_s": wall_s, "memory": peaks, "steps": steps,
+            "output": output}
 
 
 def trial_steps(log_dir):
@@ -243,6 +245,12 @@ def report(ray, queue, real_data, load_avg):
         "|---|---:|",
         *[f"| Ray sweep: {name} | {mb:.0f} |" for name, mb in ray["memory"].items()],
         *[f"| DVC queue: {name} | {mb:.0f} |" for name, mb in queue["memory"].items()],
+        "",
+        "What the sweep printed:",
+        "",
+        "```",
+        *ray["output"].rstrip().splitlines(),
+        "```",
     ]
     return "\n".join(lines)
 
