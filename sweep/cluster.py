@@ -63,8 +63,7 @@ def connected(address):
 def existing_cluster(address):
     check_reachable(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
+    ray = import_ray()
     try:
         ray.init(address=address, **DRIVER_OPTIONS)
     except ConnectionError as error:
@@ -79,16 +78,24 @@ def existing_cluster(address):
 def local_cluster():
     """A cluster of this machine's cores, with no dashboard, stopped with all its processes and
     files when the block ends."""
+    os.environ.update(local_cluster_env())  # before Ray is imported: it reads them then
+    ray = import_ray()
     temp = tempfile.mkdtemp(prefix="ray-sweep-", dir=LOCAL_TEMP_PARENT)
-    os.environ.update(local_cluster_env())
-    import ray
-
     try:
         ray.init(address="local", include_dashboard=False, _temp_dir=temp, **DRIVER_OPTIONS)
         yield
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise ClusterError("Ray is not installed: pip install -r requirements-sweep.txt "
+                           "(`make sweep` does)") from error
+    return ray
 
 
 def check_reachable(address):
