@@ -1,9 +1,9 @@
 """The cost of a sweep on a Ray cluster, against DVC's own queue, on one machine where the
 cluster gains nothing: 8 MLP trials of 3 epochs (`-S 'train.seed=range(1,9)'`) by
-`python -m sweep` on a 2-node cluster of this machine (sweep.loopback: two `ray start` process
-trees on 127.0.0.1, the trials of 2 threads asking for a node's 2 CPUs each), then by
 `dvc exp run --queue` and `dvc queue start -j 2` (run as `dvc exp run --run-all -j 2`, which
-starts the same workers and waits for them). Both in one fresh copy of this repository, its
+starts the same workers and waits for them), then by `python -m sweep` on a 2-node cluster of
+this machine (sweep.loopback: two `ray start` process trees on 127.0.0.1, the trials of 2
+threads asking for a node's 2 CPUs each). Both in one fresh copy of this repository, its
 baseline reproduced and pushed to a bare git remote and a directory DVC remote first.
 
     MNIST_MIRROR=../shared/mnist python -m bench.sweep      # without a mirror: random data
@@ -34,6 +34,8 @@ GRID = ["-S", "train.seed=range(1,9)"]
 TRIALS = 8
 EPOCHS = 3
 GOAL_RATIO = 1.3
+# What DVC prints when a stage runs rather than comes from a cache: each side must train all.
+TRAIN_RAN = "Running stage 'train'"
 MARKER = "BENCH_SWEEP_RUN"
 # A trial's log (.dvc/tmp/sweeps/NAME.log) times each step: "$ git clone --quiet ...  (0.1 s)";
 # a step is named by its words before the first option ("git clone", "dvc push && dvc exp push").
@@ -136,6 +138,7 @@ class PeakMemory:
 
 
 def measure_ray(repo, env):
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     head, worker = nodes = loopback.start_cluster([2, 2], env)
     cluster_s = time.perf_counter() - started
@@ -161,21 +164,21 @@ def measure_ray(repo, env):
     finally:
         peaks = memory.stop()
         loopback.stop_cluster(nodes)
-    steps = trial_steps(repo / ".dvc/tmp/sweeps")
-    return {"cluster_s": cluster_s, "wall_s": wall_s, "memory": peaks, "steps": steps,
-            "output": output}
+    logs = "".join(log.read_text() for log in (repo / ".dvc/tmp/sweeps").glob("*.log"))
+    return {"cluster_s": cluster_s, "wall_s": wall_s, "memory": peaks, "steps": steps(logs),
+            "output": output, "load": load, "trained": logs.count(TRAIN_RAN)}
 
 
-def trial_steps(log_dir):
+def steps(logs):
     """{command: [seconds in each trial]} from the trials' logs."""
-    steps = {}
-    for log in sorted(log_dir.glob("*.log")):
-        for command, seconds in STEP.findall(log.read_text()):
-            steps.setdefault(command, []).append(float(seconds))
-    return steps
+    found = {}
+    for command, seconds in STEP.findall(logs):
+        found.setdefault(command, []).append(float(seconds))
+    return found
 
 
 def measure_queue(repo, env):
+    load = os.getloadavg()[0]
     timed(dvc("exp", "run", "--queue", "-n", "queue", *GRID), repo, env)
     run = {}
     memory = PeakMemory({
@@ -199,7 +202,8 @@ def measure_queue(repo, env):
         peaks = memory.stop()
         timed(dvc("queue", "stop"), repo, env)  # its workers, if any is still waiting
         stop_all(lambda: marked(env[MARKER]))   # they exit after the command returns
-    return {"wall_s": wall_s, "memory": peaks}
+    trained = (repo.parent / "queue.log").read_text().count(TRAIN_RAN)
+    return {"wall_s": wall_s, "memory": peaks, "load": load, "trained": trained}
 
 
 def stop_all(pids, grace_s=30):
@@ -214,11 +218,10 @@ def stop_all(pids, grace_s=30):
             pass
 
 
-def report(ray, queue, real_data, load_avg):
+def report(ray, queue, real_data):
     ratio = ray["wall_s"] / queue["wall_s"]
-    steps = ray["steps"]
-    run_s = statistics.mean(steps.get("dvc exp run", [0]))
-    added = {command: statistics.mean(seconds) for command, seconds in steps.items()
+    run_s = statistics.mean(ray["steps"].get("dvc exp run", [0]))
+    added = {command: statistics.mean(seconds) for command, seconds in ray["steps"].items()
              if command != "dvc exp run"}
     extra_per_trial = (ray["wall_s"] - queue["wall_s"]) / (TRIALS / 2)
     lines = [
@@ -226,15 +229,17 @@ def report(ray, queue, real_data, load_avg):
         "",
         f"{TRIALS} MLP trials of {EPOCHS} epochs (`{' '.join(GRID)}`), 2 at a time either way, "
         f"on {'real MNIST' if real_data else 'random data of MNIST shapes'}; "
-        f"{os.cpu_count()} cores, load average {load_avg:.2f} at the start.",
+        f"{os.cpu_count()} cores. The queue ran first.",
         "",
-        "| | wall (s) |",
-        "|---|---:|",
+        "| | wall (s) | trials trained | load average at the start |",
+        "|---|---:|---:|---:|",
+        f"| `dvc exp run --queue` + `dvc exp run --run-all -j 2` | {queue['wall_s']:.1f} | "
+        f"{queue['trained']} | {queue['load']:.2f} |",
         f"| `python -m sweep --address ...` (2 nodes of 2 CPUs, started in "
-        f"{ray['cluster_s']:.1f} s before) | {ray['wall_s']:.1f} |",
-        f"| `dvc exp run --queue` + `dvc exp run --run-all -j 2` | {queue['wall_s']:.1f} |",
+        f"{ray['cluster_s']:.1f} s before) | {ray['wall_s']:.1f} | {ray['trained']} | "
+        f"{ray['load']:.2f} |",
         f"| **ratio** (goal <= {GOAL_RATIO}) | **{ratio:.2f}** "
-        f"({'met' if ratio <= GOAL_RATIO else 'missed'}) |",
+        f"({'met' if ratio <= GOAL_RATIO else 'missed'}) | | |",
         "",
         f"Per trial: `dvc exp run` {run_s:.1f} s on its worker; what the sweep adds around it: "
         + ", ".join(f"`{command}` {seconds:.1f} s" for command, seconds in added.items())
@@ -262,15 +267,16 @@ def main(argv=None):
     mirror = os.environ.get("MNIST_MIRROR")
     if mirror and "://" not in mirror:
         mirror = str(Path(mirror).resolve())  # everything runs in a temporary copy
-    load_avg = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     try:
         repo, env = prepare(tmp, mirror)
-        ray = measure_ray(repo, env)
+        # The queue first: it runs in this repository, with its cache and run-cache, which the
+        # sweep's clones never see (each node has a cache of its own).
         queue = measure_queue(repo, env)
+        ray = measure_ray(repo, env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(report(ray, queue, bool(mirror), load_avg))
+    print(report(ray, queue, bool(mirror)))
 
 
 if __name__ == "__main__":
