@@ -7,6 +7,7 @@ threads asking for a node's 2 CPUs each). Both in one fresh copy of this reposit
 baseline reproduced and pushed to a bare git remote and a directory DVC remote first.
 
     MNIST_MIRROR=../shared/mnist python -m bench.sweep      # without a mirror: random data
+    MNIST_MIRROR=../shared/mnist python -m bench.sweep --rounds 2   # on a busy machine
 
 Reports the wall-time ratio (the goal: <= 1.3, so that on N machines a sweep runs about N
 times faster than the queue on one), the git and DVC seconds each trial adds on its worker,
@@ -30,8 +31,9 @@ import psutil
 from bench.pipeline import copy_repo, git_env, pipeline_env, timed, use_random_data
 from sweep import loopback
 
-GRID = ["-S", "train.seed=range(1,9)"]
 TRIALS = 8
+ENGINES = {"queue": "`dvc exp run --queue` + `dvc exp run --run-all -j 2`",
+           "ray": "`python -m sweep --address ...` (2 nodes of 2 CPUs)"}
 EPOCHS = 3
 GOAL_RATIO = 1.3
 # What DVC prints when a stage runs rather than comes from a cache: each side must train all.
@@ -137,7 +139,14 @@ class PeakMemory:
         return self.peaks
 
 
-def measure_ray(repo, env):
+def grid(round_):
+    """Round r's trials: seeds of their own, so that no round finds another's in a cache."""
+    first = 1 + TRIALS * round_
+    return ["-S", f"train.seed=range({first},{first + TRIALS})"]
+
+
+def measure_ray(repo, env, round_):
+    name = f"ray{round_ + 1}"
     load = os.getloadavg()[0]
     started = time.perf_counter()
     head, worker = nodes = loopback.start_cluster([2, 2], env)
@@ -152,9 +161,9 @@ def measure_ray(repo, env):
     })
     try:
         started = time.perf_counter()
-        with open(repo.parent / "sweep.log", "w") as log:
+        with open(repo.parent / f"{name}.log", "w") as log:
             process = psutil.Popen([sys.executable, "-m", "sweep", "--address", head.address,
-                                    "-n", "ray", *GRID], cwd=repo,
+                                    "-n", name, *grid(round_)], cwd=repo,
                                    env={**env, **loopback.LOOPBACK_ENV}, stdout=log, stderr=log)
             sweep["pid"] = process.pid
             if process.wait() != 0:
@@ -164,9 +173,10 @@ def measure_ray(repo, env):
     finally:
         peaks = memory.stop()
         loopback.stop_cluster(nodes)
-    logs = "".join(log.read_text() for log in (repo / ".dvc/tmp/sweeps").glob("*.log"))
-    return {"cluster_s": cluster_s, "wall_s": wall_s, "memory": peaks, "steps": steps(logs),
-            "output": output, "load": load, "trained": logs.count(TRAIN_RAN)}
+    logs = "".join(log.read_text() for log in (repo / ".dvc/tmp/sweeps").glob(f"{name}-*.log"))
+    return {"engine": "ray", "cluster_s": cluster_s, "wall_s": wall_s, "memory": peaks,
+            "steps": steps(logs), "output": output, "load": load,
+            "trained": logs.count(TRAIN_RAN)}
 
 
 def steps(logs):
@@ -177,9 +187,10 @@ def steps(logs):
     return found
 
 
-def measure_queue(repo, env):
+def measure_queue(repo, env, round_):
+    name = f"queue{round_ + 1}"
     load = os.getloadavg()[0]
-    timed(dvc("exp", "run", "--queue", "-n", "queue", *GRID), repo, env)
+    timed(dvc("exp", "run", "--queue", "-n", name, *grid(round_)), repo, env)
     run = {}
     memory = PeakMemory({
         "the head (`dvc exp run --run-all`)": lambda: [run["pid"]] if run else [],
@@ -190,7 +201,7 @@ def measure_queue(repo, env):
     })
     try:
         started = time.perf_counter()
-        with open(repo.parent / "queue.log", "w") as log:
+        with open(repo.parent / f"{name}.log", "w") as log:
             process = psutil.Popen(dvc("exp", "run", "--run-all", "--jobs", "2"), cwd=repo,
                                    env=env, stdout=log, stderr=log)
             run["pid"] = process.pid
@@ -202,8 +213,9 @@ def measure_queue(repo, env):
         peaks = memory.stop()
         timed(dvc("queue", "stop"), repo, env)  # its workers, if any is still waiting
         stop_all(lambda: marked(env[MARKER]))   # they exit after the command returns
-    trained = (repo.parent / "queue.log").read_text().count(TRAIN_RAN)
-    return {"wall_s": wall_s, "memory": peaks, "load": load, "trained": trained}
+    trained = (repo.parent / f"{name}.log").read_text().count(TRAIN_RAN)
+    return {"engine": "queue", "wall_s": wall_s, "memory": peaks, "load": load,
+            "trained": trained}
 
 
 def stop_all(pids, grace_s=30):
@@ -218,43 +230,50 @@ def stop_all(pids, grace_s=30):
             pass
 
 
-def report(ray, queue, real_data):
-    ratio = ray["wall_s"] / queue["wall_s"]
-    run_s = statistics.mean(ray["steps"].get("dvc exp run", [0]))
-    added = {command: statistics.mean(seconds) for command, seconds in ray["steps"].items()
-             if command != "dvc exp run"}
-    extra_per_trial = (ray["wall_s"] - queue["wall_s"]) / (TRIALS / 2)
+def report(rounds, real_data):
+    """rounds: [(first, second)] of each round's measurements, each {"engine": ...}."""
+    ratios = [by["ray"]["wall_s"] / by["queue"]["wall_s"]
+              for by in ({m["engine"]: m for m in pair} for pair in rounds)]
+    ray = [m for pair in rounds for m in pair if m["engine"] == "ray"]
+    queue = [m for pair in rounds for m in pair if m["engine"] == "queue"]
+    steps_all = {}
+    for m in ray:
+        for command, seconds in m["steps"].items():
+            steps_all.setdefault(command, []).extend(seconds)
+    run_s = statistics.mean(steps_all.pop("dvc exp run", [0]))
+    added = {command: statistics.mean(seconds) for command, seconds in steps_all.items()}
+    ratio = statistics.median(ratios)
     lines = [
         "## Sweeps: a 2-node Ray cluster on this machine against DVC's queue",
         "",
-        f"{TRIALS} MLP trials of {EPOCHS} epochs (`{' '.join(GRID)}`), 2 at a time either way, "
-        f"on {'real MNIST' if real_data else 'random data of MNIST shapes'}; "
-        f"{os.cpu_count()} cores. The queue ran first.",
+        f"{TRIALS} MLP trials of {EPOCHS} epochs (`-S train.seed=range(...)`, seeds of its own "
+        f"in each run), 2 at a time either way, on "
+        f"{'real MNIST' if real_data else 'random data of MNIST shapes'}; {os.cpu_count()} "
+        f"cores. {len(rounds)} round(s), the order alternating.",
         "",
-        "| | wall (s) | trials trained | load average at the start |",
-        "|---|---:|---:|---:|",
-        f"| `dvc exp run --queue` + `dvc exp run --run-all -j 2` | {queue['wall_s']:.1f} | "
-        f"{queue['trained']} | {queue['load']:.2f} |",
-        f"| `python -m sweep --address ...` (2 nodes of 2 CPUs, started in "
-        f"{ray['cluster_s']:.1f} s before) | {ray['wall_s']:.1f} | {ray['trained']} | "
-        f"{ray['load']:.2f} |",
-        f"| **ratio** (goal <= {GOAL_RATIO}) | **{ratio:.2f}** "
-        f"({'met' if ratio <= GOAL_RATIO else 'missed'}) | | |",
+        "| round | engine | wall (s) | trials trained | load average at the start |",
+        "|---:|---|---:|---:|---:|",
+        *[f"| {r + 1} | {ENGINES[m['engine']]} | {m['wall_s']:.1f} | {m['trained']} | "
+          f"{m['load']:.2f} |" for r, pair in enumerate(rounds) for m in pair],
+        "",
+        f"Wall-time ratio, sweep / queue, each round: "
+        f"{', '.join(f'{x:.2f}' for x in ratios)}; **median {ratio:.2f}** (goal <= "
+        f"{GOAL_RATIO}: {'met' if ratio <= GOAL_RATIO else 'missed'}). The sweep's 2 nodes "
+        f"started in {statistics.mean(m['cluster_s'] for m in ray):.1f} s, before its clock.",
         "",
         f"Per trial: `dvc exp run` {run_s:.1f} s on its worker; what the sweep adds around it: "
         + ", ".join(f"`{command}` {seconds:.1f} s" for command, seconds in added.items())
-        + f" ({sum(added.values()):.1f} s). Against the queue, the sweep took "
-        f"{extra_per_trial:+.1f} s per trial slot ({TRIALS // 2} slots of 2 trials).",
+        + f" ({sum(added.values()):.1f} s).",
         "",
-        "| peak memory (RSS, MB) | |",
+        "| peak memory (RSS, MB), last round | |",
         "|---|---:|",
-        *[f"| Ray sweep: {name} | {mb:.0f} |" for name, mb in ray["memory"].items()],
-        *[f"| DVC queue: {name} | {mb:.0f} |" for name, mb in queue["memory"].items()],
+        *[f"| Ray sweep: {name} | {mb:.0f} |" for name, mb in ray[-1]["memory"].items()],
+        *[f"| DVC queue: {name} | {mb:.0f} |" for name, mb in queue[-1]["memory"].items()],
         "",
-        "What the sweep printed:",
+        "What the last sweep printed:",
         "",
         "```",
-        *ray["output"].rstrip().splitlines(),
+        *ray[-1]["output"].rstrip().splitlines(),
         "```",
     ]
     return "\n".join(lines)
@@ -263,20 +282,24 @@ def report(ray, queue, real_data):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.sweep",
                                      description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of both, the order "
+                        "alternating (queue first in the first): on a busy machine, more")
+    args = parser.parse_args(argv)
     mirror = os.environ.get("MNIST_MIRROR")
     if mirror and "://" not in mirror:
         mirror = str(Path(mirror).resolve())  # everything runs in a temporary copy
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     try:
         repo, env = prepare(tmp, mirror)
-        # The queue first: it runs in this repository, with its cache and run-cache, which the
-        # sweep's clones never see (each node has a cache of its own).
-        queue = measure_queue(repo, env)
-        ray = measure_ray(repo, env)
+        rounds = []
+        for round_ in range(args.rounds):
+            # Whoever goes second finds the machine's page cache warm: alternate.
+            order = (measure_queue, measure_ray) if round_ % 2 == 0 else \
+                (measure_ray, measure_queue)
+            rounds.append([measure(repo, env, round_) for measure in order])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(report(ray, queue, bool(mirror)))
+    print(report(rounds, bool(mirror)))
 
 
 if __name__ == "__main__":
