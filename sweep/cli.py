@@ -12,6 +12,7 @@ restores any of them, model included, from the DVC remote.
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from sweep import cluster, grid, repo, report
@@ -85,14 +86,22 @@ def sweep(args):
     return 0 if len(done) == len(trials) else 1
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    # `kill` and a closed terminal stop the sweep as Ctrl-C does: its trials cancelled, their
+    # clones removed, the local cluster stopped.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
     try:
         sys.exit(sweep(args))
     except (repo.RepoError, grid.GridError, cluster.ClusterError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         # The trials that had ended are on the remotes: `dvc exp pull` brings them here.
-        print("stopped: every trial was cancelled and its clone removed", file=sys.stderr)
+        print("stopped: no trial is left running, and no clone", file=sys.stderr)
         sys.exit(130)
