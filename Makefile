@@ -9,7 +9,7 @@ PLOTS := .dvc/plots
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: repro test lint venv dev plots predict serve
+.PHONY: repro test lint venv dev plots predict serve sweep
 
 repro: $(VENV)/.installed $(PLOTS)/offline.html
 	dvc repro
@@ -32,6 +32,11 @@ predict: $(VENV)/.installed
 serve: $(VENV)/.installed
 	HOST=$(HOST) PORT=$(PORT) python -m app.server
 
+# A grid of DVC experiments on a Ray cluster, this machine's unless --address (or $RAY_ADDRESS)
+# names one: make sweep ARGS="-S 'train.seed=1,2,3'" (docs/sweeps.md).
+sweep: $(VENV)/.installed-sweep
+	python -m sweep $(ARGS)
+
 venv: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 plots: $(PLOTS)/offline.html
@@ -44,7 +49,7 @@ $(VENV)/.installed: requirements.txt app/requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-s3.txt \
-		requirements-ci.txt
+		requirements-ci.txt requirements-sweep.txt
 	@echo "== Installing the test tools into $(VENV)"
 	$(PIP) -r requirements-dev.txt
 	touch $@
@@ -57,3 +62,8 @@ $(PLOTS)/offline.html: $(PLOTS)/package.json $(PLOTS)/package-lock.json $(PLOTS)
 	if command -v npm >/dev/null; then \
 	  npm ci --prefix $(PLOTS) --no-audit --no-fund --ignore-scripts --loglevel=error; fi
 	python3 $(PLOTS)/offline_page.py
+
+$(VENV)/.installed-sweep: $(VENV)/.installed requirements-sweep.txt
+	@echo "== Installing Ray into $(VENV), for make sweep"
+	$(PIP) -r requirements-sweep.txt
+	touch $@
