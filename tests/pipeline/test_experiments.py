@@ -14,9 +14,10 @@ import pytest
 
 from tests.conftest import FASHION, REPO, PipelineRepo, built_once, run
 
+pytestmark = pytest.mark.slow
 # The experiments are made once per run; the tests that read them stay on one pytest-xdist
 # worker, so that no two dvc commands work in their repo at once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments")]
+on_the_experiments = pytest.mark.xdist_group(name="experiments")
 
 # Three experiments, each changing one param, as a user tries one idea at a time.
 EXPERIMENTS = {
@@ -75,6 +76,7 @@ def shown_experiments(repo):
     return found
 
 
+@on_the_experiments
 def test_each_experiment_shows_the_params_it_trained_with_and_its_test_metrics(experimented):
     shown = shown_experiments(experimented)
     assert set(EXPERIMENTS) <= set(shown)
@@ -85,6 +87,7 @@ def test_each_experiment_shows_the_params_it_trained_with_and_its_test_metrics(e
     assert shown["fewer-epochs"]["test"] != shown["higher-lr"]["test"]
 
 
+@on_the_experiments
 def test_the_readmes_exp_show_is_readable_in_120_columns(experimented):
     """The README's command, as printed in a 120-column terminal: every experiment with its
     name, its test accuracy and the value of every param it changed, and no cell cut to '…'."""
@@ -162,6 +165,7 @@ def charts_drawn(page, tmp_path):
         return drawn, outside
 
 
+@on_the_experiments
 @pytest.mark.browser
 def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experimented, tmp_path):
     repo = experimented
