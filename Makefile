@@ -14,11 +14,10 @@ PORT ?= 8000
 repro: $(VENV)/.installed $(PLOTS)/offline.html
 	dvc repro
 
-# The whole suite, on three pytest-xdist workers (much of a test's time is a subprocess or a
-# server waiting, so three keep two cores busy); a module's tests that share a fixture stay on
-# one worker (--dist loadgroup). --durations shows where the minutes go.
+# The whole suite, on three pytest-xdist workers: much of a test's time is a subprocess or a
+# server waiting, so three keep two cores busy. --durations shows where the minutes go.
 test: $(VENV)/.installed-dev $(PLOTS)/offline.html lint
-	python -m pytest -n 3 --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	python -m pytest -n 3 --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	ruff check .

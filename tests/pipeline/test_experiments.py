@@ -12,19 +12,10 @@ import time
 
 import pytest
 
-from tests.conftest import FASHION, REPO, PipelineRepo, built_once, run
+from tests.conftest import FASHION, REPO, run
+from tests.pipeline.conftest import EXPERIMENTS, shown_experiments
 
 pytestmark = pytest.mark.slow
-# The experiments are made once per run; the tests that read them stay on one pytest-xdist
-# worker, so that no two dvc commands work in their repo at once.
-on_the_experiments = pytest.mark.xdist_group(name="experiments")
-
-# Three experiments, each changing one param, as a user tries one idea at a time.
-EXPERIMENTS = {
-    "fewer-epochs": ("train.mlp.epochs", 3),
-    "higher-lr": ("train.mlp.learning_rate", 0.01),
-    "less-dropout": ("train.mlp.dropout", 0.05),
-}
 
 
 def readme_command(starts_with):
@@ -35,50 +26,8 @@ def readme_command(starts_with):
     return shlex.split(lines[0])
 
 
-@pytest.fixture(scope="session")
-def experimented(reproduced, tmp_path_factory, worker_id):
-    """A copy of the session's repo with the three experiments, made once per run: the first
-    run in the workspace, the other two queued and run by two workers."""
-    def build(folder):
-        repo = reproduced.copy(folder / "repo")
-        first, *queued = EXPERIMENTS.items()
-        repo.dvc("exp", "run", "-n", first[0], "-S", f"{first[1][0]}={first[1][1]}")
-        repo.git("checkout", "--", "params.yaml", "dvc.lock", "metrics")
-        repo.dvc("checkout")
-        for name, (key, value) in queued:
-            repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"{key}={value}")
-        repo.dvc("queue", "start", "--jobs", "2")
-        try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                status = repo.dvc("queue", "status").stdout
-                if "Queued" not in status and "Running" not in status:
-                    break
-                time.sleep(1)
-        finally:
-            repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
-        assert status.count("Success") == 2 and "Failed" not in status, status
-
-    folder = built_once(tmp_path_factory, worker_id, "experiments", build)
-    return PipelineRepo(folder / "repo", reproduced.mirrors)
-
-
-def shown_experiments(repo):
-    """{name: {"params": {dotted key: value}, "test": metrics/test.json}} from exp show."""
-    found = {}
-    for baseline in json.loads(repo.dvc("exp", "show", "--json").stdout):
-        for exp in baseline.get("experiments") or []:
-            for rev in exp["revs"]:
-                data = rev["data"]
-                found[rev["name"]] = {
-                    "params": data["params"]["params.yaml"]["data"],
-                    "test": data["metrics"]["metrics/test.json"]["data"]}
-    return found
-
-
-@on_the_experiments
-def test_each_experiment_shows_the_params_it_trained_with_and_its_test_metrics(experimented):
-    shown = shown_experiments(experimented)
+def test_each_experiment_shows_the_params_it_trained_with_and_its_test_metrics(experimented_repo):
+    shown = shown_experiments(experimented_repo)
     assert set(EXPERIMENTS) <= set(shown)
     for name, (key, value) in EXPERIMENTS.items():
         section, family, param = key.split(".")
@@ -87,19 +36,18 @@ def test_each_experiment_shows_the_params_it_trained_with_and_its_test_metrics(e
     assert shown["fewer-epochs"]["test"] != shown["higher-lr"]["test"]
 
 
-@on_the_experiments
-def test_the_readmes_exp_show_is_readable_in_120_columns(experimented):
+def test_the_readmes_exp_show_is_readable_in_120_columns(experimented_repo):
     """The README's command, as printed in a 120-column terminal: every experiment with its
     name, its test accuracy and the value of every param it changed, and no cell cut to '…'."""
     command = readme_command("dvc exp show")
-    env = {**experimented.env, "COLUMNS": "120"}
-    table = run([experimented.dvc_bin, *command[1:]], experimented.path, env).stdout
+    env = {**experimented_repo.env, "COLUMNS": "120"}
+    table = run([experimented_repo.dvc_bin, *command[1:]], experimented_repo.path, env).stdout
     lines = table.splitlines()
     assert "…" not in table, table
     assert max(len(line) for line in lines) <= 120, table
     header = " ".join(line for line in lines[:4])
     assert "test_accuracy" in header, table
-    shown = shown_experiments(experimented)
+    shown = shown_experiments(experimented_repo)
     for name, (key, value) in EXPERIMENTS.items():
         assert key in header or key.split(".")[-1] in header, (key, table)
         [row] = [line for line in lines if f"[{name}]" in line]
@@ -165,10 +113,9 @@ def charts_drawn(page, tmp_path):
         return drawn, outside
 
 
-@on_the_experiments
 @pytest.mark.browser
-def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experimented, tmp_path):
-    repo = experimented
+def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experimented_repo, tmp_path):
+    repo = experimented_repo
     definitions = repo.dvc("plots", "show", "--json").stdout
     ids = list(json.loads(definitions)["data"])
     vega = [i for i in ids if not i.endswith(".png")]

@@ -143,6 +143,8 @@ def test_an_experiment_travels_through_git_and_s3(reproduced_repo, s3_server, tm
     repo.git("push", "-q", "origin", "main")
     repo.dvc("push")
 
+    # An experiment of the commit that names the S3 remote: its model is in this repo's cache
+    # alone until `dvc exp push`.
     repo.dvc("exp", "run", "-n", "epochs3", "-S", "train.mlp.epochs=3")
     model_md5 = lock_outs(repo)["model/model.keras"]
     model_key = f"store/files/md5/{model_md5[:2]}/{model_md5[2:]}"

@@ -1,0 +1,69 @@
+"""The pipeline tests' shared experiments: three, each changing one param, made once per test
+run in a copy of the session's reproduced repo. Every test works in a copy of that repo
+(experimented_repo), so that no two dvc commands of tests that run at once share a repo."""
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import PipelineRepo, built_once
+
+# Three experiments, each changing one param, as a user tries one idea at a time.
+EXPERIMENTS = {
+    "fewer-epochs": ("train.mlp.epochs", 3),
+    "higher-lr": ("train.mlp.learning_rate", 0.01),
+    "less-dropout": ("train.mlp.dropout", 0.05),
+}
+FIRST_RUN = "first-run.txt"  # what `dvc exp run` printed for the first: the stages it ran
+
+
+@pytest.fixture(scope="session")
+def experimented(reproduced, tmp_path_factory, worker_id):
+    """A copy of the session's repo with the three experiments: the first run in the workspace
+    (then back to the committed results), the other two queued and run by two workers."""
+    def build(folder):
+        repo = reproduced.copy(folder / "repo")
+        first, *queued = EXPERIMENTS.items()
+        ran = repo.dvc("exp", "run", "-n", first[0], "-S", f"{first[1][0]}={first[1][1]}")
+        (folder / FIRST_RUN).write_text(ran.stdout)
+        repo.git("checkout", "--", "params.yaml", "dvc.lock", "metrics")
+        repo.dvc("checkout")
+        for name, (key, value) in queued:
+            repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"{key}={value}")
+        repo.dvc("queue", "start", "--jobs", "2")
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                status = repo.dvc("queue", "status").stdout
+                if "Queued" not in status and "Running" not in status:
+                    break
+                time.sleep(1)
+        finally:
+            repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
+        assert status.count("Success") == 2 and "Failed" not in status, status
+
+    folder = built_once(tmp_path_factory, worker_id, "experiments", build)
+    return folder
+
+
+@pytest.fixture
+def experimented_repo(experimented, reproduced, tmp_path):
+    """A copy of the repo with the three experiments, for one test; `first_run` holds what the
+    first experiment's `dvc exp run` printed."""
+    repo = PipelineRepo(experimented / "repo", reproduced.mirrors).copy(tmp_path / "repo")
+    repo.first_run = (experimented / FIRST_RUN).read_text()
+    return repo
+
+
+def shown_experiments(repo):
+    """{name: {"params": {dotted key: value}, "test": metrics/test.json}} from exp show."""
+    found = {}
+    for baseline in json.loads(repo.dvc("exp", "show", "--json").stdout):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = {
+                    "params": data["params"]["params.yaml"]["data"],
+                    "test": data["metrics"]["metrics/test.json"]["data"]}
+    return found
