@@ -399,3 +399,18 @@ def make_model(directory):
     save_model_reproducibly(model, directory / "model.keras")
     write_json(directory / "metadata.json", {**metadata, "normalization": constants})
     export_onnx(model, constants, directory / "model.onnx", metadata)
+
+
+# The longest tests first, so that pytest-xdist's workers do not end the run waiting on one of
+# them; among them, those that build the shared experiments early, which others wait for.
+LONGEST_FIRST = ("tests/sweep/test_cluster.py", "tests/sweep/test_local.py",
+                 "tests/pipeline/test_dvc_promises.py::test_a_train_param",
+                 "tests/pipeline/test_experiments.py", "tests/pipeline/test_dvc_promises.py",
+                 "tests/pipeline/test_s3_remote.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        return next((i for i, prefix in enumerate(LONGEST_FIRST)
+                     if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+    items.sort(key=rank)  # stable: each group keeps its own order
