@@ -52,13 +52,20 @@ def git(*args):
     return ["git", *args]
 
 
+def bench_env(mirror):
+    """Both sides' environment: the git identity, this Python's bin first on PATH (dvc runs
+    each stage as `python -m ...`), and a marker every process started from it inherits."""
+    # git_env() holds os.environ too: first, so that pipeline_env's PATH wins.
+    return {**git_env(), **pipeline_env(mirror), MARKER: uuid.uuid4().hex}
+
+
 def prepare(tmp, mirror):
     """A fresh copy of the repository, 3 epochs, its baseline reproduced and committed, pushed
     to a bare git remote `origin` and to its DVC remote: what a team's repository holds."""
     repo = tmp / "repo"
     repo.mkdir()
     copy_repo(repo)
-    env = {**pipeline_env(mirror), **git_env(), MARKER: uuid.uuid4().hex}
+    env = bench_env(mirror)
     if not mirror:
         (tmp / "random-mirror").mkdir()
         use_random_data(repo, tmp / "random-mirror")

@@ -1,10 +1,15 @@
 """The benchmark's arithmetic (its timings are read by people, never asserted by tests)."""
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench.coldstart import all_imports, top_level_imports
 from bench.load import multipart_body, percentile, summarise_client, wrk_result
 from bench.run import parse_args, serving_goals
+from bench.sweep import bench_env
 from bench.training import best_of_threads, ratio_to_torch, reached, summarise
 
 
@@ -119,3 +124,10 @@ def test_options():
     assert parse_args([]).output.name == "results.md"
     with pytest.raises(SystemExit):
         parse_args(["--only", "trainnig"])
+
+
+def test_the_sweep_bench_runs_the_stages_with_this_python_whatever_the_shell_path(monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a shell where the venv is not activated
+    env = bench_env(mirror=None)
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert env["GIT_AUTHOR_NAME"] == "bench"
