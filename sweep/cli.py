@@ -12,7 +12,6 @@ restores any of them, model included, from the DVC remote.
 import argparse
 import logging
 import os
-import signal
 import sys
 
 from sweep import cluster, grid, repo, report
@@ -77,6 +76,7 @@ def sweep(args):
 
     with cluster.connected(args.address):
         outcomes = cluster.run_trials(trials, setup, on_end)
+    cluster.raise_if_stopping()  # told to stop as the last trial ended: nothing pulled
     done = [o.name for o in outcomes if o.ok]
     metrics = {}
     if done:
@@ -86,17 +86,12 @@ def sweep(args):
     return 0 if len(done) == len(trials) else 1
 
 
-def interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     # `kill` and a closed terminal stop the sweep as Ctrl-C does: its trials cancelled, their
     # clones removed, the local cluster stopped.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, interrupt)
+    cluster.take_stop_signals()
     try:
         sys.exit(sweep(args))
     except (repo.RepoError, grid.GridError, cluster.ClusterError) as error:

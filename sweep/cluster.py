@@ -9,8 +9,10 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from contextlib import contextmanager
 
 from sweep import grid, trial
@@ -28,6 +30,31 @@ CANCEL_WAIT_S = trial.STOP_GRACE_S + 5
 RETRIES = 1
 # How long the head waits for a cluster's address to answer.
 CONNECT_TIMEOUT_S = 10
+# How often the head, while it waits for trials, looks whether it has been told to stop.
+STOP_CHECK_S = 0.5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Set by a stop signal (Ctrl-C, `kill`, a closed terminal), and never cleared.
+stopping = threading.Event()
+
+
+def on_stop_signal(signum, frame):
+    """Record the stop, then raise KeyboardInterrupt. The record is what counts: Ray calls
+    back into Python on the head's main thread, where a KeyboardInterrupt is printed as
+    "Exception ignored" and lost (ray-project/ray#7734), and the wait for trials checks it."""
+    stopping.set()
+    raise KeyboardInterrupt
+
+
+def take_stop_signals():
+    """Ctrl-C, SIGTERM and SIGHUP stop the sweep alike; again after ray.init, which sets a
+    SIGTERM handler of its own (sys.exit)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop_signal)
+
+
+def raise_if_stopping():
+    if stopping.is_set():
+        raise KeyboardInterrupt
 
 
 class ClusterError(RuntimeError):
@@ -133,9 +160,14 @@ def run_trials(trials, setup, on_end):
     pending = {task.options(num_cpus=grid.cpus(t, node_cpus), name=t.name)
                .remote(t.name, t.set_args, setup): t for t in trials}
     outcomes = []
+    take_stop_signals()
     try:
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            raise_if_stopping()
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=STOP_CHECK_S)
+            if not ready:
+                continue
+            ref = ready[0]
             outcome = result(ref, pending.pop(ref))
             outcomes.append(outcome)
             on_end(outcome)

@@ -57,13 +57,22 @@ def test_the_local_default_runs_the_grid_and_a_bad_value_fails_alone(sweep_repo)
     nothing_left(repo, ray_dirs)
 
 
+def ctrl_c(sweep):
+    os.killpg(sweep.pid, signal.SIGINT)  # to its whole process group, as a terminal's Ctrl-C
+
+
+def kill(sweep):
+    os.kill(sweep.pid, signal.SIGTERM)  # to the head alone, after ray.init set its own handler
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_every_trial_and_leaves_nothing_behind(sweep_repo):
+@pytest.mark.parametrize("stop", [ctrl_c, kill])
+def test_a_stop_signal_stops_every_trial_and_leaves_nothing_behind(sweep_repo, stop):
     repo = sweep_repo
     ray_dirs = ray_temp_dirs()
     sweep = start_sweep(repo, "-n", "stop", "-S", "train.seed=1,2")
     wait_for_a_stage_to_have_run(repo.env["TMPDIR"], sweep)
-    os.killpg(sweep.pid, signal.SIGINT)  # to its whole process group, as a terminal's Ctrl-C
+    stop(sweep)
     status, out, err = finish(sweep)
 
     assert status == 130, err
