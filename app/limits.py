@@ -21,8 +21,17 @@ class UploadRefused(HTTPException):
     closes the upload's temporary file as it passes."""
 
 
+def problem(detail):
+    """The body of every refusal, from the app or from app/server.py's protocol."""
+    return json.dumps({"detail": detail}).encode()
+
+
+def headers_too_large(limits):
+    return f"the request's headers are over the {limits.max_header_bytes // 1024} KB limit"
+
+
 async def refuse(send, status, detail):
-    body = json.dumps({"detail": detail}).encode()
+    body = problem(detail)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
@@ -53,8 +62,7 @@ class RequestLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if head_bytes(scope) > self.limits.max_header_bytes:
-            return await refuse(send, 431, "the request's headers are over the "
-                                f"{self.limits.max_header_bytes // 1024} KB limit")
+            return await refuse(send, 431, headers_too_large(self.limits))
         if scope["method"] == "HEAD":
             return await self.app({**scope, "method": "GET"}, receive, without_body(send))
         if scope["method"] != "POST":

@@ -20,7 +20,6 @@ unread bytes are drained for a second, so that it reads the answer rather than a
 docs/serving.md says why uvicorn and h11, with the measurements.
 """
 
-import json
 import sys
 from http import HTTPStatus
 
@@ -30,6 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
 from app.api import create_app
+from app.limits import headers_too_large, problem
 from app.model import ModelError
 from app.settings import SettingsError, settings_from_env
 
@@ -96,14 +96,13 @@ class LimitedH11Protocol(H11Protocol):
         """What uvicorn sends for every head h11 cannot parse; one left longer than h11's
         limit in its buffer is a head too large rather than a malformed one."""
         if len(self.conn.trailing_data[0]) > self.config.h11_max_incomplete_event_size:
-            self.refuse(431, "the request's headers are over the "
-                             f"{self.config.limits.max_header_bytes // 1024} KB limit")
+            self.refuse(431, headers_too_large(self.config.limits))
         else:
             self.refuse(400, "not a valid HTTP/1.1 request")
 
     def refuse(self, status, detail):
         """Answer `status` with `detail`, then linger."""
-        body = json.dumps({"detail": detail}).encode()
+        body = problem(detail)
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                              % (status, HTTPStatus(status).phrase.encode(), len(body), body))

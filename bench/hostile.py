@@ -13,18 +13,23 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from bench.hostile_images import WORST
-from bench.load import free_port, percentile, request, start_server, stop_server, wait_ready
+from bench.load import (
+    CONTENT_TYPE,
+    free_port,
+    multipart_body,
+    percentile,
+    request,
+    start_server,
+    stop_server,
+    wait_ready,
+)
 
-BOUNDARY = "hostile-boundary-7c1d"
 HEALTH_EVERY_S = 0.05
 
 
 def upload(port, data):
-    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + \
-        f"\r\n--{BOUNDARY}--\r\n".encode()
-    return request(port, "POST", "/predict", body,
-                   {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}, timeout=60)[0]
+    return request(port, "POST", "/predict", multipart_body(data, filename="x"),
+                   {"Content-Type": CONTENT_TYPE}, timeout=60)[0]
 
 
 def memory_mb(pid, field):

@@ -36,9 +36,12 @@ def copy_repo(dest):
         subprocess.run(["git", *args], cwd=dest, env=git_env(), check=True)
 
 
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@invalid",
+                "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@invalid"}
+
+
 def git_env():
-    return {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@invalid",
-            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@invalid"}
+    return {**os.environ, **GIT_IDENTITY}
 
 
 def use_random_data(repo, mirror):

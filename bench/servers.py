@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.coldstart import digit_png
-from bench.load import REPO, free_port, multipart_body, run_wrk, wait_ready
+from bench.load import REPO, free_port, multipart_body, run_wrk, stop_server, wait_ready
 
 BIN = Path(sys.executable).parent
 FACTORY = "app.api:create_app"
@@ -146,8 +145,7 @@ def serving(name, model, tmp):
         wait_ready(server, port, log)
         yield port, server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_server(server)
 
 
 def load(name, model, body_file, tmp, seconds):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.pipeline import copy_repo, git_env, pipeline_env, timed, use_random_data
+from bench.pipeline import GIT_IDENTITY, copy_repo, pipeline_env, timed, use_random_data
 from sweep import loopback
 
 TRIALS = 8
@@ -55,8 +55,7 @@ def git(*args):
 def bench_env(mirror):
     """Both sides' environment: the git identity, this Python's bin first on PATH (dvc runs
     each stage as `python -m ...`), and a marker every process started from it inherits."""
-    # git_env() holds os.environ too: first, so that pipeline_env's PATH wins.
-    return {**git_env(), **pipeline_env(mirror), MARKER: uuid.uuid4().hex}
+    return {**pipeline_env(mirror), **GIT_IDENTITY, MARKER: uuid.uuid4().hex}
 
 
 def prepare(tmp, mirror):

@@ -78,7 +78,7 @@ def validate_dataset(arrays, class_names):
     num_classes = len(class_names)
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28):
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (layout.IMAGE_SIDE,) * 2:
             raise SourceFailed(f"x_{split} is {x.dtype} {x.shape}; expected uint8 (N, 28, 28)")
         if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
             raise SourceFailed(f"y_{split} is {y.dtype} {y.shape}; expected {len(x)} labels")

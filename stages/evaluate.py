@@ -39,14 +39,12 @@ def classification_metrics(y_true, probs, num_classes=10):
     y_pred = probs.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (y_true, y_pred), 1)
-    true_pos = np.diag(confusion).astype(np.float64)
+    true_pos = np.diag(confusion)
+    predicted, images = confusion.sum(axis=0), confusion.sum(axis=1)
     # A class never predicted (or absent) has undefined precision (recall): report 0, as sklearn.
-    precision = np.divide(true_pos, confusion.sum(axis=0),
-                          out=np.zeros(num_classes), where=confusion.sum(axis=0) > 0)
-    recall = np.divide(true_pos, confusion.sum(axis=1),
-                       out=np.zeros(num_classes), where=confusion.sum(axis=1) > 0)
-    images = confusion.sum(axis=1)
-    errors = images - np.diag(confusion)
+    precision = np.divide(true_pos, predicted, out=np.zeros(num_classes), where=predicted > 0)
+    recall = np.divide(true_pos, images, out=np.zeros(num_classes), where=images > 0)
+    errors = images - true_pos
     error_rate = np.divide(100 * errors, images, out=np.zeros(num_classes), where=images > 0)
     per_class = [{"errors": int(errors[c]), "error_rate": round(float(error_rate[c]), 2),
                   "precision": round(precision[c], 6), "recall": round(recall[c], 6)}

@@ -32,7 +32,7 @@ log = logging.getLogger("preprocess")
 def load_dataset(path):
     """The arrays download wrote: the Keras layout plus the class names."""
     data = load_npz(path, layout.MAX_ARRAY_BYTES)
-    missing = {"x_train", "y_train", "x_test", "y_test", "class_names"} - set(data)
+    missing = {*layout.IDX_FILES, "class_names"} - set(data)
     if missing:
         raise ValueError(f"lacks {', '.join(sorted(missing))}")
     return data

@@ -31,11 +31,6 @@ def on_stop_signal(signum, frame):
     sys.exit(128 + signum)  # SystemExit runs every `finally` and context manager on the way out
 
 
-def stop_signal():
-    """The first stop signal received, or None."""
-    return _received[0] if _received else None
-
-
 def exit_if_stopped():
     """Exit 128 + n if a stop signal arrived, even one whose exception was lost."""
     if _received:

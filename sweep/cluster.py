@@ -80,10 +80,13 @@ def local_cluster_env():
 DRIVER_OPTIONS = {"logging_level": logging.WARNING, "log_to_driver": False}
 
 
+@contextmanager
 def connected(address):
     """Ray, connected to the cluster at `address`, or (address None) to a cluster of this
-    machine's cores started for the sweep: a context manager."""
-    return existing_cluster(address) if address else local_cluster()
+    machine's cores started for the sweep."""
+    with existing_cluster(address) if address else local_cluster():
+        take_stop_signals()  # again: ray.init sets a SIGTERM handler of its own (sys.exit)
+        yield
 
 
 @contextmanager
@@ -160,17 +163,14 @@ def run_trials(trials, setup, on_end):
     pending = {task.options(num_cpus=grid.cpus(t, node_cpus), name=t.name)
                .remote(t.name, t.set_args, setup): t for t in trials}
     outcomes = []
-    take_stop_signals()
     try:
         while pending:
             raise_if_stopping()
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=STOP_CHECK_S)
-            if not ready:
-                continue
-            ref = ready[0]
-            outcome = result(ref, pending.pop(ref))
-            outcomes.append(outcome)
-            on_end(outcome)
+            for ref in ready:
+                outcome = result(ref, pending.pop(ref))
+                outcomes.append(outcome)
+                on_end(outcome)
     finally:
         if pending:
             cancel(pending)

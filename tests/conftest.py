@@ -151,10 +151,9 @@ TINY_TRAINING = {
 }
 
 
-def tiny_params(dataset="mnist"):
-    """params.yaml of the repo, switched to `dataset` and quick training."""
+def tiny_params():
+    """params.yaml of the repo, with quick training."""
     params = repo_params()
-    params["data"]["dataset"] = dataset
     for family, overrides in TINY_TRAINING.items():
         params["train"][family].update(overrides)
     return params
@@ -278,9 +277,13 @@ class PipelineRepo:
 
     def repro(self, *args):
         """`dvc repro`; returns the names of the stages that ran."""
-        out = self.dvc("repro", *args).stdout
-        return [line.split("'")[1] for line in out.splitlines()
-                if line.startswith("Running stage '")]
+        return stages_run(self.dvc("repro", *args).stdout)
+
+
+def stages_run(dvc_output):
+    """The stages that `dvc repro` or `dvc exp run` ran, in order, from what it printed."""
+    return [line.split("'")[1] for line in dvc_output.splitlines()
+            if line.startswith("Running stage '")]
 
 
 @pytest.fixture(scope="session")

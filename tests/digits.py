@@ -58,7 +58,7 @@ def mnist_form_digits(n, seed=0):
 
 
 def idx_bytes(array):
-    """Encode a uint8 array as an IDX file (the inverse of stages.fileio.parse_idx)."""
+    """Encode a uint8 array as an IDX file (the inverse of stages.download.parse_idx)."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         d.to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()

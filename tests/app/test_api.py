@@ -10,11 +10,9 @@ uploads are tested in test_server.py.
 
 import hashlib
 import http.client
-import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -23,7 +21,8 @@ import pytest
 from PIL import Image
 
 from app.settings import Limits
-from bench.hostile_images import bad_checksum_png, png, progressive_jpeg
+from bench.hostile_images import bad_checksum_png, encoded, png, progressive_jpeg
+from bench.load import free_port
 from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
 from tests.digits import draw_digit
 from tests.drawings import canvas_png
@@ -44,12 +43,6 @@ def digit_image(digit, seed=0, size=140):
     """A digit as people send it: black ink on white paper, far larger than 28x28."""
     white_on_black = draw_digit(digit, np.random.default_rng(seed))
     return Image.fromarray(255 - white_on_black).resize((size, size), Image.Resampling.BILINEAR)
-
-
-def encoded(image, fmt):
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def port_of(url):
@@ -367,12 +360,6 @@ def test_a_model_with_a_fixed_batch_of_one_is_served(model_variants, base_url):
 
     assert answer.status == 200
     assert answer.json()["top"] == post_file(base_url, png_bytes).json()["top"]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_server_runs_without_tensorflow_and_writes_no_telemetry(model_dir, tmp_path):

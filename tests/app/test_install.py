@@ -4,7 +4,6 @@ predicts and serves; and `pip install .` gives `mnist-predict` and `mnist-serve`
 from any folder. Slow: installing the requirements takes ten seconds, from pip's cache."""
 
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.load import free_port
 from tests.conftest import REPO
 from tests.digits import draw_digit
 from tests.serving import post_file, wait_until_answering
@@ -55,12 +55,6 @@ def folder(tmp_path_factory, model_dir):
     seven = draw_digit(7, np.random.default_rng(0))
     Image.fromarray(255 - seven).resize((140, 140)).save(folder / "seven.png")
     return folder
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def assert_serves(command, cwd, model, picture, home):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import PipelineRepo, built_once
+from tests.conftest import PipelineRepo, built_once, read_yaml
 
 # Three experiments, each changing one param, as a user tries one idea at a time.
 EXPERIMENTS = {
@@ -16,6 +16,19 @@ EXPERIMENTS = {
     "less-dropout": ("train.mlp.dropout", 0.05),
 }
 FIRST_RUN = "first-run.txt"  # what `dvc exp run` printed for the first: the stages it ran
+
+
+def lock_md5s(repo):
+    """{out path: md5} for every output of every stage in dvc.lock."""
+    lock = read_yaml(repo.path / "dvc.lock")
+    return {out["path"]: out["md5"] for stage in lock["stages"].values()
+            for out in stage.get("outs", [])}
+
+
+def epochs_trained(repo):
+    """How many epochs the model in the workspace trained: the rows of a DVCLive curve."""
+    curve = repo.path / "metrics/train/plots/metrics/train_loss.tsv"
+    return len(curve.read_text().splitlines()) - 1
 
 
 @pytest.fixture(scope="session")

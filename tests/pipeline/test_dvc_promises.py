@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from stages.fileio import load_npz
-from tests.conftest import REPO, PipelineRepo, read_yaml
+from tests.conftest import REPO, PipelineRepo, read_yaml, stages_run
+from tests.pipeline.conftest import epochs_trained, lock_md5s
 
 pytestmark = pytest.mark.slow
 
@@ -22,19 +23,6 @@ AFTER_TRAIN = ["train", "evaluate", "export"]
 OUTPUTS = {"data/raw.npz", "data/processed", "model/model.keras", "model/metadata.json",
            "model/model.onnx", "metrics/train", "metrics/test.json", "metrics/per_class.csv",
            "metrics/confusion.csv", "metrics/errors.png", "metrics/export.json"}
-
-
-def lock_md5s(repo):
-    """{out path: md5} for every output of every stage in dvc.lock."""
-    lock = read_yaml(repo.path / "dvc.lock")
-    return {out["path"]: out["md5"] for stage in lock["stages"].values()
-            for out in stage.get("outs", [])}
-
-
-def epochs_trained(repo):
-    """How many epochs the model in the workspace trained: the rows of a DVCLive curve."""
-    curve = repo.path / "metrics/train/plots/metrics/train_loss.tsv"
-    return len(curve.read_text().splitlines()) - 1
 
 
 def test_repro_builds_every_output_then_does_nothing(reproduced_repo, tiny_arrays):
@@ -84,9 +72,7 @@ def test_repro_builds_every_output_then_does_nothing(reproduced_repo, tiny_array
 
 def test_a_train_param_reruns_train_evaluate_and_export_only(experimented_repo):
     """The first experiment changed train.mlp.epochs: what `dvc exp run` ran."""
-    ran = [line.split("'")[1] for line in experimented_repo.first_run.splitlines()
-           if line.startswith("Running stage '")]
-    assert ran == AFTER_TRAIN
+    assert stages_run(experimented_repo.first_run) == AFTER_TRAIN
 
 
 def test_other_changes_rerun_exactly_the_stages_they_affect(reproduced_repo):

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from tests.conftest import FASHION, REPO, run
-from tests.pipeline.conftest import EXPERIMENTS, shown_experiments
+from tests.pipeline.conftest import EXPERIMENTS, epochs_trained, shown_experiments
+from tests.serving import browser_fixture, requests_elsewhere  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +67,14 @@ def test_metrics_show_fits_120_columns_and_says_what_each_number_is(reproduced_r
     assert "accuracy" not in header, "no number without the set it was measured on"
 
 
-def test_what_trained_is_what_dvc_shows_and_going_back_is_clean(reproduced_repo, tmp_path):
+def test_what_trained_is_what_dvc_shows_and_going_back_is_clean(reproduced_repo):
     """The Fashion-MNIST experiment with an explicit -S: the epochs that trained are the ones
     params show; then the README's way back leaves git clean and DVC silent."""
     repo = reproduced_repo
     result = repo.dvc("exp", "run", "-n", "fashion", "-S", "data.dataset=fashion-mnist",
                       "-S", "train.mlp.epochs=1")
     assert "trained 1 epochs" in result.stdout + result.stderr
-    curve = (repo.path / "metrics/train/plots/metrics/train_loss.tsv").read_text().splitlines()
-    assert len(curve) == 1 + 1, "one epoch trained, as `exp show` says"
+    assert epochs_trained(repo) == 1, "one epoch trained, as `exp show` says"
     shown = shown_experiments(repo)["fashion"]
     assert shown["params"]["train"]["mlp"]["epochs"] == 1
     metadata = json.loads((repo.path / "model/metadata.json").read_text())
@@ -91,30 +91,25 @@ def test_what_trained_is_what_dvc_shows_and_going_back_is_clean(reproduced_repo,
     assert json.loads((repo.path / "model/metadata.json").read_text())["dataset"] == "mnist"
 
 
-def charts_drawn(page, tmp_path):
+def charts_drawn(driver, page):
     """How many Vega charts `page` draws in headless Chromium with every request to another
-    host blocked, and the outside requests it tried."""
-    from tests.serving import chromium
-
-    with chromium() as driver:
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["http://*", "https://*"]})
-        driver.get(page.as_uri())
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            drawn = driver.execute_script(  # what Vega drew each chart on, canvas or svg
-                "return document.querySelectorAll('.vega-embed .marks').length")
-            if drawn and driver.execute_script("return document.readyState") == "complete":
-                break
-            time.sleep(0.2)
-        outside = [entry["name"] for entry in driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => ({name: e.name}))")
-            if not entry["name"].startswith(("file:", "data:"))]
-        return drawn, outside
+    host blocked, and the requests over the network it tried (blocked ones included)."""
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["http://*", "https://*"]})
+    driver.get(page.as_uri())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        drawn = driver.execute_script(  # what Vega drew each chart on, canvas or svg
+            "return document.querySelectorAll('.vega-embed .marks').length")
+        if drawn and driver.execute_script("return document.readyState") == "complete":
+            break
+        time.sleep(0.2)
+    return drawn, requests_elsewhere(driver, "file://")  # a file: page has no host of its own
 
 
 @pytest.mark.browser
-def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experimented_repo, tmp_path):
+def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experimented_repo, browser,
+                                                                     tmp_path):
     repo = experimented_repo
     definitions = repo.dvc("plots", "show", "--json").stdout
     ids = list(json.loads(definitions)["data"])
@@ -122,13 +117,13 @@ def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experiment
     assert len(ids) == len(set(ids)) and len(vega) == 5, ids  # each curve drawn once
 
     repo.dvc("plots", "show", "-o", str(tmp_path / "show"))
-    drawn, outside = charts_drawn(tmp_path / "show/index.html", tmp_path)
+    drawn, outside = charts_drawn(browser, tmp_path / "show/index.html")
     assert drawn == len(vega) and outside == []
 
     repo.dvc("plots", "diff", "fewer-epochs", "higher-lr", "-o", str(tmp_path / "diff"))
     page = (tmp_path / "diff/index.html").read_text()
     assert "fewer-epochs" in page and "higher-lr" in page, "both experiments on each chart"
-    drawn, outside = charts_drawn(tmp_path / "diff/index.html", tmp_path)
+    drawn, outside = charts_drawn(browser, tmp_path / "diff/index.html")
     assert drawn == len(vega) and outside == []
     assert not re.search(r"<script[^>]+src=", page), "no library fetched at view time"
     assert os.path.getsize(tmp_path / "diff/index.html") > 500_000, "the libraries are inside"

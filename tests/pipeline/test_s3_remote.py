@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, PipelineRepo, read_yaml, run
+from tests.pipeline.conftest import lock_md5s
 from tests.s3_server import BUCKET, S3Server, s3_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -59,17 +60,10 @@ def cloud_status(repo):
     return json.loads(repo.dvc("status", "-c", "--json").stdout)
 
 
-def lock_outs(repo):
-    """{path: md5} of every output dvc.lock records: data, model, metrics and plots."""
-    lock = read_yaml(repo.path / "dvc.lock")
-    return {out["path"]: out["md5"] for stage in lock["stages"].values()
-            for out in stage.get("outs", [])}
-
-
 def contents(repo):
     """{path: sha256} of every file in the outputs of dvc.lock, as they are in the workspace."""
     digests = {}
-    for out in lock_outs(repo):
+    for out in lock_md5s(repo):
         path = repo.path / out
         assert path.exists(), f"{out} is missing"
         for file in [path] if path.is_file() else sorted(p for p in path.rglob("*")
@@ -146,7 +140,7 @@ def test_an_experiment_travels_through_git_and_s3(reproduced_repo, s3_server, tm
     # An experiment of the commit that names the S3 remote: its model is in this repo's cache
     # alone until `dvc exp push`.
     repo.dvc("exp", "run", "-n", "epochs3", "-S", "train.mlp.epochs=3")
-    model_md5 = lock_outs(repo)["model/model.keras"]
+    model_md5 = lock_md5s(repo)["model/model.keras"]
     model_key = f"store/files/md5/{model_md5[:2]}/{model_md5[2:]}"
     assert model_key not in s3_server.object_keys()
     repo.dvc("exp", "push", "origin", "epochs3")
@@ -159,7 +153,7 @@ def test_an_experiment_travels_through_git_and_s3(reproduced_repo, s3_server, tm
     # apply checks the outputs out from the cache, which only `dvc exp pull` filled, from S3.
     copy.dvc("exp", "apply", "epochs3")
     assert copy.params()["train"]["mlp"]["epochs"] == 3
-    assert lock_outs(copy)["model/model.keras"] == model_md5
+    assert lock_md5s(copy)["model/model.keras"] == model_md5
     assert contents(copy) == contents(repo)
     assert cloud_status(copy) == {}
     assert copy.repro() == []
