@@ -1,6 +1,6 @@
 """What the server reads from its environment, and every limit it puts on a client, in one place.
 
-    MODEL=model/model.onnx HOST=127.0.0.1 PORT=8000 WORKERS=1 mnist-serve
+    MODEL=model/model.onnx HOST=127.0.0.1 PORT=8000 WORKERS=2 mnist-serve
 
 The limits are not read from the environment: they are what the tests and the benchmark check,
 and docs/serving.md says why each has its value. A deployment that needs others builds a
@@ -42,8 +42,9 @@ class Limits(BaseModel):
     # (Starlette spools the rest to a temporary file), so all of them together stay under
     # 32 MB of memory and 320 MB of disk. Past it: 503.
     max_uploads: int = 32
-    # Threads that decode and classify, off the event loop: as many as this machine's cores.
-    # Each decode may hold app.decode.MAX_DECODE_BYTES, so this bounds the memory too.
+    # Threads that decode and classify, off the event loop. Two, so that a costly picture (a
+    # few seconds at worst) leaves one for the others; the workers, one per core, use the
+    # cores. Each decode may hold app.decode.MAX_DECODE_BYTES, so this bounds the memory too.
     pool_threads: int = Field(2, ge=1)
     # From an upload's arrival at the pool to its answer: past this the client gets a 503
     # and the decode stops at its next check. A worst-case image the limits let through
@@ -51,12 +52,26 @@ class Limits(BaseModel):
     decode_deadline_s: float = 10
 
 
+def cores():
+    """The CPUs this process may run on: its affinity, which a container's cpuset narrows."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# Worker processes when WORKERS is not set: one per core, since Python's GIL holds each to one
+# core (docs/serving.md: 1 worker ~220 requests/s here, 2 ~600). At most 4: each holds about
+# 120 MB at rest and up to 500 MB under load, and more is a choice to make knowingly.
+DEFAULT_MAX_WORKERS = 4
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)
-    workers: int = Field(1, ge=1)
+    workers: int = Field(default_factory=lambda: min(cores(), DEFAULT_MAX_WORKERS), ge=1)
     model: Path = MODEL_FILE
     limits: Limits = Limits()
 

@@ -15,6 +15,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +29,10 @@ from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
 from tests.digits import draw_digit
 from tests.drawings import canvas_png
 from tests.serving import (  # noqa: F401
+    START_TIMEOUT_S,
     ServedApp,
     base_url_fixture,
+    multipart,
     post_file,
     request,
     wait_until_answering,
@@ -367,8 +371,10 @@ def test_the_server_runs_without_tensorflow_and_writes_no_telemetry(model_dir, t
     and ONNX Runtime writes nothing under the user's home (it would record a device id under
     ~/.cache/Microsoft for an uploader)."""
     port = free_port()
+    # One worker: the packages are kept out of this process, not of workers it would start
+    # (test_install.py serves with the default workers where those packages are not installed).
     env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port),
-           "HOME": str(tmp_path)}
+           "HOME": str(tmp_path), "WORKERS": "1"}
     code = ("import runpy, sys\n" + WITHOUT_TRAINING_PACKAGES
             + "runpy.run_module('app.server', run_name='__main__', alter_sys=True)\n")
     server = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
@@ -383,3 +389,87 @@ def test_the_server_runs_without_tensorflow_and_writes_no_telemetry(model_dir, t
         output, _ = server.communicate(timeout=30)
     assert "Traceback" not in output, output
     assert list(tmp_path.rglob("*")) == []
+
+
+def sockets_on(port, state):
+    """The inodes of this machine's IPv4 TCP sockets on local `port` in `state` (the kernel's
+    hex code: 0A listening, 01 connected)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == state:
+            inodes.add(fields[9])
+    return inodes
+
+
+def sockets_of(pid):
+    """The inodes of the sockets process `pid` holds open."""
+    links = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+
+
+@pytest.fixture(scope="module")
+def two_workers(model_dir):
+    """`python -m app.server` with WORKERS=2: (its URL, its port, the workers' PIDs)."""
+    port = free_port()
+    env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port),
+           "WORKERS": "2"}
+    server = subprocess.Popen([sys.executable, "-m", "app.server"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(url)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while len(sockets_on(port, "0A")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the other worker may still be loading its model
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        yield url, port, [pid for pid in children if sockets_of(pid)]
+    finally:
+        server.terminate()  # the parent stops its workers
+        output, _ = server.communicate(timeout=30)
+    assert "Traceback" not in output, output
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; SO_REUSEPORT")
+def test_each_worker_listens_on_its_own_socket_and_takes_its_share(two_workers):
+    """uvicorn would give its workers one socket to share, and the first to wake could take
+    every new connection; each worker listening on its own, the kernel spreads them."""
+    url, port, workers = two_workers
+    picture = encoded(digit_image(7), "PNG")
+    body, form_type = multipart({"file": ("seven.png", "image/png", picture)})
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(32)]
+    try:
+        for conn in connections:  # each kept open, as a load generator's are
+            conn.request("POST", "/predict", body, {"Content-Type": form_type})
+            answer = conn.getresponse()
+            assert answer.status == 200 and json.loads(answer.read())["digit"] == "7"
+        held = [len(sockets_of(pid) & sockets_on(port, "01")) for pid in workers]
+    finally:
+        for conn in connections:
+            conn.close()
+
+    assert len(workers) == 2
+    assert len(sockets_on(port, "0A")) == 2  # one listening socket per worker
+    assert sum(held) == 32 and min(held) > 0, held
+
+
+def test_a_second_server_on_a_port_in_use_is_refused_in_one_line(two_workers):
+    _, port, _ = two_workers
+
+    status, lines = start_refused({"PORT": str(port), "WORKERS": "2"})
+
+    assert status != 0
+    assert lines == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_the_server_starts_a_worker_per_core_it_may_use():
+    """Not more than the process's CPUs (a container's cpuset narrows them), and at most 4."""
+    code = ("import os, sys\nos.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "from app.settings import settings_from_env\nprint(settings_from_env({}).workers)")
+    one_core = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                              text=True, check=True)
+
+    from app.settings import settings_from_env
+
+    assert one_core.stdout.strip() == "1"
+    assert settings_from_env({}).workers == min(len(os.sched_getaffinity(0)), 4)
