@@ -27,7 +27,7 @@ predict: $(VENV)/.installed
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="a.png b.png [--top K] [--json] [--debug DIR]"' >&2; exit 2; }
 	python -m app.predict $(IMAGES)
 
-# The HTTP API and the draw-a-digit page on http://$(HOST):$(PORT)/ (WORKERS=2 for two processes).
+# The HTTP API and the draw-a-digit page on http://$(HOST):$(PORT)/, a worker per core (WORKERS=N).
 serve: $(VENV)/.installed
 	HOST=$(HOST) PORT=$(PORT) python -m app.server
 

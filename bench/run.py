@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from app.model import load_classifier
+from app.settings import Settings
 from bench import coldstart, hostile, load, pipeline, refusal, training
 from bench.trainers import recipe
 from stages import params
@@ -35,6 +36,7 @@ RESULTS = REPO / "bench" / "results.md"
 MODEL = REPO / "model" / "model.onnx"
 PARTS = ("training", "predict", "api", "hostile", "pipeline", "refusal")
 log = logging.getLogger("bench")
+DEFAULT_WORKERS = Settings().workers  # what mnist-serve starts on this machine
 # The goals this benchmark checks, and their limits.
 GOALS = {
     "P1": "one epoch of this project's trainer takes no longer than a PyTorch eager loop's, "
@@ -120,11 +122,13 @@ def serving_goals(cold, api, flood=None):
                     f"{cold['max_s']:.3f} s), {cold['peak_rss_mb']:.0f} MB, TensorFlow "
                     f"{'imported' if cold['heavy_imports'] else 'not imported'} | {verdict(ok)} |")
     for workers, r in (api["runs"].items() if api else ()):
+        if workers != DEFAULT_WORKERS:
+            continue  # measured for the table, not a goal: the goal is the server as it starts
         errors = r["non_2xx"] + r["socket_errors"]
         ok = r["rps"] >= 400 and r["p99_ms"] <= 100 and errors == 0
-        rows.append(f"| API, {workers} worker{'s' if workers > 1 else ''}: {GOALS['api']} | "
-                    f"{r['rps']:.0f} requests/s, p99 {r['p99_ms']:.1f} ms, {errors} errors | "
-                    f"{verdict(ok)} |")
+        rows.append(f"| API, {workers} worker{'s' if workers > 1 else ''} (the default here, "
+                    f"one per core): {GOALS['api']} | {r['rps']:.0f} requests/s, p99 "
+                    f"{r['p99_ms']:.1f} ms, {errors} errors | {verdict(ok)} |")
     return rows
 
 
@@ -160,8 +164,10 @@ def parse_args(argv=None):
                         "family's recipe; model.fit at most 4): a small number for a smoke run")
     parser.add_argument("--model", type=Path, default=MODEL, help=f"default: {MODEL}")
     parser.add_argument("--runs", type=int, default=7, help="predict cold starts (default: 7)")
-    parser.add_argument("--workers", type=comma_list(int), default=[1, 2],
-                        help="API worker counts (default: 1,2)")
+    parser.add_argument("--workers", type=comma_list(int),
+                        default=sorted({1, DEFAULT_WORKERS}),
+                        help="API worker counts (default: 1 and the server's default, "
+                             f"{DEFAULT_WORKERS} here)")
     parser.add_argument("--api-seconds", type=int, default=10,
                         help="seconds of load for each worker count (default: 10)")
     parser.add_argument("--output", type=Path, help=f"default: {RESULTS} when every part "

@@ -138,7 +138,9 @@ def serving(name, model, tmp):
     log = Path(tmp) / "server.log"
     with open(log, "wb") as log_file:
         server = subprocess.Popen([str(c) for c in command(str(port))], cwd=REPO,
-                                  env={**os.environ, "MODEL": str(model), "PORT": str(port)},
+                                  # one worker each, as the others run by default
+                                  env={**os.environ, "MODEL": str(model), "PORT": str(port),
+                                       "WORKERS": "1"},
                                   stdout=log_file, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:

@@ -453,10 +453,11 @@ def test_each_worker_listens_on_its_own_socket_and_takes_its_share(two_workers):
     assert sum(held) == 32 and min(held) > 0, held
 
 
-def test_a_second_server_on_a_port_in_use_is_refused_in_one_line(two_workers):
+def test_a_second_server_on_a_port_in_use_is_refused_in_one_line(two_workers, model_dir):
     _, port, _ = two_workers
 
-    status, lines = start_refused({"PORT": str(port), "WORKERS": "2"})
+    status, lines = start_refused({"PORT": str(port), "WORKERS": "2",
+                                   "MODEL": str(model_dir / "model.onnx")})
 
     assert status != 0
     assert lines == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
