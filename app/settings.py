@@ -61,8 +61,9 @@ def cores():
 
 
 # Worker processes when WORKERS is not set: one per core, since Python's GIL holds each to one
-# core (docs/serving.md: 1 worker ~220 requests/s here, 2 ~600). At most 4: each holds about
-# 120 MB at rest and up to 500 MB under load, and more is a choice to make knowingly.
+# core (docs/serving.md: one worker misses 400 requests/s here, two pass it). At most 4: each
+# holds about 120 MB at rest and up to 500 MB under load, and more is a choice to make
+# knowingly.
 DEFAULT_MAX_WORKERS = 4
 
 
