@@ -15,9 +15,12 @@ repro: $(VENV)/.installed $(PLOTS)/offline.html
 	dvc repro
 
 # The whole suite, on three pytest-xdist workers: much of a test's time is a subprocess or a
-# server waiting, so three keep two cores busy. --durations shows where the minutes go.
+# server waiting, so three keep two cores busy. --maxschedchunk=1: a worker is handed one test
+# at a time as it frees up; by default each got a run of consecutive tests to start with, and
+# one worker ran all the long ones (tests/conftest.py puts them first) while the others sat
+# idle. --durations shows where the minutes go.
 test: $(VENV)/.installed-dev $(PLOTS)/offline.html lint
-	python -m pytest -n 3 --durations=15 $(PYTEST_ARGS)
+	python -m pytest -n 3 --maxschedchunk=1 --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	ruff check .

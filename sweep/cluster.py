@@ -19,9 +19,12 @@ from sweep import grid, trial
 
 log = logging.getLogger("sweep")
 
-# Ray's temporary folder for a local cluster, made for the sweep and removed after it. Short:
-# Ray's unix sockets live under it, and a socket's path may not exceed 107 bytes.
-LOCAL_TEMP_PARENT = "/tmp"
+# Where Ray's temporary folder for a local cluster is made (and removed after the sweep): where
+# Ray's own setting puts it, else /tmp. Short: Ray's unix sockets live under it, and a
+# socket's path may not exceed 107 bytes.
+def local_temp_parent():
+    return os.environ.get("RAY_TMPDIR") or "/tmp"
+
 # A cancelled trial stops its commands within trial.STOP_GRACE_S: the head waits that long,
 # and a little more, before it stops Ray.
 CANCEL_WAIT_S = trial.STOP_GRACE_S + 5
@@ -110,7 +113,7 @@ def local_cluster():
     files when the block ends."""
     os.environ.update(local_cluster_env())  # before Ray is imported: it reads them then
     ray = import_ray()
-    temp = tempfile.mkdtemp(prefix="ray-sweep-", dir=LOCAL_TEMP_PARENT)
+    temp = tempfile.mkdtemp(prefix="ray-sweep-", dir=local_temp_parent())
     try:
         ray.init(address="local", include_dashboard=False, _temp_dir=temp, **DRIVER_OPTIONS)
         yield

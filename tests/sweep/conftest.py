@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,9 +40,11 @@ def sweep_repo(pipeline_repo, tmp_path):
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "the sweep, one thread per trial")
     (tmp_path / "tmp").mkdir()
-    repo.env.update({"TMPDIR": str(tmp_path / "tmp"), MARKER: uuid.uuid4().hex,
-                     "PYTHONUNBUFFERED": "1"})
-    ray_dirs = ray_temp_dirs()
+    # The local cluster's folder in one of the test's own, apart from another test's sweep
+    # running at the same time; under /tmp, since the test's path is too long for Ray's sockets.
+    ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    repo.env.update({"TMPDIR": str(tmp_path / "tmp"), "RAY_TMPDIR": ray_tmp,
+                     MARKER: uuid.uuid4().hex, "PYTHONUNBUFFERED": "1"})
     yield repo
     # Whatever a failed test left running or on disk (a passing one leaves nothing: the tests
     # check that themselves, before this).
@@ -50,8 +53,7 @@ def sweep_repo(pipeline_repo, tmp_path):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for folder in ray_temp_dirs() - ray_dirs:
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -115,9 +117,10 @@ def marked_processes(marker_value):
     return found
 
 
-def ray_temp_dirs():
-    """The local clusters' temporary folders (sweep.cluster makes them under /tmp)."""
-    return set(Path("/tmp").glob("ray-sweep-*"))
+def ray_temp_dirs(repo):
+    """The temporary folders of local clusters that sweeps in `repo` started (sweep.cluster
+    makes them under $RAY_TMPDIR)."""
+    return set(Path(repo.env["RAY_TMPDIR"]).glob("ray-sweep-*"))
 
 
 def table_rows(stdout):

@@ -23,16 +23,15 @@ from tests.sweep.conftest import (
 )
 
 
-def nothing_left(repo, ray_dirs_before):
+def nothing_left(repo):
     assert marked_processes(repo.env[MARKER]) == [], "a process of the sweep is still running"
     assert clones(repo.env["TMPDIR"]) == {}, "a trial's clone is left"
-    assert ray_temp_dirs() <= ray_dirs_before, "the local cluster's folder is left"
+    assert ray_temp_dirs(repo) == set(), "the local cluster's folder is left"
 
 
 @pytest.mark.slow
 def test_the_local_default_runs_the_grid_and_a_bad_value_fails_alone(sweep_repo):
     repo = sweep_repo
-    ray_dirs = ray_temp_dirs()
     # train.mlp.epochs=0 is a value DVC writes without a word and the train stage refuses.
     status, out, err = finish(start_sweep(repo, "-n", "local", "-S", "train.mlp.epochs=0,2"))
 
@@ -54,7 +53,7 @@ def test_the_local_default_runs_the_grid_and_a_bad_value_fails_alone(sweep_repo)
     repo.dvc("exp", "apply", "local-2")
     assert repo.params()["train"]["mlp"]["epochs"] == 2
     assert "up to date" in repo.dvc("status").stdout
-    nothing_left(repo, ray_dirs)
+    nothing_left(repo)
 
 
 def ctrl_c(sweep):
@@ -69,16 +68,16 @@ def kill(sweep):
 @pytest.mark.parametrize("stop", [ctrl_c, kill])
 def test_a_stop_signal_stops_every_trial_and_leaves_nothing_behind(sweep_repo, stop):
     repo = sweep_repo
-    ray_dirs = ray_temp_dirs()
     sweep = start_sweep(repo, "-n", "stop", "-S", "train.seed=1,2")
     wait_for_a_stage_to_have_run(repo.env["TMPDIR"], sweep)
+    assert len(ray_temp_dirs(repo)) == 1, "the local cluster keeps its files in $RAY_TMPDIR"
     stop(sweep)
     status, out, err = finish(sweep)
 
     assert status == 130, err
     assert "stopping 2 trials" in err and "stopped" in err and "Traceback" not in err
     assert exp_refs(repo) == {}
-    nothing_left(repo, ray_dirs)
+    nothing_left(repo)
 
 
 def test_a_sweep_never_replaces_existing_experiments(sweep_repo):
