@@ -3,6 +3,7 @@ run in a copy of the session's reproduced repo. Every test works in a copy of th
 (experimented_repo), so that no two dvc commands of tests that run at once share a repo."""
 
 import json
+import math
 import time
 
 import pytest
@@ -31,6 +32,22 @@ def epochs_trained(repo):
     return len(curve.read_text().splitlines()) - 1
 
 
+def wait_for_the_queue(repo, experiments, timeout_s=300):
+    """`dvc queue status` once nothing in it is queued or running. Each experiment that ends
+    leaves a ref, which git lists in milliseconds; `dvc queue status` costs a second of CPU,
+    so it is asked when all `experiments` have theirs, or every 10 s (a failed one has none)."""
+    deadline, asked = time.monotonic() + timeout_s, -math.inf
+    while time.monotonic() < deadline:
+        refs = repo.git("for-each-ref", "refs/exps").stdout.splitlines()
+        if len(refs) >= experiments or time.monotonic() - asked >= 10:
+            asked = time.monotonic()
+            status = repo.dvc("queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                return status
+        time.sleep(0.5)
+    raise AssertionError(f"DVC's queue still busy after {timeout_s} s:\n{status}")
+
+
 @pytest.fixture(scope="session")
 def experimented(reproduced, tmp_path_factory, worker_id):
     """A copy of the session's repo with the three experiments: the first run in the workspace
@@ -46,12 +63,7 @@ def experimented(reproduced, tmp_path_factory, worker_id):
             repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"{key}={value}")
         repo.dvc("queue", "start", "--jobs", "2")
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                status = repo.dvc("queue", "status").stdout
-                if "Queued" not in status and "Running" not in status:
-                    break
-                time.sleep(1)
+            status = wait_for_the_queue(repo, len(EXPERIMENTS))
         finally:
             repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
         assert status.count("Success") == 2 and "Failed" not in status, status
