@@ -23,7 +23,10 @@ With several workers (WORKERS, one per core by default), each listens on a socke
 bound to the same port (SO_REUSEPORT), and the kernel spreads new connections among them.
 uvicorn would give them one socket to share, from which the worker that wakes first takes a
 whole burst of new connections: one benchmark run of two workers served 211 requests/s where
-the next served 824, all of the load generator's connections having gone to one worker.
+the next served 824, all of the load generator's connections having gone to one worker. The
+price (docs/serving.md): connections waiting in a worker's queue when it exits are reset, and
+until the first worker listens, another program may take the port (the workers then stop the
+server with one line) or a second mnist-serve share it.
 """
 
 import logging
@@ -33,6 +36,7 @@ from http import HTTPStatus
 
 import h11
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
@@ -159,7 +163,19 @@ class WorkersOwnSocket:
         self.address = sock.getsockname()[:2]
 
     def __reduce__(self):
-        return bound_socket, (*self.address, True)
+        return workers_socket, self.address
+
+
+def workers_socket(host, port):
+    """The socket a worker binds as it starts; if it cannot (another program took the port
+    while no worker listened yet), one line, and the exit status that makes uvicorn's
+    supervisor stop the server rather than start the worker again and again."""
+    try:
+        return bound_socket(host, port, shared=True)
+    except OSError as error:
+        print(f"error: a worker cannot listen on {host}:{port}: {error.strerror or error}",
+              file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
 
 
 def main():
@@ -169,9 +185,10 @@ def main():
     try:
         settings = settings_from_env()
         app = create_app(settings)
-        sock = bound_socket(settings.host, settings.port)
     except (SettingsError, ModelError) as error:
         sys.exit(f"error: {error}")
+    try:
+        sock = bound_socket(settings.host, settings.port)
     except OSError as error:
         sys.exit(f"error: cannot listen on {settings.host}:{settings.port}: "
                  f"{error.strerror or error}")
@@ -181,14 +198,20 @@ def main():
         config = server_config("app.api:create_app", settings, factory=True,
                                workers=settings.workers, log_level="info")
     host, port = sock.getsockname()[:2]
-    log.info("serving on http://%s:%d with %d worker%s (Ctrl-C to stop)", host, port,
-             settings.workers, "s" * (settings.workers > 1))
+    log.info("serving on http://%s:%d with %d worker%s (Ctrl-C to stop)",
+             f"[{host}]" if ":" in host else host, port, settings.workers,
+             "s" * (settings.workers > 1))
     if settings.workers == 1:
         uvicorn.Server(config).run(sockets=[sock])
-    elif sys.platform.startswith("linux"):  # Linux spreads connections among SO_REUSEPORT sockets
-        Multiprocess(config, sockets=[WorkersOwnSocket(sock)]).run()
-    else:  # elsewhere one of them would get them all: the workers share the parent's
-        Multiprocess(config, sockets=[sock]).run()
+        return
+    del app  # the parent only supervises: each worker loads its own
+    # Linux spreads connections among SO_REUSEPORT sockets; elsewhere one of them would get
+    # them all, so there the workers share the parent's.
+    on_linux = sys.platform.startswith("linux")
+    supervisor = Multiprocess(config, sockets=[WorkersOwnSocket(sock) if on_linux else sock])
+    supervisor.run()
+    if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,14 @@ def epochs_trained(repo):
 
 def wait_for_the_queue(repo, experiments, timeout_s=300):
     """`dvc queue status` once nothing in it is queued or running. Each experiment that ends
-    leaves a ref, which git lists in milliseconds; `dvc queue status` costs a second of CPU,
-    so it is asked when all `experiments` have theirs, or every 10 s (a failed one has none)."""
+    leaves a ref named after it, which git lists in milliseconds; `dvc queue status` costs a
+    second of CPU, so it is asked when all `experiments` (names) have theirs, or every 10 s
+    (a failed one has none)."""
     deadline, asked = time.monotonic() + timeout_s, -math.inf
     while time.monotonic() < deadline:
-        refs = repo.git("for-each-ref", "refs/exps").stdout.splitlines()
-        if len(refs) >= experiments or time.monotonic() - asked >= 10:
+        names = set(repo.git("for-each-ref", "--format=%(refname:lstrip=-1)",
+                             "refs/exps").stdout.split())
+        if names >= set(experiments) or time.monotonic() - asked >= 10:
             asked = time.monotonic()
             status = repo.dvc("queue", "status").stdout
             if "Queued" not in status and "Running" not in status:
@@ -63,7 +65,7 @@ def experimented(reproduced, tmp_path_factory, worker_id):
             repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"{key}={value}")
         repo.dvc("queue", "start", "--jobs", "2")
         try:
-            status = wait_for_the_queue(repo, len(EXPERIMENTS))
+            status = wait_for_the_queue(repo, EXPERIMENTS)
         finally:
             repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
         assert status.count("Success") == 2 and "Failed" not in status, status
