@@ -192,16 +192,15 @@ def main():
     except OSError as error:
         sys.exit(f"error: cannot listen on {settings.host}:{settings.port}: "
                  f"{error.strerror or error}")
-    if settings.workers == 1:
-        config = server_config(app, settings, log_level="info")
-    else:  # each worker process builds its own app from the environment: uvicorn gets the factory
-        config = server_config("app.api:create_app", settings, factory=True,
-                               workers=settings.workers, log_level="info")
+    alone = settings.workers == 1
+    # Several worker processes each build their own app from the environment: the factory.
+    config = server_config(app if alone else "app.api:create_app", settings, factory=not alone,
+                           workers=settings.workers, log_level="info")
     host, port = sock.getsockname()[:2]
     log.info("serving on http://%s:%d with %d worker%s (Ctrl-C to stop)",
              f"[{host}]" if ":" in host else host, port, settings.workers,
              "s" * (settings.workers > 1))
-    if settings.workers == 1:
+    if alone:
         uvicorn.Server(config).run(sockets=[sock])
         return
     del app  # the parent only supervises: each worker loads its own

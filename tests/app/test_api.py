@@ -392,15 +392,26 @@ def test_the_server_runs_without_tensorflow_and_writes_no_telemetry(model_dir, t
     assert list(tmp_path.rglob("*")) == []
 
 
-def sockets_on(port, state):
-    """The inodes of this machine's IPv4 TCP sockets on local `port` in `state` (the kernel's
-    hex code: 0A listening, 01 connected)."""
-    inodes = set()
+def tcp_sockets():
+    """(local port, remote port, state, inode) of this machine's IPv4 TCP sockets, from /proc;
+    the state in the kernel's hex code (0A: listening)."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == state:
-            inodes.add(fields[9])
-    return inodes
+        yield (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3],
+               fields[9])
+
+
+def listening_on(port):
+    """The inodes of the sockets listening on `port`."""
+    return {inode for local, _, state, inode in tcp_sockets() if local == port and state == "0A"}
+
+
+def server_side_inode(port, client_port):
+    """The inode of the server's end of the connection from `client_port` to `port`."""
+    inode = next((inode for local, remote, _, inode in tcp_sockets()
+                  if (local, remote) == (port, client_port)), None)
+    assert inode, f"no connection from port {client_port} to {port}"
+    return inode
 
 
 def sockets_of(pid):
@@ -409,19 +420,25 @@ def sockets_of(pid):
     return {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
 
 
+def server_process(model_dir, port, workers):
+    """`python -m app.server` with the fixture model on 127.0.0.1:`port` and `workers`, all it
+    writes in one pipe."""
+    env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port),
+           "WORKERS": str(workers)}
+    return subprocess.Popen([sys.executable, "-m", "app.server"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture(scope="module")
 def two_workers(model_dir):
     """`python -m app.server` with WORKERS=2: (its URL, its port, the workers' PIDs)."""
     port = free_port()
-    env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port),
-           "WORKERS": "2"}
-    server = subprocess.Popen([sys.executable, "-m", "app.server"], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = server_process(model_dir, port, 2)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(url)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while len(sockets_on(port, "0A")) < 2 and time.monotonic() < deadline:
+        while len(listening_on(port)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)  # the other worker may still be loading its model
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
         yield url, port, [pid for pid in children if sockets_of(pid)]
@@ -429,16 +446,6 @@ def two_workers(model_dir):
         server.terminate()  # the parent stops its workers
         output, _ = server.communicate(timeout=30)
     assert "Traceback" not in output, output
-
-
-def server_side_inode(port, client_port):
-    """The inode of the server's end of the connection from `client_port` to `port`."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == \
-                (port, client_port):
-            return fields[9]
-    raise AssertionError(f"no connection from port {client_port} to {port}")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; SO_REUSEPORT")
@@ -462,7 +469,7 @@ def test_each_worker_listens_on_its_own_socket_and_takes_its_share(two_workers):
             conn.close()
 
     assert len(workers) == 2
-    assert len(sockets_on(port, "0A")) == 2  # one listening socket per worker
+    assert len(listening_on(port)) == 2  # one listening socket per worker
     assert len(holders) == 32 and set(holders) == set(workers), holders
 
 
@@ -484,10 +491,7 @@ def test_a_worker_that_cannot_listen_stops_the_server_in_one_line(model_dir):
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     squatter.bind(("127.0.0.1", 0))  # bound, not yet listening: the server may bind it too
     port = squatter.getsockname()[1]
-    env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port),
-           "WORKERS": "2"}
-    server = subprocess.Popen([sys.executable, "-m", "app.server"], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = server_process(model_dir, port, 2)
     try:
         lines = []
         for line in server.stdout:  # the parent has bound the port when it says where it serves
