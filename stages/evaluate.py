@@ -22,6 +22,7 @@ from stages.fileio import (
     write_bytes,
     write_json,
 )
+from stages.keras_file import check_keras_file, load_model_checked
 from stages.runner import import_tensorflow, run
 
 log = logging.getLogger("evaluate")
@@ -115,8 +116,8 @@ def main():
     test = read_split(layout.SPLITS["test"])
     class_names = read_json(layout.DATASET_INFO, "preprocess", ["class_names"])["class_names"]
 
-    import_tensorflow()  # after the inputs: a missing one is reported at once
-    from stages.keras_file import load_model_checked
+    check_keras_file(layout.KERAS_MODEL)
+    import_tensorflow()  # after the inputs: a missing or damaged one is reported at once
 
     model = load_model_checked(layout.KERAS_MODEL, test["x"].shape[1:], len(class_names))
     probs = model.predict(test["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)

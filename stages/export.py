@@ -26,6 +26,7 @@ import numpy as np
 
 from stages import layout, params
 from stages.fileio import read_json, read_split, remove_stale_temporaries, temporary_dir, write_json
+from stages.keras_file import check_keras_file, load_model_checked
 from stages.runner import StageError, import_tensorflow, run
 
 log = logging.getLogger("export")
@@ -120,8 +121,8 @@ def main():
     test = read_split(layout.SPLITS["test"])
     metadata = read_json(layout.MODEL_INFO, "train", ["class_names", "normalization"])
 
-    import_tensorflow()  # after the inputs: a missing one is reported at once
-    from stages.keras_file import load_model_checked
+    check_keras_file(layout.KERAS_MODEL)
+    import_tensorflow()  # after the inputs: a missing or damaged one is reported at once
 
     model = load_model_checked(layout.KERAS_MODEL, test["x"].shape[1:],
                                len(metadata["class_names"]))

@@ -11,6 +11,7 @@ dropped and the shared-object ids renumbered in order; Keras loads the result as
 import json
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from stages.fileio import ZIP_EPOCH, InputError, atomic_path, read_input
@@ -68,6 +69,32 @@ LOAD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OSError, EOFErro
                zipfile.BadZipFile)
 
 
+# What a .keras zip must hold for Keras to load it.
+KERAS_ENTRIES = ("config.json", "model.weights.h5")
+
+
+def cannot_load(path, error):
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return InputError(f"{path}: cannot load the model ({type(error).__name__}: "
+                      f"{first_line[:200]}); run `dvc repro` (the train stage writes it)")
+
+
+def check_keras_file(path):
+    """Without TensorFlow: `path` is a zip holding a readable config.json and the weights, or
+    it is the InputError load_model_checked would give, seconds sooner (before the import)."""
+    def check(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                missing = [name for name in KERAS_ENTRIES if name not in archive.namelist()]
+                if missing:
+                    raise ValueError(f"not a Keras model: no {' or '.join(missing)} in the zip")
+                json.loads(archive.read("config.json"))
+        except (*LOAD_ERRORS, zlib.error) as e:
+            raise cannot_load(path, e) from e
+
+    read_input(path, "train", check)
+
+
 def load_model_checked(path, input_shape, num_classes):
     """keras.saving.load_model with safe_mode on; a file that cannot be loaded, or a model
     that does not take `input_shape` images and give `num_classes` probabilities, is one
@@ -78,10 +105,7 @@ def load_model_checked(path, input_shape, num_classes):
         try:
             return keras.saving.load_model(path, safe_mode=True)
         except LOAD_ERRORS as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"{path}: cannot load the model ({type(e).__name__}: "
-                             f"{first_line[:200]}); run `dvc repro` (the train stage writes "
-                             "it)") from e
+            raise cannot_load(path, e) from e
 
     model = read_input(path, "train", load)
     got_in, got_out = tuple(model.input_shape[1:]), model.output_shape[-1]

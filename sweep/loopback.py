@@ -11,6 +11,7 @@ joining node runs Ray's own `ray start` with that one refusal lifted (JOIN below
 address, on which nothing listens."""
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,7 +23,11 @@ import time
 from pathlib import Path
 
 READY_LINE = "Ray runtime started"
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Every node and the head (`sweep --address`) run with these. The token is this process's own:
+# with RAY_AUTH_MODE unset, Ray turns token authentication on wherever ~/.ray/auth_token
+# exists (any earlier `ray.init()` writes one), and the head was then refused by the nodes.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 # `ray start`, with the refusal to join a cluster from "Windows or OSX" lifted (see above).
 JOIN = ("import sys, types; from ray._private import ray_constants; "
         "import ray.scripts.scripts as scripts; "

@@ -10,13 +10,27 @@ import pytest
 
 from tests.conftest import PipelineRepo, built_once, read_yaml
 
-# Three experiments, each changing one param, as a user tries one idea at a time.
+# Three experiments, {name: {param: value}}: two change one param, as a user tries one idea at
+# a time; the third trains on the other dataset, for one epoch.
 EXPERIMENTS = {
-    "fewer-epochs": ("train.mlp.epochs", 3),
-    "higher-lr": ("train.mlp.learning_rate", 0.01),
-    "less-dropout": ("train.mlp.dropout", 0.05),
+    "fewer-epochs": {"train.mlp.epochs": 3},
+    "higher-lr": {"train.mlp.learning_rate": 0.01},
+    "fashion": {"data.dataset": "fashion-mnist", "train.mlp.epochs": 1},
 }
 FIRST_RUN = "first-run.txt"  # what `dvc exp run` printed for the first: the stages it ran
+FASHION_LOG = "fashion-log.txt"  # what `dvc queue logs fashion` printed
+
+
+def set_args(params):
+    """`-S key=value` for each param, as `dvc exp run` takes them."""
+    return [part for key, value in params.items() for part in ("-S", f"{key}={value}")]
+
+
+def dotted(params, key):
+    """params["train"]["mlp"]["epochs"] for key "train.mlp.epochs"."""
+    for part in key.split("."):
+        params = params[part]
+    return params
 
 
 def lock_md5s(repo):
@@ -56,19 +70,21 @@ def experimented(reproduced, tmp_path_factory, worker_id):
     (then back to the committed results), the other two queued and run by two workers."""
     def build(folder):
         repo = reproduced.copy(folder / "repo")
-        first, *queued = EXPERIMENTS.items()
-        ran = repo.dvc("exp", "run", "-n", first[0], "-S", f"{first[1][0]}={first[1][1]}")
+        (first, params), *queued = EXPERIMENTS.items()
+        ran = repo.dvc("exp", "run", "-n", first, *set_args(params))
         (folder / FIRST_RUN).write_text(ran.stdout)
         repo.git("checkout", "--", "params.yaml", "dvc.lock", "metrics")
         repo.dvc("checkout")
-        for name, (key, value) in queued:
-            repo.dvc("exp", "run", "--queue", "-n", name, "-S", f"{key}={value}")
+        for name, params in queued:
+            repo.dvc("exp", "run", "--queue", "-n", name, *set_args(params))
         repo.dvc("queue", "start", "--jobs", "2")
         try:
             status = wait_for_the_queue(repo, EXPERIMENTS)
         finally:
             repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
         assert status.count("Success") == 2 and "Failed" not in status, status
+        # The queue's logs stay in .dvc/tmp, which copies leave out.
+        (folder / FASHION_LOG).write_text(repo.dvc("queue", "logs", "fashion").stdout)
 
     folder = built_once(tmp_path_factory, worker_id, "experiments", build)
     return folder
@@ -77,9 +93,10 @@ def experimented(reproduced, tmp_path_factory, worker_id):
 @pytest.fixture
 def experimented_repo(experimented, reproduced, tmp_path):
     """A copy of the repo with the three experiments, for one test; `first_run` holds what the
-    first experiment's `dvc exp run` printed."""
+    first experiment's `dvc exp run` printed, `fashion_log` what the queue logged of its run."""
     repo = PipelineRepo(experimented / "repo", reproduced.mirrors).copy(tmp_path / "repo")
     repo.first_run = (experimented / FIRST_RUN).read_text()
+    repo.fashion_log = (experimented / FASHION_LOG).read_text()
     return repo
 
 

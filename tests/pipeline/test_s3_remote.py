@@ -72,7 +72,9 @@ def contents(repo):
     return digests
 
 
-def test_push_then_a_fresh_clone_pulls_everything(reproduced_repo, s3_server, tmp_path):
+def test_a_push_fails_while_s3_is_down_then_a_fresh_clone_pulls_everything(reproduced_repo,
+                                                                           s3_server,
+                                                                           tmp_path):
     repo = reproduced_repo
     repo.env = s3_env(repo.env, tmp_path, credentials=False)
     add_s3_remote(repo, s3_server.endpoint)
@@ -80,6 +82,14 @@ def test_push_then_a_fresh_clone_pulls_everything(reproduced_repo, s3_server, tm
     repo.dvc("remote", "modify", "--local", "s3", "access_key_id", "testing")
     repo.dvc("remote", "modify", "--local", "s3", "secret_access_key", "testing")
     committed(repo)
+
+    # While the server is down: DVC's own message, and nothing in the bucket once it is back.
+    s3_server.stop()
+    failed = repo.dvc("push", check=False)
+    assert failed.returncode != 0
+    assert f'Could not connect to the endpoint URL: "{s3_server.endpoint}/' in failed.stderr
+    s3_server.start()
+    assert s3_server.object_keys() == set()
 
     assert "files pushed" in repo.dvc("push").stdout
     assert cloud_status(repo) == {}
@@ -103,55 +113,34 @@ def test_push_then_a_fresh_clone_pulls_everything(reproduced_repo, s3_server, tm
     assert s3_server.object_keys() == keys
 
 
-def test_a_push_while_the_server_is_down_fails_then_completes(reproduced_repo, s3_server,
-                                                              tmp_path):
-    repo = reproduced_repo
-    repo.env = s3_env(repo.env, tmp_path)
-    add_s3_remote(repo, s3_server.endpoint)
-    committed(repo)
-
-    s3_server.stop()
-    failed = repo.dvc("push", check=False)
-    assert failed.returncode != 0
-    assert f'Could not connect to the endpoint URL: "{s3_server.endpoint}/' in failed.stderr
-
-    s3_server.start()
-    assert s3_server.object_keys() == set()
-    assert "files pushed" in repo.dvc("push").stdout
-    assert cloud_status(repo) == {}
-    copy = clone(repo, repo.path, tmp_path / "clone", repo.env)
-    copy.dvc("pull")
-    assert cloud_status(copy) == {}
-    assert copy.repro() == []
-    assert contents(copy) == contents(repo)
-
-
-def test_an_experiment_travels_through_git_and_s3(reproduced_repo, s3_server, tmp_path):
-    repo = reproduced_repo
+def test_an_experiment_travels_through_git_and_s3(experimented_repo, s3_server, tmp_path):
+    """One of the session's experiments, pushed to a git remote and S3 by `dvc exp push`, and
+    pulled into a fresh clone, where each machine names the S3 remote in its own
+    .dvc/config.local (the README's commands with --local)."""
+    repo = experimented_repo
     repo.env = s3_env(repo.env, tmp_path)
     origin = tmp_path / "origin.git"
     repo.git("init", "-q", "--bare", "-b", "main", str(origin))
     repo.git("remote", "add", "origin", str(origin))
-    add_s3_remote(repo, s3_server.endpoint)
-    committed(repo)
+    add_s3_remote(repo, s3_server.endpoint, "--local")
     repo.git("push", "-q", "origin", "main")
     repo.dvc("push")
 
-    # An experiment of the commit that names the S3 remote: its model is in this repo's cache
-    # alone until `dvc exp push`.
-    repo.dvc("exp", "run", "-n", "epochs3", "-S", "train.mlp.epochs=3")
+    # The experiment's model is in this repo's cache alone until `dvc exp push`.
+    repo.dvc("exp", "apply", "fewer-epochs")
     model_md5 = lock_md5s(repo)["model/model.keras"]
     model_key = f"store/files/md5/{model_md5[:2]}/{model_md5[2:]}"
     assert model_key not in s3_server.object_keys()
-    repo.dvc("exp", "push", "origin", "epochs3")
+    repo.dvc("exp", "push", "origin", "fewer-epochs")
     assert model_key in s3_server.object_keys()
 
     copy = clone(repo, origin, tmp_path / "clone", repo.env)
-    assert "epochs3" not in copy.dvc("exp", "show", "--csv").stdout
-    copy.dvc("exp", "pull", "origin", "epochs3")
-    assert "epochs3" in copy.dvc("exp", "show", "--csv").stdout
+    add_s3_remote(copy, s3_server.endpoint, "--local")
+    assert "fewer-epochs" not in copy.dvc("exp", "show", "--csv").stdout
+    copy.dvc("exp", "pull", "origin", "fewer-epochs")
+    assert "fewer-epochs" in copy.dvc("exp", "show", "--csv").stdout
     # apply checks the outputs out from the cache, which only `dvc exp pull` filled, from S3.
-    copy.dvc("exp", "apply", "epochs3")
+    copy.dvc("exp", "apply", "fewer-epochs")
     assert copy.params()["train"]["mlp"]["epochs"] == 3
     assert lock_md5s(copy)["model/model.keras"] == model_md5
     assert contents(copy) == contents(repo)

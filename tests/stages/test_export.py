@@ -45,12 +45,16 @@ def test_a_mismatch_fails_the_stage_in_one_line(mismatches, diff):
     check_parity({"max_abs_diff": TOLERANCE, "mismatches": 0}, 10)
 
 
+# The process imports TensorFlow and ends as the stage does (stages/runner.py).
 EXPORT = """
 import json, sys
+from stages.runner import end, import_tensorflow
+import_tensorflow()
 import keras
 from stages.export import export_onnx
 model = keras.saving.load_model(sys.argv[1], safe_mode=True)
 export_onnx(model, json.loads(sys.argv[3]), sys.argv[2], {"class_names": ["a"]})
+end(0)
 """
 
 

@@ -2,17 +2,22 @@
 stopped midway: one line naming the file and the cause (never a traceback), a non-zero exit, and
 nothing half-written left behind."""
 
+import hashlib
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
 
 from stages.fileio import save_npz
 from stages.params import save
-from tests.conftest import one_error_line, repo_params, stage_dir, start_stage
+from tests.conftest import built_once, one_error_line, repo_params, stage_dir, start_stage
 from tests.conftest import run_stage as run
 
 DIGITS = np.array([str(d) for d in range(10)])
@@ -91,6 +96,27 @@ def test_a_damaged_input_is_one_line_naming_it(processed, tmp_path, stage, damag
     assert line.startswith(f"error: {damaged}: ") and cause in line.lower(), line
 
 
+@pytest.mark.parametrize("stage", ["evaluate", "export"])
+def test_a_file_that_is_no_keras_model_is_refused_before_tensorflow_loads(processed, tmp_path,
+                                                                          stage):
+    """A zip without the weights: one line, from a process that never imported TensorFlow."""
+    cwd = copy_stage(processed, tmp_path / "stage")
+    (cwd / "model").mkdir()
+    (cwd / "model/metadata.json").write_text(
+        '{"class_names": ["0"], "normalization": {"mean": 0, "std": 1}}')
+    with zipfile.ZipFile(cwd / "model/model.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+    code = (f"import runpy, sys\ntry: runpy.run_module('stages.{stage}', run_name='__main__')\n"
+            "finally: print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert one_error_line(result.stderr) == (
+        "error: model/model.keras: cannot load the model (ValueError: not a Keras model: no "
+        "model.weights.h5 in the zip); run `dvc repro` (the train stage writes it)")
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 def test_a_model_trained_for_other_data_is_refused_by_evaluate(processed, model_dir,
                                                                 tmp_path):
     """A model of 10 classes against data of 3: named, not a shape error deep in Keras."""
@@ -134,18 +160,37 @@ def freeze_between(written, not_yet, cwd, proc):
         f"the stage got past {not_yet} before it was frozen: this machine was too busy to tell")
 
 
+@pytest.fixture(scope="session")
+def big_input_once(tmp_path_factory, worker_id):
+    """(folder, digests of its data/processed): a stage folder whose preprocess has run once
+    (scale) on 60,000 random training and as many test images, its params now asking for other
+    bytes (standardize), so that the next run spends about a second writing test.npz after
+    train.npz. Built once for the whole run; nobody may change it."""
+    def build(folder):
+        cwd = stage_dir(folder / "stage")
+        save_npz(cwd / "data/raw.npz", **random_dataset(60_000, 60_000))
+        status, _, err = run("preprocess", cwd)
+        assert status == 0, err
+        params = repo_params()
+        params["preprocess"]["normalization"] = "standardize"
+        save(params, cwd / "params.yaml")
+        (folder / "digests.json").write_text(json.dumps(digests(cwd / "data/processed")))
+
+    folder = built_once(tmp_path_factory, worker_id, "big-input", build)
+    return folder / "stage", read_json(folder / "digests.json")
+
+
+def digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
 @pytest.fixture
-def big_input(tmp_path):
-    """A stage folder whose preprocess has run once (scale) on 60,000 random training and as
-    many test images: the next run spends about a second writing test.npz after train.npz."""
-    cwd = stage_dir(tmp_path / "stage")
-    save_npz(cwd / "data/raw.npz", **random_dataset(60_000, 60_000))
-    status, _, err = run("preprocess", cwd)
-    assert status == 0, err
-    first = {p.name: p.read_bytes() for p in (cwd / "data/processed").iterdir()}
-    params = repo_params()
-    params["preprocess"]["normalization"] = "standardize"  # the next run writes other bytes
-    save(params, cwd / "params.yaml")
+def big_input(big_input_once, tmp_path):
+    """big_input_once for one test: its files hard-linked (a stage replaces its outputs, never
+    writes into them), the `stages` link copied as a link."""
+    source, first = big_input_once
+    cwd = tmp_path / "stage"
+    shutil.copytree(source, cwd, symlinks=True, copy_function=os.link)
     return cwd, first
 
 
@@ -159,8 +204,8 @@ def test_preprocess_stopped_while_writing_keeps_the_old_set_whole(big_input, sig
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum and "Traceback" not in err
     assert sorted(p.name for p in (cwd / "data").iterdir()) == ["processed", "raw.npz"]
-    now = {p.name: p.read_bytes() for p in (cwd / "data/processed").iterdir()}
-    assert now == first, "the earlier run's outputs, all of them, unchanged: no mixed set"
+    assert digests(cwd / "data/processed") == first, (
+        "the earlier run's outputs, all of them, unchanged: no mixed set")
 
 
 def test_what_sigkill_leaves_behind_the_next_run_removes(big_input):

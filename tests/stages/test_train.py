@@ -247,9 +247,12 @@ def test_dvclive_writes_each_curve_as_each_epoch_ends(cfg, tiny_splits, tmp_path
 
 
 # Trains the default model, at the default batch size, on 600 drawn digits; prints the weights.
+# Each process imports TensorFlow and ends as a stage does (stages/runner.py).
 TRAIN_AND_PRINT_WEIGHTS = """
 import json, sys
 import numpy as np
+from stages.runner import end, import_tensorflow
+import_tensorflow()
 from stages import train
 from stages.models import build_model
 from stages.normalization import normalize
@@ -264,6 +267,7 @@ train.configure_tensorflow(cfg, 42)
 model = build_model("mlp", cfg, 42)
 train.fit(model, cfg, 42, {"x": x[:600], "y": y[:600]}, {"x": x[600:], "y": y[600:]}, scale)
 print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())
+end(0)
 """
 
 

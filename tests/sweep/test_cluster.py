@@ -22,8 +22,9 @@ from tests.sweep.conftest import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
-GRID = ["-S", "train.seed=1,2", "-S", "train.mlp.learning_rate=0.002,0.004"]
-NAMES = ["grid-1", "grid-2", "grid-3", "grid-4"]
+# A trial per node: each node has one CPU, and each trial trains on one thread.
+GRID = ["-S", "train.seed=1,2"]
+NAMES = ["grid-1", "grid-2"]
 
 
 @pytest.fixture
@@ -45,9 +46,9 @@ def shared_repo(sweep_repo, s3_remote, tmp_path):
 
 @pytest.fixture
 def two_nodes(shared_repo):
-    """(head, worker): two CPUs each, the environment of the repository (S3 credentials, the
+    """(head, worker): one CPU each, the environment of the repository (S3 credentials, the
     tiny dataset's mirror); stopped by their process ids, their folders removed."""
-    nodes = loopback.start_cluster([2, 2], shared_repo.env)
+    nodes = loopback.start_cluster([1, 1], shared_repo.env)
     yield nodes
     loopback.stop_cluster(nodes)
 
