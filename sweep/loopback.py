@@ -11,7 +11,6 @@ joining node runs Ray's own `ray start` with that one refusal lifted (JOIN below
 address, on which nothing listens."""
 
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -22,12 +21,14 @@ import threading
 import time
 from pathlib import Path
 
+from sweep.cluster import local_cluster_env
+
 READY_LINE = "Ray runtime started"
-# Every node and the head (`sweep --address`) run with these. The token is this process's own:
-# with RAY_AUTH_MODE unset, Ray turns token authentication on wherever ~/.ray/auth_token
-# exists (any earlier `ray.init()` writes one), and the head was then refused by the nodes.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+# Every node and the head (`sweep --address`) run with the settings of the sweep's own local
+# cluster, its token made once here for them all. Without a token set, Ray turns token
+# authentication on wherever ~/.ray/auth_token exists (any earlier `ray.init()` writes one),
+# and the head was then refused by its own nodes.
+LOOPBACK_ENV = local_cluster_env()
 # `ray start`, with the refusal to join a cluster from "Windows or OSX" lifted (see above).
 JOIN = ("import sys, types; from ray._private import ray_constants; "
         "import ray.scripts.scripts as scripts; "

@@ -200,6 +200,19 @@ def run_stage(name, cwd, env=None):
     return proc.returncode, out, err
 
 
+def run_stage_telling_imports(name, cwd, env=None):
+    """(exit status, the last line on stdout, stderr) of the stage run to its end as DVC runs
+    it, in a process that then prints which of TensorFlow and Keras it imported ("[]": none).
+    A stage that imported TensorFlow ends without Python's teardown (runner.end), so prints
+    nothing: its last line is then one of its own, or None."""
+    code = (f"import runpy, sys\ntry: runpy.run_module('stages.{name}', run_name='__main__')\n"
+            "finally: print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, **(env or {})})
+    lines = result.stdout.splitlines()
+    return result.returncode, lines[-1] if lines else None, result.stderr
+
+
 def one_error_line(err):
     """A stage's last stderr line, checked to be its only complaint and not a traceback."""
     assert "Traceback" not in err, err

@@ -26,13 +26,6 @@ def set_args(params):
     return [part for key, value in params.items() for part in ("-S", f"{key}={value}")]
 
 
-def dotted(params, key):
-    """params["train"]["mlp"]["epochs"] for key "train.mlp.epochs"."""
-    for part in key.split("."):
-        params = params[part]
-    return params
-
-
 def lock_md5s(repo):
     """{out path: md5} for every output of every stage in dvc.lock."""
     lock = read_yaml(repo.path / "dvc.lock")

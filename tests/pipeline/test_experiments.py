@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from sweep.grid import dotted
 from tests.conftest import FASHION, REPO, run
-from tests.pipeline.conftest import EXPERIMENTS, dotted, epochs_trained, shown_experiments
+from tests.pipeline.conftest import EXPERIMENTS, epochs_trained, shown_experiments
 from tests.serving import browser_fixture, requests_elsewhere  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,6 @@
 """Preprocess: the stratified split, the normalisation, and the stage as DVC runs it."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +8,7 @@ import pytest
 from stages.fileio import load_npz, read_json, save_npz
 from stages.normalization import blank_pixel, fit_normalization, normalize
 from stages.preprocess import stratified_split
-from tests.conftest import run_stage, stage_dir, tiny_catalogue
+from tests.conftest import run_stage, run_stage_telling_imports, stage_dir, tiny_catalogue
 
 # --- preprocess: the split ---------------------------------------------------------------------
 
@@ -126,13 +123,10 @@ def test_download_and_preprocess_never_import_tensorflow(tmp_path, tiny_mirror):
     """TensorFlow costs seconds and hundreds of MB to import; the data stages must not pay it."""
     cwd = stage_dir(tmp_path / "stage", tiny_catalogue(tiny_mirror[1]))
     for name in ("download", "preprocess"):
-        code = (f"import runpy, sys; runpy.run_module('stages.{name}', run_name='__main__'); "
-                "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
-        result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
-                                text=True, timeout=60,
-                                env={**os.environ, "MNIST_MIRROR": str(tiny_mirror[0])})
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines()[-1] == "[]", f"{name} imported {result.stdout}"
+        status, imported, err = run_stage_telling_imports(
+            name, cwd, {"MNIST_MIRROR": str(tiny_mirror[0])})
+        assert status == 0, err
+        assert imported == "[]", f"{name} imported {imported}"
     assert (cwd / "data/processed/train.npz").is_file()
 
 

@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 
@@ -17,7 +15,14 @@ import pytest
 
 from stages.fileio import save_npz
 from stages.params import save
-from tests.conftest import built_once, one_error_line, repo_params, stage_dir, start_stage
+from tests.conftest import (
+    built_once,
+    one_error_line,
+    repo_params,
+    run_stage_telling_imports,
+    stage_dir,
+    start_stage,
+)
 from tests.conftest import run_stage as run
 
 DIGITS = np.array([str(d) for d in range(10)])
@@ -106,15 +111,12 @@ def test_a_file_that_is_no_keras_model_is_refused_before_tensorflow_loads(proces
         '{"class_names": ["0"], "normalization": {"mean": 0, "std": 1}}')
     with zipfile.ZipFile(cwd / "model/model.keras", "w") as archive:
         archive.writestr("config.json", "{}")
-    code = (f"import runpy, sys\ntry: runpy.run_module('stages.{stage}', run_name='__main__')\n"
-            "finally: print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 1
-    assert one_error_line(result.stderr) == (
+    status, imported, err = run_stage_telling_imports(stage, cwd)
+    assert status == 1
+    assert one_error_line(err) == (
         "error: model/model.keras: cannot load the model (ValueError: not a Keras model: no "
         "model.weights.h5 in the zip); run `dvc repro` (the train stage writes it)")
-    assert result.stdout.splitlines()[-1] == "[]"
+    assert imported == "[]"
 
 
 def test_a_model_trained_for_other_data_is_refused_by_evaluate(processed, model_dir,
