@@ -11,6 +11,7 @@
   (fileio.remove_stale_temporaries), and DVC removes a stage's outputs before it reruns it.
 """
 
+import atexit
 import gc
 import logging
 import os
@@ -82,13 +83,15 @@ def end(status):
     """Exit as sys.exit(status) would: a message goes to stderr with status 1. A stage that
     imported TensorFlow skips Python's teardown (os._exit): tearing TensorFlow down costs a
     second or more of CPU once a model has run, and does nothing for the stage, whose files
-    are all written and closed by now (its `with` blocks are done)."""
+    are all written and closed by now (its `with` blocks are done). The exit handlers still
+    run, for a millisecond: TensorFlow's remove the Python files it wrote to the temporary
+    folder for each traced function (a handful per run, which would pile up in /tmp)."""
     if "tensorflow" not in sys.modules:
         sys.exit(status)
     if isinstance(status, str):
         print(status, file=sys.stderr)
         status = 1
-    logging.shutdown()
+    atexit._run_exitfuncs()  # what sys.exit would run first; logging.shutdown is one of them
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status or 0)

@@ -369,6 +369,8 @@ def reproduced(tmp_path_factory, worker_id, mirrors, tiny_checksums):
     tests read it at the same time."""
     def build(folder):
         repo = new_pipeline_repo(folder / "repo", mirrors, tiny_checksums)
+        (folder / "tmp").mkdir()  # the temporary folder of the run, empty after it (a test)
+        repo.env["TMPDIR"] = str(folder / "tmp")
         repo.repro()
         repo.commit_all("results")
 

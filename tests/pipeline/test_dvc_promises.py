@@ -70,6 +70,12 @@ def test_repro_builds_every_output_then_does_nothing(reproduced_repo, tiny_array
     assert repo.git("check-ignore", "metrics/timing.json").returncode == 0
 
 
+def test_repro_leaves_nothing_in_the_temporary_folder(reproduced):
+    """TensorFlow writes a Python file there for each function it traces, and removes them as
+    the process exits: so must a stage that skips Python's teardown (stages/runner.end)."""
+    assert list((reproduced.path.parent / "tmp").iterdir()) == []
+
+
 def test_a_train_param_reruns_train_evaluate_and_export_only(experimented_repo):
     """The first experiment changed train.mlp.epochs: what `dvc exp run` ran."""
     assert stages_run(experimented_repo.first_run) == AFTER_TRAIN
