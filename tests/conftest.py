@@ -15,6 +15,7 @@ import pytest
 
 from stages.params import save
 from stages.yaml12 import read_yaml as read_yaml12
+from tests import dvc_cli
 from tests.digits import synthetic_mnist, write_mirror
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,9 +224,13 @@ def one_error_line(err):
 
 def run(cmd, cwd, env=None, check=True):
     """Run a command, returning CompletedProcess; on failure show its output in the test report."""
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return checked(subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True), check)
+
+
+def checked(result, check=True):
+    """A finished CompletedProcess; with `check`, a failure shows its output in the report."""
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
+        raise AssertionError(f"{' '.join(map(str, result.args))} exited {result.returncode}\n"
                              f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
     return result
 
@@ -248,7 +253,7 @@ class PipelineRepo:
         self.dvc_bin = str(Path(sys.executable).parent / "dvc")
 
     def dvc(self, *args, check=True):
-        return run([self.dvc_bin, *args], self.path, self.env, check)
+        return checked(dvc_cli.dvc(args, self.path, self.env), check)
 
     def git(self, *args, check=True):
         return run(["git", *args], self.path, self.env, check)
