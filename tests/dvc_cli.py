@@ -17,9 +17,12 @@ from pathlib import Path
 
 # What the commands the tests run import between them (the forkserver imports it once). Each
 # import only defines things: nothing here starts a thread, which forking would not copy.
-PRELOAD = ["dvc.cli", "dvc.cli.parser", "dvc.repo", "dvc.repo.reproduce", "dvc.repo.plots",
-           "dvc.repo.experiments.show", "dvc.repo.experiments.queue.celery", "dvc.scm",
-           "dvc_data.index", "dvc_render", "dvc_s3", "scmrepo.git"]
+PRELOAD = ["celery", "celery.worker", "dulwich.porcelain", "dvc.api", "dvc.cachemgr", "dvc.cli",
+           "dvc.cli.parser", "dvc.data_cloud", "dvc.render.match", "dvc.repo",
+           "dvc.repo.experiments.queue.celery", "dvc.repo.experiments.show", "dvc.repo.index",
+           "dvc.repo.plots.diff", "dvc.repo.reproduce", "dvc.scm", "dvc.utils.strictyaml",
+           "dvc_data.index", "dvc_render", "dvc_s3", "dvc_task.proc.manager", "kombu", "networkx",
+           "platformdirs", "pygit2", "pyparsing", "ruamel.yaml", "s3fs", "scmrepo.git"]
 
 _forkserver = None
 
