@@ -17,6 +17,7 @@ from stages.params import save
 from stages.yaml12 import read_yaml as read_yaml12
 from tests import dvc_cli
 from tests.digits import synthetic_mnist, write_mirror
+from tests.serving import browser_fixture  # noqa: F401  (`browser`, shared by every test)
 
 REPO = Path(__file__).resolve().parent.parent
 # What a serving host does not have (app/requirements.txt holds none of them): importing any of

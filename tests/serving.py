@@ -138,10 +138,12 @@ def base_url_fixture(model_dir):
         yield url
 
 
-@pytest.fixture(scope="module", name="browser")
+@pytest.fixture(scope="session", name="browser")
 def browser_fixture():
     """`browser`: a headless Chromium (chromium() below), skipped where it is not installed,
-    except under .ci/run. Import browser_fixture into a test module to use it."""
+    except under .ci/run. One per pytest worker, for every test that asks for it (tests/
+    conftest.py registers it): each test loads its own page, and one that reads the network
+    log reads what came before it first."""
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         why = f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver"
         if os.environ.get("REQUIRE_BROWSER"):  # .ci/run: a skipped browser test is a failure

@@ -10,7 +10,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.serving import (  # noqa: F401
     BROWSER_WAIT_S,
     base_url_fixture,
-    browser_fixture,
     requests_elsewhere,
 )
 

@@ -12,7 +12,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.serving import (  # noqa: F401
     BROWSER_WAIT_S,
     base_url_fixture,
-    browser_fixture,
     draw,
 )
 

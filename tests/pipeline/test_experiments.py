@@ -15,7 +15,7 @@ import pytest
 from sweep.grid import dotted
 from tests.conftest import FASHION, REPO, run
 from tests.pipeline.conftest import EXPERIMENTS, epochs_trained, shown_experiments
-from tests.serving import browser_fixture, requests_elsewhere  # noqa: F401
+from tests.serving import requests_elsewhere
 
 pytestmark = pytest.mark.slow
 
@@ -100,15 +100,18 @@ def charts_drawn(driver, page):
     host blocked, and the requests over the network it tried (blocked ones included)."""
     driver.execute_cdp_cmd("Network.enable", {})
     driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["http://*", "https://*"]})
-    driver.get(page.as_uri())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        drawn = driver.execute_script(  # what Vega drew each chart on, canvas or svg
-            "return document.querySelectorAll('.vega-embed .marks').length")
-        if drawn and driver.execute_script("return document.readyState") == "complete":
-            break
-        time.sleep(0.2)
-    return drawn, requests_elsewhere(driver, "file://")  # a file: page has no host of its own
+    try:
+        driver.get(page.as_uri())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            drawn = driver.execute_script(  # what Vega drew each chart on, canvas or svg
+                "return document.querySelectorAll('.vega-embed .marks').length")
+            if drawn and driver.execute_script("return document.readyState") == "complete":
+                break
+            time.sleep(0.2)
+        return drawn, requests_elsewhere(driver, "file://")  # a file: page has no host
+    finally:  # the browser is the next test's too, and it may load pages over http
+        driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
 
 
 @pytest.mark.browser
