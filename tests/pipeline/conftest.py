@@ -1,5 +1,5 @@
-"""The pipeline tests' shared experiments: three, each changing one param, made once per test
-run in a copy of the session's reproduced repo. Every test works in a copy of that repo
+"""The pipeline tests' shared experiments: two, made once per test run in a copy of the
+session's reproduced repo. Every test works in a copy of that repo
 (experimented_repo), so that no two dvc commands of tests that run at once share a repo."""
 
 import json
@@ -10,11 +10,12 @@ import pytest
 
 from tests.conftest import PipelineRepo, built_once, read_yaml
 
-# Three experiments, {name: {param: value}}: two change one param, as a user tries one idea at
-# a time; the third trains on the other dataset, for one epoch.
+# Two experiments, {name: {param: value}}: the first changes one param, as a user tries one
+# idea at a time, and runs in the workspace; the second trains on the other dataset, for one
+# epoch, through DVC's queue. (Each training is three processes that import TensorFlow: a
+# third experiment would cost the suite eight seconds and check nothing these two do not.)
 EXPERIMENTS = {
     "fewer-epochs": {"train.mlp.epochs": 3},
-    "higher-lr": {"train.mlp.learning_rate": 0.01},
     "fashion": {"data.dataset": "fashion-mnist", "train.mlp.epochs": 1},
 }
 FIRST_RUN = "first-run.txt"  # what `dvc exp run` printed for the first: the stages it ran
@@ -59,8 +60,8 @@ def wait_for_the_queue(repo, experiments, timeout_s=300):
 
 @pytest.fixture(scope="session")
 def experimented(reproduced, tmp_path_factory, worker_id):
-    """A copy of the session's repo with the three experiments: the first run in the workspace
-    (then back to the committed results), the other two queued and run by two workers."""
+    """A copy of the session's repo with the two experiments: the first run in the workspace
+    (then back to the committed results), the other queued, then run by `dvc queue start`."""
     def build(folder):
         repo = reproduced.copy(folder / "repo")
         (first, params), *queued = EXPERIMENTS.items()
@@ -70,12 +71,12 @@ def experimented(reproduced, tmp_path_factory, worker_id):
         repo.dvc("checkout")
         for name, params in queued:
             repo.dvc("exp", "run", "--queue", "-n", name, *set_args(params))
-        repo.dvc("queue", "start", "--jobs", "2")
+        repo.dvc("queue", "start", "--jobs", "1")  # as the README says
         try:
             status = wait_for_the_queue(repo, EXPERIMENTS)
         finally:
             repo.dvc("queue", "stop", "--kill", check=False)  # no worker outlives the test
-        assert status.count("Success") == 2 and "Failed" not in status, status
+        assert status.count("Success") == len(queued) and "Failed" not in status, status
         # The queue's logs stay in .dvc/tmp, which copies leave out.
         (folder / FASHION_LOG).write_text(repo.dvc("queue", "logs", "fashion").stdout)
 
@@ -85,7 +86,7 @@ def experimented(reproduced, tmp_path_factory, worker_id):
 
 @pytest.fixture
 def experimented_repo(experimented, reproduced, tmp_path):
-    """A copy of the repo with the three experiments, for one test; `first_run` holds what the
+    """A copy of the repo with the two experiments, for one test; `first_run` holds what the
     first experiment's `dvc exp run` printed, `fashion_log` what the queue logged of its run."""
     repo = PipelineRepo(experimented / "repo", reproduced.mirrors).copy(tmp_path / "repo")
     repo.first_run = (experimented / FIRST_RUN).read_text()

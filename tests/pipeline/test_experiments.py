@@ -35,7 +35,7 @@ def test_each_experiment_shows_the_params_it_trained_with_and_its_test_metrics(e
         for key, value in params.items():
             assert dotted(shown[name]["params"], key) == value, (name, key)
         assert 0 <= shown[name]["test"]["test_accuracy"] <= 1
-    assert shown["fewer-epochs"]["test"] != shown["higher-lr"]["test"]
+    assert shown["fewer-epochs"]["test"] != shown["fashion"]["test"]
 
 
 def test_the_readmes_exp_show_is_readable_in_120_columns(experimented_repo):
@@ -127,9 +127,9 @@ def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experiment
     drawn, outside = charts_drawn(browser, tmp_path / "show/index.html")
     assert drawn == len(vega) and outside == []
 
-    repo.dvc("plots", "diff", "fewer-epochs", "higher-lr", "-o", str(tmp_path / "diff"))
+    repo.dvc("plots", "diff", "fewer-epochs", "fashion", "-o", str(tmp_path / "diff"))
     page = (tmp_path / "diff/index.html").read_text()
-    assert "fewer-epochs" in page and "higher-lr" in page, "both experiments on each chart"
+    assert "fewer-epochs" in page and "fashion" in page, "both experiments on each chart"
     drawn, outside = charts_drawn(browser, tmp_path / "diff/index.html")
     assert drawn == len(vega) and outside == []
     assert not re.search(r"<script[^>]+src=", page), "no library fetched at view time"
