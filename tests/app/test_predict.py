@@ -22,7 +22,7 @@ from app import predict
 from app.decode import read_grey
 from app.transform import InputError, centre_of_mass, read_image, to_mnist_form
 from bench.hostile_images import bad_checksum_png, png, progressive_jpeg
-from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
+from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES, built_once
 from tests.digits import draw_digit, mnist_form_digits, png_bytes
 from tests.drawings import canvas_png
 from tests.photos import make_photo
@@ -295,11 +295,15 @@ BAD_INPUTS = {
 
 
 @pytest.fixture(scope="module")
-def bad_files(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("bad")
-    for name, (make, _) in BAD_INPUTS.items():
-        if make:
-            make(directory / name)
+def bad_files(tmp_path_factory, worker_id):
+    """Every bad input, made once for the whole run (the huge pictures take seconds of CPU),
+    however many workers run these tests."""
+    def build(directory):
+        for name, (make, _) in BAD_INPUTS.items():
+            if make:
+                make(directory / name)
+
+    directory = built_once(tmp_path_factory, worker_id, "bad-inputs", build)
     return {name: directory / name for name in BAD_INPUTS}
 
 
