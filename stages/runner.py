@@ -91,7 +91,9 @@ def end(status):
     if isinstance(status, str):
         print(status, file=sys.stderr)
         status = 1
-    atexit._run_exitfuncs()  # what sys.exit would run first; logging.shutdown is one of them
+    atexit._run_exitfuncs()  # as Python's own exit runs them; logging.shutdown is one
+    if _received and not status:  # a stop signal while they ran: its exception was dropped
+        status = 128 + _received[0]
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status or 0)
