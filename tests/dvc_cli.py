@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 # What the commands the tests run import between them (the forkserver imports it once). Each
@@ -49,6 +50,9 @@ def _read(path):
 
 def _main(argv, cwd, env, out, err):
     """In the forked process: the rest of what starting `dvc` would have set, then its main."""
+    # multiprocessing set this process's start method to its parent's, the forkserver: DVC's
+    # own processes (the queue's workers) start as in the `dvc` script, by the platform's.
+    multiprocessing.set_start_method(None, force=True)
     for fd, path in ((1, out), (2, err)):
         opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(opened, fd)
@@ -62,6 +66,7 @@ def _main(argv, cwd, env, out, err):
 
     try:
         status = main(argv[1:])
-    finally:
-        atexit._run_exitfuncs()  # multiprocessing ends its processes without them
+    finally:  # what Python's exit does, which multiprocessing's processes skip: wait for the
+        threading._shutdown()  # threads that are not daemons, then run the exit handlers
+        atexit._run_exitfuncs()
     sys.exit(status)
