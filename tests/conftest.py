@@ -251,7 +251,7 @@ class PipelineRepo:
             "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
             "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
         }
-        self.dvc_bin = str(Path(sys.executable).parent / "dvc")
+        self.dvc_bin = dvc_cli.SCRIPT
 
     def dvc(self, *args, check=True):
         return checked(dvc_cli.dvc(args, self.path, self.env), check)

@@ -25,6 +25,7 @@ PRELOAD = ["celery", "celery.worker", "dulwich.porcelain", "dvc.api", "dvc.cache
            "dvc_data.index", "dvc_render", "dvc_s3", "dvc_task.proc.manager", "kombu", "networkx",
            "platformdirs", "pygit2", "pyparsing", "ruamel.yaml", "s3fs", "scmrepo.git"]
 
+SCRIPT = str(Path(sys.executable).parent / "dvc")  # what a user runs: this venv's `dvc`
 _forkserver = None
 
 
@@ -35,7 +36,7 @@ def dvc(args, cwd, env):
     if _forkserver is None:
         _forkserver = multiprocessing.get_context("forkserver")
         _forkserver.set_forkserver_preload([__name__, *PRELOAD])
-    argv = [str(Path(sys.executable).parent / "dvc"), *map(str, args)]
+    argv = [SCRIPT, *map(str, args)]
     with tempfile.TemporaryDirectory(prefix="dvc-output-") as folder:
         out, err = Path(folder, "stdout"), Path(folder, "stderr")
         process = _forkserver.Process(target=_main, args=(argv, str(cwd), dict(env), out, err))
