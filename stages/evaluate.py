@@ -22,8 +22,8 @@ from stages.fileio import (
     write_bytes,
     write_json,
 )
-from stages.keras_file import check_keras_file, load_model_checked
-from stages.runner import import_tensorflow, run
+from stages.keras_file import load_model_checked
+from stages.runner import run
 
 log = logging.getLogger("evaluate")
 EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
@@ -116,9 +116,7 @@ def main():
     test = read_split(layout.SPLITS["test"])
     class_names = read_json(layout.DATASET_INFO, "preprocess", ["class_names"])["class_names"]
 
-    check_keras_file(layout.KERAS_MODEL)
-    import_tensorflow()  # after the inputs: a missing or damaged one is reported at once
-
+    # Loaded (TensorFlow imported) after the inputs: a missing or damaged one is reported at once.
     model = load_model_checked(layout.KERAS_MODEL, test["x"].shape[1:], len(class_names))
     probs = model.predict(test["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)
     y_true = test["y"].astype(np.int64)

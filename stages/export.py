@@ -26,8 +26,8 @@ import numpy as np
 
 from stages import layout, params
 from stages.fileio import read_json, read_split, remove_stale_temporaries, temporary_dir, write_json
-from stages.keras_file import check_keras_file, load_model_checked
-from stages.runner import StageError, import_tensorflow, run
+from stages.keras_file import load_model_checked
+from stages.runner import StageError, run
 
 log = logging.getLogger("export")
 logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines narrate the conversion
@@ -121,9 +121,7 @@ def main():
     test = read_split(layout.SPLITS["test"])
     metadata = read_json(layout.MODEL_INFO, "train", ["class_names", "normalization"])
 
-    check_keras_file(layout.KERAS_MODEL)
-    import_tensorflow()  # after the inputs: a missing or damaged one is reported at once
-
+    # Loaded (TensorFlow imported) after the inputs: a missing or damaged one is reported at once.
     model = load_model_checked(layout.KERAS_MODEL, test["x"].shape[1:],
                                len(metadata["class_names"]))
     keras_probs = model.predict(test["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from stages.fileio import ZIP_EPOCH, InputError, atomic_path, read_input
+from stages.runner import import_tensorflow
 
 
 def save_model_reproducibly(model, target):
@@ -98,7 +99,10 @@ def check_keras_file(path):
 def load_model_checked(path, input_shape, num_classes):
     """keras.saving.load_model with safe_mode on; a file that cannot be loaded, or a model
     that does not take `input_shape` images and give `num_classes` probabilities, is one
-    InputError naming the file and the cause."""
+    InputError naming the file and the cause. A file that is no Keras zip is refused before
+    TensorFlow is imported, seconds sooner (check_keras_file)."""
+    check_keras_file(path)
+    import_tensorflow()
     import keras
 
     def load(path):
