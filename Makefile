@@ -56,14 +56,17 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt requirements-s3.
 	$(PIP) -r requirements-dev.txt
 	touch $@
 
-# The page `dvc plots show` fills (plots.html_template in .dvc/config), with the pinned Vega
-# libraries inside it so that it draws offline. Without npm, a page that loads them from
-# their CDN, as DVC's own does (offline_page.py says so).
-$(PLOTS)/offline.html: $(PLOTS)/package.json $(PLOTS)/package-lock.json $(PLOTS)/offline_page.py
+# The page `dvc plots show` fills, with the pinned Vega libraries inside it so that it draws
+# offline, named in .dvc/config.local (this clone's own). Without npm, or in a clone where make
+# never ran, DVC's own page, which loads them from their CDN.
+$(PLOTS)/offline.html: $(VENV)/.installed $(PLOTS)/package.json $(PLOTS)/package-lock.json \
+		$(PLOTS)/offline_page.py
 	@echo "== Vega, Vega-Lite and vega-embed for dvc plots, from the npm registry"
 	if command -v npm >/dev/null; then \
-	  npm ci --prefix $(PLOTS) --no-audit --no-fund --ignore-scripts --loglevel=error; fi
-	python3 $(PLOTS)/offline_page.py
+	  npm ci --prefix $(PLOTS) --no-audit --no-fund --ignore-scripts --loglevel=error && \
+	  python3 $(PLOTS)/offline_page.py && dvc config --local plots.html_template plots/offline.html; \
+	fi
+	touch $@
 
 $(VENV)/.installed-sweep: $(VENV)/.installed requirements-sweep.txt
 	@echo "== Installing Ray into $(VENV), for make sweep"

@@ -13,17 +13,9 @@ import logging
 
 import numpy as np
 
-from stages import layout, params
-from stages.fileio import (
-    atomic_path,
-    read_json,
-    read_split,
-    remove_stale_temporaries,
-    write_bytes,
-    write_json,
-)
-from stages.keras_file import load_model_checked
-from stages.runner import run
+from stages.common import layout, params
+from stages.common.files import atomic, load_json, load_npz, write_bytes, write_json
+from stages.common.runner import import_tensorflow, run
 
 log = logging.getLogger("evaluate")
 EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
@@ -86,48 +78,53 @@ def most_confident_errors(y_true, probs, count):
     return wrong[np.argsort(-confidence, kind="stable")][:count]
 
 
-def error_grid(images, y_true, probs, count, class_names, columns=5, zoom=4):
-    """A PNG-ready grid of the `count` most confidently wrong images, each captioned
-    '4 as 9 97%' (names cut to 8 characters). Images are shown white on black, however they
-    were normalised."""
+def error_grid(pictures: np.ndarray, y_true: np.ndarray, probs: np.ndarray, count: int,
+               class_names: list[str], columns: int = 5) -> object:
+    """A PNG-ready grid of the `count` most confidently wrong pictures, each captioned
+    '4 as 9 97%' (names cut to 8 characters), each shown at about 112 px."""
     from PIL import Image, ImageDraw, ImageFont
 
     picked = most_confident_errors(y_true, probs, count)
-    lo, hi = float(images.min()), float(images.max())
-    cell, caption = 28 * zoom, 14
+    side = pictures.shape[1]
+    cell, caption = side * max(1, round(112 / side)), 14
     rows = max(1, -(-len(picked) // columns))
-    grid = Image.new("L", (columns * cell, rows * (cell + caption)), 40)
+    grid = Image.new("RGB", (columns * cell, rows * (cell + caption)), (40, 40, 40))
     draw, font = ImageDraw.Draw(grid), ImageFont.load_default(size=11)
     for n, i in enumerate(picked):
-        pixels = ((images[i] - lo) / (hi - lo or 1) * 255).astype(np.uint8)
+        picture = Image.fromarray(pictures[i].squeeze(axis=2) if pictures.shape[3] == 1
+                                  else pictures[i])
         x, y = (n % columns) * cell, (n // columns) * (cell + caption)
-        grid.paste(Image.fromarray(pixels).resize((cell, cell), Image.Resampling.NEAREST), (x, y))
+        grid.paste(picture.resize((cell, cell), Image.Resampling.NEAREST), (x, y))
         truth, guess = (class_names[c][:8] for c in (y_true[i], probs[i].argmax()))
-        label = f"{truth} as {guess} {probs[i].max():.0%}"
-        draw.text((x + 2, y + cell + 1), label, fill=255, font=font)
+        draw.text((x + 2, y + cell + 1), f"{truth} as {guess} {probs[i].max():.0%}",
+                  fill=(255, 255, 255), font=font)
     if len(picked) == 0:
-        draw.text((4, 4), "no errors", fill=255, font=font)
+        draw.text((4, 4), "no errors", fill=(255, 255, 255), font=font)
     return grid
 
 
-def main():
+def main() -> None:
     cfg = params.load().evaluate
-    remove_stale_temporaries(layout.METRICS)
-    test = read_split(layout.SPLITS["test"])
-    class_names = read_json(layout.DATASET_INFO, "preprocess", ["class_names"])["class_names"]
+    test = load_npz(layout.SPLITS["test"], "preprocess", ("x", "y"))
+    dataset = load_json(layout.DATASET_INFO, "preprocess")
+    class_names = dataset["class_names"]
 
-    # Loaded (TensorFlow imported) after the inputs: a missing or damaged one is reported at once.
-    model = load_model_checked(layout.KERAS_MODEL, test["x"].shape[1:], len(class_names))
-    probs = model.predict(test["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)
+    # TensorFlow is imported after the inputs are read: a missing one is reported at once.
+    import_tensorflow()
+    from stages.common.keras_file import load_model
+
+    model = load_model(layout.KERAS_MODEL, dataset["input_shape"], len(class_names))
+    probs = model.predict(test["x"].astype(np.float32), batch_size=layout.INFERENCE_BATCH,
+                          verbose=0)
     y_true = test["y"].astype(np.int64)
 
     headline, per_class = classification_metrics(y_true, probs, len(class_names))
     write_json(layout.TEST_METRICS, headline)
     write_bytes(layout.PER_CLASS, per_class_csv(per_class, class_names))
     write_bytes(layout.CONFUSION, confusion_csv(y_true, probs.argmax(axis=1), class_names))
-    with atomic_path(layout.ERRORS) as tmp:
+    with atomic(layout.ERRORS) as tmp:
         error_grid(test["x"], y_true, probs, cfg.error_grid, class_names).save(tmp, format="PNG")
-    log.info("test accuracy %.4f, loss %.4f, %d of %d misclassified", headline["test_accuracy"],
+    log.info("test accuracy %.4f, loss %.4f, %d of %d wrong", headline["test_accuracy"],
              headline["test_loss"], sum(m["errors"] for m in per_class), len(y_true))
 
 

@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from app.transform import to_mnist_form
-from stages.fileio import save_npz
 
 
 def draw_digit(digit, rng):
@@ -58,7 +57,7 @@ def mnist_form_digits(n, seed=0):
 
 
 def idx_bytes(array):
-    """Encode a uint8 array as an IDX file (the inverse of stages.download.parse_idx)."""
+    """Encode a uint8 array as an IDX file (what stages.common.catalogue.parse_idx reads)."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         d.to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
@@ -72,20 +71,16 @@ IDX_NAMES = {
 }
 
 
-def write_mirror(directory, arrays, npz="mnist.npz"):
-    """Write the npz (unless `npz` is None) and the four IDX .gz files; return their checksums
-    as params.yaml holds them."""
+def write_mirror(directory, arrays):
+    """Write the four IDX .gz files; return the SHA-256 of each one's content, as a catalogue
+    entry's `files` holds them."""
     directory.mkdir(parents=True, exist_ok=True)
     checksums = {}
-    if npz:
-        save_npz(directory / npz, **{k: arrays[k] for k in IDX_NAMES})
-        checksums[npz] = {"sha256": sha256(directory / npz)}
     for key, name in IDX_NAMES.items():
-        # mtime=0: the same arrays always give the same .gz bytes, hence the same md5.
+        # mtime=0: the same arrays always give the same .gz bytes.
         with open(directory / name, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
             gz.write(idx_bytes(arrays[key]))
-        checksums[name] = {"gz_md5": hashlib.md5((directory / name).read_bytes()).hexdigest(),
-                           "sha256": hashlib.sha256(idx_bytes(arrays[key])).hexdigest()}
+        checksums[name] = hashlib.sha256(idx_bytes(arrays[key])).hexdigest()
     return checksums
 
 

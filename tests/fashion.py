@@ -53,9 +53,9 @@ def recompress(directory):
 
 
 def write_fashion_mirror(directory):
-    """(checksums as published, arrays): IDX files only, re-compressed after their hashes were
-    taken, so their .gz MD5s no longer match and only the content's do."""
+    """(checksums, arrays): the IDX files, re-compressed after they were written, as Debian's
+    are: other .gz bytes, the same content."""
     arrays = synthetic_fashion()
-    checksums = write_mirror(directory, arrays, npz=None)
+    checksums = write_mirror(directory, arrays)
     recompress(directory)
     return checksums, arrays

@@ -5,11 +5,10 @@ from a CDN. The page then draws every chart offline, and can be sent or archived
 
     npm ci --prefix .dvc/plots && python .dvc/plots/offline_page.py     (what `make` runs)
 
-Without the libraries (no npm on this machine), it writes DVC's own page, which loads them from
-the CDN, and says so: `dvc plots show` then works with a connection only, as it does by default.
+`make` then names the page in .dvc/config.local. Without it (no npm, or `make` never ran), DVC
+uses its own page, which loads the libraries from their CDN.
 """
 
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -38,14 +37,12 @@ PAGE = """<!DOCTYPE html>
 
 
 def inline_scripts():
-    """The libraries as <script> elements, or None if any is not installed."""
+    """The libraries as <script> elements."""
     scripts = []
     for library in LIBRARIES:
         path = HERE / "node_modules" / library
         if not path.is_file():
-            print(f"warning: {library} is not installed (no npm?): `dvc plots show` will load "
-                  "Vega from its CDN, and needs a connection to draw", file=sys.stderr)
-            return None
+            raise SystemExit(f"{library} is not installed: npm ci --prefix .dvc/plots")
         code = path.read_text(encoding="utf-8")
         if "</script" in code:  # would end the inline <script> early
             raise SystemExit(f"{library} holds '</script': it cannot be inlined")
@@ -54,8 +51,7 @@ def inline_scripts():
 
 
 def main():
-    scripts = inline_scripts()
-    page = PAGE if scripts is None else PAGE.replace("{scripts}", scripts)
+    page = PAGE.replace("{scripts}", inline_scripts())
     target = HERE / "offline.html"
     tmp = target.with_suffix(".tmp")
     tmp.write_text(page, encoding="utf-8")

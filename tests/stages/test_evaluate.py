@@ -73,16 +73,19 @@ def test_most_confident_errors_orders_wrong_predictions_by_confidence():
     assert evaluate.most_confident_errors(y_true, probs, 2).tolist() == [3, 2]
 
 
-def test_error_grid_has_one_captioned_cell_per_error():
+@pytest.mark.parametrize("shape", [(28, 28, 1), (64, 64, 3), (8, 8, 1)])
+def test_error_grid_has_one_captioned_cell_per_error(shape):
     rng = np.random.default_rng(0)
-    images = rng.random((12, 28, 28)).astype(np.float32)
+    pictures = rng.integers(0, 256, (12, *shape), dtype=np.uint8)
     y_true = np.arange(12) % 10
     probs = np.eye(10)[(y_true + 1) % 10] * 0.9 + 0.01  # every prediction wrong
-    grid = evaluate.error_grid(images, y_true, probs, 7, [str(d) for d in range(10)], columns=5,
-                               zoom=2)
-    cell = 28 * 2
+    grid = evaluate.error_grid(pictures, y_true, probs, 7, [str(d) for d in range(10)],
+                               columns=5)
+    cell = shape[0] * round(112 / shape[0])  # every picture shown at about 112 px
     assert grid.size[0] == 5 * cell and grid.size[1] == 2 * (cell + 14)  # 7 cells: 2 rows
-    assert np.asarray(grid)[:cell, :cell].std() > 0  # the first cell shows an image
+    first = np.asarray(grid)[:cell, :cell]
+    assert first.std() > 0  # the first cell shows a picture
+    assert (first[..., 0] != first[..., 1]).any() == (shape[2] == 3)  # in colour if it was
 
 
 def test_confusion_csv_holds_the_errors_alone_named_by_class():

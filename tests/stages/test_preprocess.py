@@ -1,132 +1,117 @@
-"""Preprocess: the stratified split, the normalisation, and the stage as DVC runs it."""
+"""Preprocess: the splits (validation, and test when the data has none), test copies of training
+pictures left out, the normalisation, and the stage as DVC runs it."""
 
 import json
 
 import numpy as np
 import pytest
 
-from stages.fileio import load_npz, read_json, save_npz
-from stages.normalization import blank_pixel, fit_normalization, normalize
-from stages.preprocess import stratified_split
-from tests.conftest import run_stage, run_stage_telling_imports, stage_dir, tiny_catalogue
+from stages.common.files import save_npz
+from stages.preprocess import copies_of_training, normalization, stratified_split
+from tests.conftest import one_error_line, run_stage, run_stage_telling_imports, stage_dir
 
-# --- preprocess: the split ---------------------------------------------------------------------
 
-def labels_with_class_sizes(sizes, seed=0):
-    labels = np.repeat(np.arange(len(sizes), dtype=np.uint8), sizes)
+def labels_with_class_sizes(sizes: list, seed: int = 0) -> np.ndarray:
+    labels = np.repeat(np.arange(len(sizes), dtype=np.uint16), sizes)
     np.random.default_rng(seed).shuffle(labels)
     return labels
 
 
-def test_stratified_split_is_seeded():
-    labels = labels_with_class_sizes([50] * 10)
-    train_a, val_a = stratified_split(labels, 0.1, seed=42)
-    train_b, val_b = stratified_split(labels, 0.1, seed=42)
-    np.testing.assert_array_equal(train_a, train_b)
-    np.testing.assert_array_equal(val_a, val_b)
-    _, val_c = stratified_split(labels, 0.1, seed=43)
-    assert len(val_c) == len(val_a) and not np.array_equal(val_c, val_a)
+def raw_dataset(x_train, y_train, x_test=None, y_test=None, names=None) -> dict:
+    """data/raw.npz as download writes it."""
+    none = np.array([], dtype=str)
+    shape = (0, *x_train.shape[1:])
+    return {"x_train": x_train, "y_train": y_train,
+            "x_test": np.zeros(shape, np.uint8) if x_test is None else x_test,
+            "y_test": np.zeros(0, np.uint16) if y_test is None else y_test,
+            "class_names": np.array([f"c{i}" for i in range(int(y_train.max()) + 1)]),
+            "prepare": np.array("picture"), "files_train": none if names is None else names,
+            "files_test": none, "skipped": np.array(["a/x.png: broken"])}
 
 
-@pytest.mark.parametrize("sizes, fraction", [([50] * 10, 0.1), ([20, 30, 40, 55, 61, 70, 80, 90,
-                                                                 100, 120], 0.2)])
-def test_stratified_split_keeps_each_class_share(sizes, fraction):
+def test_stratified_split_is_seeded_keeps_each_class_share_and_partitions():
+    sizes = [20, 30, 40, 55, 61, 70, 80, 90, 100, 120]
     labels = labels_with_class_sizes(sizes)
-    train_idx, val_idx = stratified_split(labels, fraction, seed=0)
-    expected_val = [round(n * fraction) for n in sizes]
-    assert np.bincount(labels[val_idx], minlength=len(sizes)).tolist() == expected_val
-    assert np.bincount(labels[train_idx], minlength=len(sizes)).tolist() == [
-        n - v for n, v in zip(sizes, expected_val)]
+    kept, held = stratified_split(labels, 0.2, seed=0)
+    assert np.bincount(labels[held]).tolist() == [round(n * 0.2) for n in sizes]
+    np.testing.assert_array_equal(np.sort(np.concatenate([kept, held])), np.arange(len(labels)))
+    assert np.all(np.diff(kept) > 0) and np.all(np.diff(held) > 0)
+    np.testing.assert_array_equal(held, stratified_split(labels, 0.2, seed=0)[1])
+    assert not np.array_equal(held, stratified_split(labels, 0.2, seed=1)[1])
 
 
-def test_stratified_split_partitions_the_indices():
-    labels = labels_with_class_sizes([37, 41, 29, 50, 33, 45, 38, 40, 44, 43], seed=3)
-    train_idx, val_idx = stratified_split(labels, 0.25, seed=7)
-    assert np.intersect1d(train_idx, val_idx).size == 0
-    np.testing.assert_array_equal(np.sort(np.concatenate([train_idx, val_idx])),
-                                  np.arange(len(labels)))
-    assert np.all(np.diff(train_idx) > 0) and np.all(np.diff(val_idx) > 0)  # sorted
+def test_normalization_is_fitted_in_batches_as_numpy_would_whole():
+    x = np.random.default_rng(0).integers(0, 200, (9000, 8, 8, 3), dtype=np.uint8)
+    constants = normalization(x, "standardize")
+    assert constants["mean"] == pytest.approx(x.mean() / 255)
+    assert constants["std"] == pytest.approx((x / 255).std())
+    assert normalization(x, "scale") == {"method": "scale", "mean": 0.0, "std": 1.0}
+    assert normalization(np.full((3, 2, 2, 1), 7, np.uint8), "standardize")["std"] == 1.0
 
 
-# --- preprocess: normalisation -----------------------------------------------------------------
-
-def test_scale_maps_pixels_into_unit_interval():
-    x = np.array([[0, 1, 128, 255]], dtype=np.uint8)
-    constants = fit_normalization(x, "scale")
-    assert constants == {"method": "scale", "mean": 0.0, "std": 1.0}
-    out = normalize(x, constants)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out, [[0, 1 / 255, 128 / 255, 1]], rtol=1e-6)
-    assert out.min() == 0.0 and out.max() == 1.0
+def test_copies_are_found_by_their_pixels():
+    x_train = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 1), dtype=np.uint8)
+    x_test = np.stack([x_train[3], x_train[0] // 2, x_train[0]])
+    assert copies_of_training(x_test, x_train).tolist() == [3, -1, 0]
 
 
-def test_standardize_gives_zero_mean_unit_std_on_train():
+def test_a_folder_without_test_pictures_gets_a_test_split_and_copies_are_left_out(tmp_path):
     rng = np.random.default_rng(0)
-    x_train = rng.integers(0, 200, (300, 28, 28), dtype=np.uint8)
-    constants = fit_normalization(x_train, "standardize")
-    assert constants["method"] == "standardize"
-    json.dumps(constants)  # plain floats: written to normalization.json as is
-    out = normalize(x_train, constants)
-    assert out.dtype == np.float32
-    assert abs(float(out.mean())) < 1e-4 and abs(float(out.std()) - 1) < 1e-4
-    # Other images are transformed with the same constants, not standardised on their own.
-    bright = np.full((2, 28, 28), 255, dtype=np.uint8)
-    expected = (1.0 - constants["mean"]) / constants["std"]
-    np.testing.assert_allclose(normalize(bright, constants), expected, rtol=1e-5)
-    assert fit_normalization(x_train, "standardize") == constants  # fitting is pure
+    y = labels_with_class_sizes([40, 40, 40])
+    x = rng.integers(0, 256, (120, 6, 6, 3), dtype=np.uint8)
+    x[1] = x[0]  # the same picture twice: wherever the split puts the two, it is found
+    x[2] = x[0]
+    names = np.array([f"c{label}/{i}.png" for i, label in enumerate(y)])
+    cwd = stage_dir(tmp_path / "stage", preprocess={"test_fraction": 0.25,
+                                                    "normalization": "standardize"})
+    save_npz(cwd / "data/raw.npz", **raw_dataset(x, y, names=names))
+    status, _, err = run_stage("preprocess", cwd)
+    assert status == 0, err
+    splits = {name: np.load(cwd / f"data/processed/{name}.npz") for name in ("train", "val",
+                                                                            "test")}
+    metrics = json.loads((cwd / "metrics/data.json").read_text())
+    copies = metrics["test_copies_left_out"]
+    assert metrics == {"train_pictures": 81, "val_pictures": 9, "test_pictures": 30 - copies,
+                       "skipped_files": 1, "test_copies_left_out": copies}
+    assert splits["test"]["x"].dtype == np.uint8 and splits["test"]["x"].shape[1:] == (6, 6, 3)
+    if copies:
+        assert "a test picture is a copy of a training one: c" in err
+    seen = {bytes(p) for s in ("train", "val") for p in splits[s]["x"]}
+    assert not any(bytes(p) in seen for p in splits["test"]["x"])
+    info = json.loads((cwd / "data/processed/dataset.json").read_text())
+    assert info["input_shape"] == [6, 6, 3] and info["prepare"] == "picture"
+    assert info["class_names"] == ["c0", "c1", "c2"]
+    train = splits["train"]["x"]
+    assert info["normalization"]["mean"] == pytest.approx(train.mean() / 255)  # train's alone
 
 
-def test_blank_pixel_is_what_a_zero_pixel_becomes():
-    assert blank_pixel({"method": "scale", "mean": 0.0, "std": 1.0}) == 0.0
-    constants = {"method": "standardize", "mean": 0.13, "std": 0.31}
-    assert blank_pixel(constants) == pytest.approx(-0.13 / 0.31)
-    zeros = normalize(np.zeros((1, 28, 28), np.uint8), constants)
-    assert (zeros == np.float32(blank_pixel(constants))).all()
+def test_the_datasets_own_test_set_is_kept_and_checked(tmp_path):
+    rng = np.random.default_rng(1)
+    y = labels_with_class_sizes([30, 30])
+    x = rng.integers(0, 256, (60, 4, 4, 1), dtype=np.uint8)
+    x_test = np.concatenate([x[:3], rng.integers(0, 256, (7, 4, 4, 1), dtype=np.uint8)])
+    cwd = stage_dir(tmp_path / "stage")
+    save_npz(cwd / "data/raw.npz", **raw_dataset(x, y, x_test, np.zeros(10, np.uint16)))
+    status, _, err = run_stage("preprocess", cwd)
+    assert status == 0, err
+    assert "3 test pictures are copies of training ones: the test set leaves them out" in err
+    assert len(np.load(cwd / "data/processed/test.npz")["y"]) == 7
 
 
-def test_preprocess_stage_fits_constants_on_the_training_split_only(tmp_path):
-    """Make the validation and test images bright: constants fitted on them would show it."""
-    rng = np.random.default_rng(0)
-    y_train = labels_with_class_sizes([30] * 10)
-    train_idx, val_idx = stratified_split(y_train, 0.2, seed=5)
-    x_train = rng.integers(0, 100, (300, 28, 28), dtype=np.uint8)
-    x_train[val_idx] = 255
-    mnist = {"x_train": x_train, "y_train": y_train,
-             "x_test": np.full((20, 28, 28), 255, np.uint8),
-             "y_test": np.arange(20, dtype=np.uint8) % 10,
-             "class_names": np.array([str(d) for d in range(10)])}
-    outputs = []
-    for run in ("a", "b"):
-        cwd = stage_dir(tmp_path / run, preprocess={"normalization": "standardize",
-                                                    "val_fraction": 0.2, "seed": 5})
-        save_npz(cwd / "data/raw.npz", **mnist)
-        status, _, err = run_stage("preprocess", cwd)
-        assert status == 0, err
-        processed = cwd / "data/processed"
-        outputs.append({p.name: p.read_bytes() for p in sorted(processed.iterdir())})
-    assert list(outputs[0]) == ["dataset.json", "normalization.json", "test.npz", "train.npz",
-                                "val.npz"]
-    assert outputs[0] == outputs[1], "the same input and params give the same bytes"
-
-    constants = read_json(processed / "normalization.json", "preprocess", [])
-    assert constants == fit_normalization(x_train[train_idx], "standardize")
-    train = load_npz(processed / "train.npz", 2**24)
-    val = load_npz(processed / "val.npz", 2**24)
-    np.testing.assert_array_equal(train["y"], y_train[train_idx])
-    np.testing.assert_array_equal(val["y"], y_train[val_idx])
-    assert train["x"].dtype == np.float32
-    assert abs(float(train["x"].mean())) < 1e-4 and abs(float(train["x"].std()) - 1) < 1e-3
-    assert float(val["x"].min()) > 2, "bright validation images stay far above the train mean"
+def test_too_few_pictures_to_hold_validation_out_is_one_line(tmp_path):
+    y = labels_with_class_sizes([3, 3, 3, 3])
+    x = np.random.default_rng(2).integers(0, 256, (12, 4, 4, 1), dtype=np.uint8)
+    cwd = stage_dir(tmp_path / "stage")
+    save_npz(cwd / "data/raw.npz", **raw_dataset(x, y, x, y))
+    status, _, err = run_stage("preprocess", cwd)
+    assert status == 1
+    assert one_error_line(err).startswith("error: preprocess.val_fraction = 0.1 holds out no")
+    assert not (cwd / "data/processed").exists()
 
 
 def test_download_and_preprocess_never_import_tensorflow(tmp_path, tiny_mirror):
-    """TensorFlow costs seconds and hundreds of MB to import; the data stages must not pay it."""
-    cwd = stage_dir(tmp_path / "stage", tiny_catalogue(tiny_mirror[1]))
-    for name in ("download", "preprocess"):
-        status, imported, err = run_stage_telling_imports(
-            name, cwd, {"MNIST_MIRROR": str(tiny_mirror[0])})
-        assert status == 0, err
-        assert imported == "[]", f"{name} imported {imported}"
-    assert (cwd / "data/processed/train.npz").is_file()
-
-
+    cwd = stage_dir(tmp_path / "stage", {"mnist": tiny_mirror[1]})
+    env = {"MNIST_MIRROR": str(tiny_mirror[0])}
+    for stage in ("download", "preprocess"):
+        status, imported, err = run_stage_telling_imports(stage, cwd, env)
+        assert (status, imported) == (0, "[]"), err
