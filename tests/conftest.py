@@ -281,6 +281,10 @@ def new_pipeline_repo(path: Path, mirrors: dict, checksums: dict) -> PipelineRep
         else:
             shutil.copy2(source, target)
     write_catalogue(path, checksums)
+    offline = REPO / ".dvc/plots/offline.html"
+    if offline.is_file():  # as `make` leaves a clone: the page that draws offline, named in
+        shutil.copy2(offline, path / ".dvc/plots")  # the clone's own config
+        (path / ".dvc/config.local").write_text("[plots]\n    html_template = plots/offline.html\n")
     repo = PipelineRepo(path, mirrors)
     repo.set_params(tiny_params())
     repo.git("init", "-q", "-b", "main")

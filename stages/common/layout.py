@@ -24,7 +24,7 @@ MODEL_INFO = MODEL / "metadata.json"
 ONNX_MODEL = MODEL / "model.onnx"
 
 METRICS = Path("metrics")
-DATA_METRICS = METRICS / "data.json"  # pictures per split, skipped, test copies of training's
+DATA_METRICS = METRICS / "data.json"  # files skipped, test copies of training pictures left out
 TRAINING_CURVES = METRICS / "train"  # DVCLive's folder: one .tsv per curve, for `dvc plots`
 TEST_METRICS = METRICS / "test.json"
 PER_CLASS = METRICS / "per_class.csv"

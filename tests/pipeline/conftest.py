@@ -8,14 +8,17 @@ import time
 
 import pytest
 
-from tests.conftest import PipelineRepo, built_once, read_yaml
+from tests.conftest import REPO, PipelineRepo, built_once, read_yaml
 
-# Two experiments, {name: {param: value}}: the first changes one param, as a user tries one
-# idea at a time, and runs in the workspace; the second trains on the other dataset, for one
-# epoch, through DVC's queue. (Each training is three processes that import TensorFlow: a
-# third experiment would cost the suite eight seconds and check nothing these two do not.)
+FASHION = read_yaml(REPO / "datasets/fashion-mnist/dataset.yaml")["classes"]
+
+# The shared experiments, {name: {param: value}}: the first three each change one param the
+# README names, as a user tries one idea at a time (the first runs in the workspace, the others
+# queued); the last trains on the other dataset, for one epoch, through DVC's queue.
 EXPERIMENTS = {
     "fewer-epochs": {"train.mlp.epochs": 3},
+    "less-dropout": {"train.mlp.dropout": 0.1},
+    "other-seed": {"train.seed": 7},
     "fashion": {"data.dataset": "fashion-mnist", "train.mlp.epochs": 1},
 }
 FIRST_RUN = "first-run.txt"  # what `dvc exp run` printed for the first: the stages it ran
@@ -60,8 +63,8 @@ def wait_for_the_queue(repo, experiments, timeout_s=300):
 
 @pytest.fixture(scope="session")
 def experimented(reproduced, tmp_path_factory, worker_id):
-    """A copy of the session's repo with the two experiments: the first run in the workspace
-    (then back to the committed results), the other queued, then run by `dvc queue start`."""
+    """A copy of the session's repo with the experiments: the first run in the workspace (then
+    back to the committed results), the others queued, then run by `dvc queue start`."""
     def build(folder):
         repo = reproduced.copy(folder / "repo")
         (first, params), *queued = EXPERIMENTS.items()

@@ -25,7 +25,7 @@ def test_a_mismatch_fails_the_stage_in_one_line(onnx, why):
         check_parity(keras, np.array(onnx))
     assert why in str(error.value) and "\n" not in str(error.value)
     within = check_parity(keras, keras + TOLERANCE / 2)
-    assert within == {"onnx_mismatches": 0, "onnx_tolerance": TOLERANCE}  # the same for any model
+    assert within == {"onnx_mismatches": 0}  # the same for any model: no column in exp show
 
 
 def test_a_digit_model_refuses_by_the_digit_checks_any_other_by_its_own_uncertainty():

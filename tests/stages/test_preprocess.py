@@ -70,9 +70,9 @@ def test_a_folder_without_test_pictures_gets_a_test_split_and_copies_are_left_ou
     splits = {name: np.load(cwd / f"data/processed/{name}.npz") for name in ("train", "val",
                                                                             "test")}
     metrics = json.loads((cwd / "metrics/data.json").read_text())
-    copies = metrics["test_copies_left_out"]
-    assert metrics == {"train_pictures": 81, "val_pictures": 9, "test_pictures": 30 - copies,
-                       "skipped_files": 1, "test_copies_left_out": copies}
+    copies = metrics["test_copies"]
+    assert metrics == {"skipped_files": 1, "test_copies": copies}
+    assert [len(splits[s]["y"]) for s in ("train", "val", "test")] == [81, 9, 30 - copies]
     assert splits["test"]["x"].dtype == np.uint8 and splits["test"]["x"].shape[1:] == (6, 6, 3)
     if copies:
         assert "a test picture is a copy of a training one: c" in err
