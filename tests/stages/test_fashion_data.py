@@ -8,7 +8,7 @@ import gzip
 import numpy as np
 import pytest
 
-from app.transform import to_fashion_form
+from app.pictures.digit import to_fashion_form
 from stages import download
 from stages.catalogue import Catalogue
 from stages.params import checked
