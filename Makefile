@@ -28,11 +28,11 @@ lint: $(VENV)/.installed-dev
 # The class of each image: make predict IMAGES="a.png b.png" (add --top 3, --json, --debug DIR).
 predict: $(VENV)/.installed
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="a.png b.png [--top K] [--json] [--debug DIR]"' >&2; exit 2; }
-	python -m app.predict $(IMAGES)
+	python -m app.cli $(IMAGES)
 
 # The HTTP API and the draw-a-digit page on http://$(HOST):$(PORT)/, a worker per core (WORKERS=N).
 serve: $(VENV)/.installed
-	HOST=$(HOST) PORT=$(PORT) python -m app.server
+	HOST=$(HOST) PORT=$(PORT) python -m app.server.main
 
 # A grid of DVC experiments on a Ray cluster, this machine's unless --address (or $RAY_ADDRESS)
 # names one: make sweep ARGS="-S 'train.seed=1,2,3'" (docs/sweeps.md).

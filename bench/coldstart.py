@@ -1,4 +1,4 @@
-"""predict's cold start: `python -m app.predict IMAGE --model MODEL` in a fresh process, run a
+"""predict's cold start: `python -m app.cli IMAGE --model MODEL` in a fresh process, run a
 few times for its wall time and peak memory, and once more under `-X importtime` to see what
 it imports (TensorFlow must not be among it)."""
 
@@ -64,7 +64,7 @@ def all_imports(importtime_text):
 
 
 def measure(model, image, runs=7):
-    cmd = [sys.executable, "-m", "app.predict", str(image), "--model", str(model)]
+    cmd = [sys.executable, "-m", "app.cli", str(image), "--model", str(model)]
     results = [run_once(cmd) for _ in range(runs)]
     started = time.perf_counter()
     probe = subprocess.run([sys.executable, "-X", "importtime", *cmd[1:]], cwd=REPO,
@@ -87,7 +87,7 @@ def table(cold, model_label):
     return [
         "## predict: cold start",
         "",
-        f"`python -m app.predict one.png --model MODEL` with {model_label}, in a fresh process, "
+        f"`python -m app.cli one.png --model MODEL` with {model_label}, in a fresh process, "
         f"{cold['runs']} times in a row (the first may find the files out of the page cache); "
         "peak RSS from `os.wait4`, per process.",
         "",

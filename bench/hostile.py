@@ -1,4 +1,4 @@
-"""The server under hostile uploads: `python -m app.server` (one worker, its real limits) on a
+"""The server under hostile uploads: `python -m app.server.main` (one worker, its real limits) on a
 free port of 127.0.0.1, while `clients` threads send the dearest pictures there are
 (bench/hostile_images.py: the refused ones, and the worst the limits let through) as fast as
 they are answered, and another thread asks `/health` every 50 ms. Reports `/health`'s latency
@@ -100,7 +100,7 @@ def table(result, model_label):
     lines = [
         "## The server under hostile uploads",
         "",
-        f"`python -m app.server` (1 worker, the default limits) with {model_label}: "
+        f"`python -m app.server.main` (1 worker, the default limits) with {model_label}: "
         f"{result['clients']} clients send the pictures below in turn, each as soon as the last "
         f"was answered, for {result['seconds']} s, while `/health` is asked every "
         f"{HEALTH_EVERY_S * 1000:.0f} ms.",

@@ -10,7 +10,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-from app.decode import JPEG_MARKER, SOS
+from app.pictures.decode import JPEG_MARKER, SOS
 
 
 def encoded(image, fmt, **options):

@@ -1,7 +1,7 @@
-"""The API under load: `python -m app.server` on a free port of 127.0.0.1, then POST /predict with
-a small PNG digit from many concurrent clients, with `wrk` if it is installed (apt-get install
-wrk), else with a threaded Python client (which itself takes CPU from the server on a small
-machine). The server is always stopped afterwards."""
+"""The API under load: `python -m app.server.main` on a free port of 127.0.0.1, then POST
+/predict with a small PNG digit from many concurrent clients, with `wrk` if it is installed
+(apt-get install wrk), else with a threaded Python client (which itself takes CPU from the server
+on a small machine). The server is always stopped afterwards."""
 
 import http.client
 import json
@@ -50,11 +50,11 @@ def free_port():
 
 
 def start_server(model, port, workers, log_file):
-    """`python -m app.server` in a session of its own, so that stopping it stops its
+    """`python -m app.server.main` in a session of its own, so that stopping it stops its
     workers."""
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": str(workers),
            "MODEL": str(model)}
-    return subprocess.Popen([sys.executable, "-m", "app.server"], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "app.server.main"], cwd=REPO, env=env,
                             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -208,9 +208,9 @@ def table(load, model_label):
     lines = [
         "## API under load",
         "",
-        f"`python -m app.server` with {model_label} on 127.0.0.1, POST /predict of a 28x28 PNG "
-        f"digit from {load['clients']} concurrent keep-alive connections by {tool}, on the same "
-        "machine as the server, after a warm-up.",
+        f"`python -m app.server.main` with {model_label} on 127.0.0.1, POST /predict of a 28x28 "
+        f"PNG digit from {load['clients']} concurrent keep-alive connections by {tool}, on the "
+        "same machine as the server, after a warm-up.",
         "",
         "| workers | requests | seconds | requests/s | p50 (ms) | p99 (ms) | max (ms) | non-2xx "
         "| socket errors |",

@@ -1,8 +1,8 @@
 """How often "not a digit" is answered, on both sides: real digits wrongly refused, and taps,
-dashes, scribbles and filled shapes rightly refused (app/refusal.py).
+dashes, scribbles and filled shapes rightly refused (app/pictures/refusal.py).
 
     python -m bench.refusal               # the table: needs `make repro` (model/, data/)
-    python -m bench.refusal --calibrate   # where app/refusal.py's thresholds come from
+    python -m bench.refusal --calibrate   # where app/pictures/refusal.py's thresholds come from
 
 The table reads the real MNIST test digits as they are (28x28, as a `.npy` would give them), and
 the project's own pictures through the transform, as predict and the API read them: the photo
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app import refusal as rules
-from app.classify import model_form
-from app.model import load_classifier
-from app.transform import InputError, to_mnist_form
+from app.classifier import load_classifier, model_form
+from app.pictures import refusal as rules
+from app.pictures.digit import InputError, to_mnist_form
 from tests.drawings import page_digits, scrawls
 from tests.photos import photo_set
 
@@ -46,7 +45,7 @@ def goal_text(key, at_least="at least", at_most="at most"):
 @dataclass
 class Answer:
     read: str       # the class the model reads, or "" when the transform found no digit
-    refusal: str    # why it is not a digit (app/refusal.py, or the transform's reason), or None
+    refusal: str    # why it is not a digit (pictures/refusal.py, or the transform's), or None
 
 
 @dataclass
@@ -163,8 +162,8 @@ def goals(results):
 
 
 def calibration(classifier):
-    """Where app/refusal.py's thresholds come from: what the validation digits look like, and
-    how many of them each rule refuses."""
+    """Where app/pictures/refusal.py's thresholds come from: what the validation digits look
+    like, and how many of them each rule refuses."""
     with np.load(VALIDATION) as data:
         pixels, labels = data["x"] * 255, data["y"]
     probabilities = classifier.probabilities(pixels)

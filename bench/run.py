@@ -25,8 +25,8 @@ from datetime import date
 from importlib import metadata
 from pathlib import Path
 
-from app.model import load_classifier
-from app.settings import Settings
+from app.classifier import load_classifier
+from app.server.settings import Settings
 from bench import coldstart, hostile, load, pipeline, refusal, training
 from bench.trainers import recipe
 from stages import params
@@ -45,7 +45,7 @@ GOALS = {
     "P3": "full `dvc repro` <= 30 s, no-op <= 2 s; download and preprocess <= 2 s each "
           "without TensorFlow",
     "P5": "peak RSS of the train stage <= 1.5 GB",
-    "predict": "`python -m app.predict one.png` cold: median <= 0.5 s, peak RSS <= 150 MB, "
+    "predict": "`python -m app.cli one.png` cold: median <= 0.5 s, peak RSS <= 150 MB, "
                "no TensorFlow",
     "api": ">= 400 requests/s, p99 <= 100 ms, no errors (load generator on the same machine)",
     "hostile": "4 clients sending the dearest pictures: /health p99 <= 1 s, the worker's peak "

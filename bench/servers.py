@@ -1,4 +1,4 @@
-"""How the server was chosen: each candidate that is installed serves the same app (app.api's
+"""How the server was chosen: each candidate that is installed serves the same app (app.server.api's
 create_app, the same model), and is measured the same way: requests/s and latency under `wrk`
 (POST /predict of a small PNG, 16 connections, on this machine), the CPU its processes spend per
 request, and what it does with hostile connections: one that sends nothing, one that sends a
@@ -10,7 +10,7 @@ header line every 0.2 s (slowloris), a 100 KB head that never ends, an upload th
 
 Prints a Markdown table (docs/serving.md has the last one): the medians of `rounds` runs of each
 candidate, taken in turn; candidates not installed are skipped. The app's own limits
-(app/limits.py: 413, 408 for a stalled body, ...) run under every candidate; what differs is
+(app/server/limits.py: 413, 408 for a stalled body, ...) run under every candidate; what differs is
 what each server does before the app sees a request.
 """
 
@@ -31,10 +31,10 @@ from bench.coldstart import digit_png
 from bench.load import REPO, free_port, multipart_body, run_wrk, stop_server, wait_ready
 
 BIN = Path(sys.executable).parent
-FACTORY = "app.api:create_app"
+FACTORY = "app.server.api:create_app"
 CANDIDATES = {  # name: (the command, given the port; the program that must be installed)
-    "uvicorn + h11 + app/server.py (chosen)": (
-        lambda port: [sys.executable, "-m", "app.server"], None),
+    "uvicorn + h11 + app/server/main.py (chosen)": (
+        lambda port: [sys.executable, "-m", "app.server.main"], None),
     "uvicorn + h11": (lambda port: [BIN / "uvicorn", FACTORY, "--factory", "--http", "h11",
                                     "--port", port, "--log-level", "warning"], "uvicorn"),
     "uvicorn + httptools": (lambda port: [BIN / "uvicorn", FACTORY, "--factory", "--http",

@@ -1,5 +1,5 @@
 """Make a before/after picture (docs/photo.png is the one docs/photos.md shows): photos from the
-project's photo set (tests/photos.py) beside the 28x28 image the model saw (app/transform.py),
+project's photo set (tests/photos.py) beside the 28x28 image the model saw (app/pictures/digit.py),
 with what the trained model read. From the repository root after `make repro`:
 
     python docs/photo_figure.py OUT.png
@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.model import load_classifier  # noqa: E402
-from app.transform import to_mnist_form  # noqa: E402
+from app.classifier import load_classifier  # noqa: E402
+from app.pictures.digit import to_mnist_form  # noqa: E402
 from tests.photos import make_photo  # noqa: E402
 
 CELL, GAP, CAPTION = 200, 12, 22

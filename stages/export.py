@@ -4,7 +4,7 @@ test set.
 The app (predict, the API) runs model/model.onnx with ONNX Runtime, which starts in a fraction
 of a second where TensorFlow takes seconds. The graph takes pictures as the app makes them,
 levels 0-255 (N, H, W, C), and normalises them itself, as the Keras model does. The file carries
-what the app needs to follow it, under the metadata key app.classifier.METADATA_KEY: the class
+what the app needs to follow it, as app/metadata.py defines it: the class
 names, the input shape, how to prepare a picture (`prepare`), the dataset and family, and when
 to answer "not recognised" (`refusal`): the digit checks for a digit model, else a threshold on
 the model's uncertainty calibrated here on the validation split, its own and never MNIST's.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.model import METADATA_KEY
+from app.metadata import METADATA_KEY, ModelInfo
 from stages.common import layout, params
 from stages.common.files import atomic, load_json, load_npz, write_json
 from stages.common.runner import StageError, import_tensorflow, run
@@ -103,6 +103,7 @@ def main() -> None:
     val_probs = model.predict(val["x"].astype(np.float32), batch_size=layout.INFERENCE_BATCH,
                               verbose=0)
     metadata["refusal"] = refusal(metadata["prepare"], val_probs)
+    ModelInfo.model_validate(metadata)  # what the app will check it carries
     log.info("refusal: %s", metadata["refusal"])
 
     layout.ONNX_MODEL.unlink(missing_ok=True)  # a failed check must not leave an older export

@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from app.transform import to_mnist_form
+from app.pictures.digit import to_mnist_form
 
 
 def draw_digit(digit, rng):

@@ -1,5 +1,5 @@
 """Drawings made the way the page makes them: black round-capped strokes 18 px wide on a white
-280x280 canvas (app/static/app.js), saved as the PNG the page posts.
+280x280 canvas (app/server/static/app.js), saved as the PNG the page posts.
 
 Two sets, each from a seed, with no download:
 - `scrawls`: what people draw that is not a digit: a tap (a dot), a dash, a scribble, a shape

@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.transform import to_fashion_form
+from app.pictures.digit import to_fashion_form
 from tests.digits import IDX_NAMES, synthetic_dataset, write_mirror
 
 # One silhouette per class, as polygons in a 28x28 field.

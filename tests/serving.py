@@ -1,4 +1,4 @@
-"""The API served for real: app/server.py on 127.0.0.1 on a free port, in a thread of the test
+"""The API served for real: app/server/main.py on 127.0.0.1 on a free port, in a thread of the test
 process; standard-library HTTP helpers that return 4xx/5xx answers instead of raising; and
 headless Chromium under Selenium, which can reach no other host and counts the requests its
 pages make, with a pen to draw on the page's pad.
@@ -25,9 +25,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
-from app.api import create_app
-from app.server import server_config
-from app.settings import Limits, Settings
+from app.server.api import create_app
+from app.server.main import server_config
+from app.server.settings import Limits, Settings
 
 START_TIMEOUT_S = 60  # generous: training experiments may share this machine's two cores
 REQUEST_TIMEOUT_S = 60
@@ -101,7 +101,7 @@ def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S):
 
 
 class ServedApp:
-    """The app as `mnist-serve` serves it (app/server.py: uvicorn, h11 and the connection
+    """The app as `mnist-serve` serves it (app/server/main.py: uvicorn, h11 and the connection
     limits), on 127.0.0.1, on a port the OS picks, in a thread of the test process."""
 
     def __init__(self, model_file, limits=None):

@@ -1,4 +1,4 @@
-"""The HTTP API under the real server (app/server.py) on 127.0.0.1, with real requests and the
+"""The HTTP API under the real server (app/server/main.py) on 127.0.0.1, with real requests and the
 fixture model.
 
 A good image gets the same answer the predict CLI gives; every kind of bad input gets a 4xx
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.settings import Limits
+from app.server.settings import Limits
 from bench.hostile_images import bad_checksum_png, encoded, png, progressive_jpeg
 from bench.load import free_port
 from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES
@@ -83,7 +83,7 @@ def test_png_is_predicted_as_the_cli_predicts_it(base_url, model_dir, tmp_path, 
     body = answer.json()
     assert_prediction(body)
     assert body["digit"] == str(digit)
-    cli = subprocess.run([sys.executable, "-m", "app.predict", "--json", "--top", "10",
+    cli = subprocess.run([sys.executable, "-m", "app.cli", "--json", "--top", "10",
                           "--model", str(model_dir / "model.onnx"), str(png)],
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     [printed] = json.loads(cli.stdout)
@@ -100,7 +100,7 @@ def test_a_dash_gets_not_a_digit_as_the_cli_says_it(base_url, model_dir, tmp_pat
     body = answer.json()
     assert body["refusal"] == "not a digit: a dash"
     assert body["digit"] is None and body["probability"] is None and len(body["top"]) == 10
-    cli = subprocess.run([sys.executable, "-m", "app.predict", "--json", "--top", "10",
+    cli = subprocess.run([sys.executable, "-m", "app.cli", "--json", "--top", "10",
                           "--model", str(model_dir / "model.onnx"), str(dash)],
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(cli.stdout) == [{"file": str(dash), **body}]
@@ -307,8 +307,8 @@ def test_openapi_schema_is_served(base_url):
 
 
 def start_refused(environ):
-    """`python -m app.server` with `environ` added: (exit status, the lines it wrote)."""
-    done = subprocess.run([sys.executable, "-m", "app.server"], cwd=REPO,
+    """`python -m app.server.main` with `environ` added: (exit status, the lines it wrote)."""
+    done = subprocess.run([sys.executable, "-m", "app.server.main"], cwd=REPO,
                           env={**os.environ, "PORT": "0", **environ},
                           capture_output=True, text=True, timeout=120, check=False)
     assert "Traceback" not in done.stderr + done.stdout
@@ -338,7 +338,7 @@ def test_server_refuses_a_model_without_its_softmax(model_variants):
 ])
 def test_server_refuses_a_setting_it_cannot_use(monkeypatch, name, value, error):
     """mnist-serve's own main, here: it stops before it loads anything."""
-    from app.server import main
+    from app.server.main import main
 
     monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as stopped:
@@ -368,7 +368,7 @@ def test_a_model_with_a_fixed_batch_of_one_is_served(model_variants, base_url):
 
 
 def test_the_server_runs_without_tensorflow_and_writes_no_telemetry(model_dir, tmp_path):
-    """`python -m app.server` as a serving host runs it: the training packages are not there,
+    """`python -m app.server.main` as a serving host runs it: the training packages are not there,
     and ONNX Runtime writes nothing under the user's home (it would record a device id under
     ~/.cache/Microsoft for an uploader)."""
     port = free_port()
@@ -377,7 +377,7 @@ def test_the_server_runs_without_tensorflow_and_writes_no_telemetry(model_dir, t
     env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port),
            "HOME": str(tmp_path), "WORKERS": "1"}
     code = ("import runpy, sys\n" + WITHOUT_TRAINING_PACKAGES
-            + "runpy.run_module('app.server', run_name='__main__', alter_sys=True)\n")
+            + "runpy.run_module('app.server.main', run_name='__main__', alter_sys=True)\n")
     server = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -421,17 +421,17 @@ def sockets_of(pid):
 
 
 def server_process(model_dir, port, workers):
-    """`python -m app.server` with the fixture model on 127.0.0.1:`port` and `workers`, all it
+    """`python -m app.server.main` with the fixture model on 127.0.0.1:`port` and `workers`, all it
     writes in one pipe."""
     env = {**os.environ, "MODEL": str(model_dir / "model.onnx"), "PORT": str(port),
            "WORKERS": str(workers)}
-    return subprocess.Popen([sys.executable, "-m", "app.server"], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "app.server.main"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
 def two_workers(model_dir):
-    """`python -m app.server` with WORKERS=2: (its URL, its port, the workers' PIDs)."""
+    """`python -m app.server.main` with WORKERS=2: (its URL, its port, the workers' PIDs)."""
     port = free_port()
     server = server_process(model_dir, port, 2)
     url = f"http://127.0.0.1:{port}"
@@ -514,11 +514,12 @@ def test_the_server_starts_a_worker_per_core_it_may_use():
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no CPU affinity on this system")
     code = ("import os, sys\nos.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
-            "from app.settings import settings_from_env\nprint(settings_from_env({}).workers)")
+            "from app.server.settings import settings_from_env\n"
+            "print(settings_from_env({}).workers)")
     one_core = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                               text=True, check=True)
 
-    from app.settings import settings_from_env
+    from app.server.settings import settings_from_env
 
     assert one_core.stdout.strip() == "1"
     assert settings_from_env({}).workers == min(len(os.sched_getaffinity(0)), 4)

@@ -1,7 +1,7 @@
-"""Decoding within bounds (app/decode.py): a small picture comes out exactly as the transform's
-own reader gives it, in every colour mode and EXIF orientation; a large one, averaged down or
-decoded in draft mode, gives the transform what the full picture would; a costly one is refused
-from its header (test_predict.py and test_api.py send those)."""
+"""Decoding within bounds (app/pictures/decode.py): a small picture comes out exactly as the
+transform's own reader gives it, in every colour mode and EXIF orientation; a large one, averaged
+down or decoded in draft mode, gives the transform what the full picture would; a costly one is
+refused from its header (test_predict.py and test_api.py send those)."""
 
 import io
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.decode import TooCostly, count_scans, read_grey, reduction
-from app.transform import read_image, to_mnist_form
+from app.pictures.decode import TooCostly, count_scans, read_grey, reduction
+from app.pictures.digit import read_image, to_mnist_form
 from bench.hostile_images import progressive_jpeg
 from tests.digits import draw_digit
 

@@ -81,11 +81,11 @@ def test_app_alone_predicts_and_serves_from_its_folder(venv, folder, tmp_path):
     home.mkdir()
     python = venv / "bin/python"
 
-    predicted = run([python, "-m", "app.predict", "seven.png", "--model", "model.onnx"],
+    predicted = run([python, "-m", "app.cli", "seven.png", "--model", "model.onnx"],
                     cwd=folder, env={"HOME": str(home)})
 
     assert predicted.stdout.startswith("seven.png: 7 (")
-    assert_serves([python, "-m", "app.server"], folder, "model.onnx", folder / "seven.png",
+    assert_serves([python, "-m", "app.server.main"], folder, "model.onnx", folder / "seven.png",
                   home)
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.model import load_classifier
-from app.refusal import refusal
-from app.transform import InputError, find_digit, fit_and_centre, to_mnist_form
+from app.classifier import load_classifier
+from app.pictures.digit import InputError, find_digit, fit_and_centre, to_mnist_form
+from app.pictures.refusal import refusal
 from tests.conftest import REPO
 from tests.digits import draw_digit, mnist_form_digits
 from tests.photos import CONTROLS, KINDS, make_photo, photo_set
@@ -112,7 +112,7 @@ def trained_model():
 
 def test_the_trained_model_reads_the_photos(photos):
     """Each kind read right at least 95 % of the time (the clean controls always), and at most
-    2 % of the photos refused as "not a digit" (app/refusal.py)."""
+    2 % of the photos refused as "not a digit" (app/pictures/refusal.py)."""
     classifier = trained_model()
     right, refused, seen = Counter(), Counter(), Counter()
     for photo in photos:

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import predict
-from app.decode import read_grey
-from app.transform import InputError, centre_of_mass, read_image, to_mnist_form
+from app import cli
+from app.pictures.decode import read_grey
+from app.pictures.digit import InputError, centre_of_mass, read_image, to_mnist_form
 from bench.hostile_images import bad_checksum_png, png, progressive_jpeg
 from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES, built_once
 from tests.digits import draw_digit, mnist_form_digits, png_bytes
@@ -50,7 +50,7 @@ def model_says(model_dir):
 
 def run_main(capsys, *args):
     """predict's main in this process: (status, stdout, stderr)."""
-    status = predict.main([str(a) for a in args])
+    status = cli.main([str(a) for a in args])
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -59,7 +59,7 @@ def run_cli(*args, home=None):
     """The real command, in a process where the training packages cannot be imported; with
     `home`, that is the user's home folder."""
     code = ("import runpy, sys\n" + WITHOUT_TRAINING_PACKAGES
-            + "runpy.run_module('app.predict', run_name='__main__', alter_sys=True)\n")
+            + "runpy.run_module('app.cli', run_name='__main__', alter_sys=True)\n")
     env = {**os.environ, **({"HOME": str(home)} if home else {})}
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -315,7 +315,7 @@ def mixed_run(model_file, good_png, bad_files):
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
 def test_bad_input_costs_one_line_and_spares_the_others(name, mixed_run, bad_files, good_png):
-    shown = predict.printable(str(bad_files[name]))  # a newline in a name is shown as \\n
+    shown = cli.printable(str(bad_files[name]))  # a newline in a name is shown as \\n
     lines = [line for line in mixed_run.stderr.splitlines() if shown in line]
     assert len(lines) == 1, mixed_run.stderr
     assert re.search(BAD_INPUTS[name][1], lines[0]), lines[0]
@@ -508,7 +508,7 @@ def test_damaged_model_file_is_one_clear_error(tmp_path, model_dir, good_png):
 @pytest.mark.parametrize("args", [[], ["--top", "0", "x.png"], ["--top", "two", "x.png"]])
 def test_usage_errors_exit_2(args, capsys):
     with pytest.raises(SystemExit) as exit:
-        predict.main(args)
+        cli.main(args)
     assert exit.value.code == 2
 
 
@@ -543,7 +543,7 @@ def test_debug_shows_what_was_taken_for_the_page_and_the_ink(tmp_path, capsys, m
     assert status == 0
     with Image.open(tmp_path / "seen/001-photo.png.debug.png") as view:
         pixels = np.asarray(view.convert("RGB")).reshape(-1, 3)
-    blue, red = (40, 110, 255), (230, 30, 30)  # app/debug_view.py's colours
+    blue, red = (40, 110, 255), (230, 30, 30)  # app/pictures/debug_view.py's colours
     assert (pixels == blue).all(axis=1).sum() > 100, "the sheet is outlined"
     assert (pixels == red).all(axis=1).sum() > 50, "the ink is boxed"
     assert (tmp_path / "seen/002-seven.png.debug.png").is_file()

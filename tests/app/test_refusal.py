@@ -1,6 +1,6 @@
-""""Not a digit" (app/refusal.py): taps, dashes, scribbles and filled shapes drawn the way the page
-draws them (tests/drawings.py) are refused; digits, drawn, photographed or from MNIST itself,
-are not.
+""""Not a digit" (app/pictures/refusal.py): taps, dashes, scribbles and filled shapes drawn the way
+the page draws them (tests/drawings.py) are refused; digits, drawn, photographed or from MNIST
+itself, are not.
 
 The rules read the shape of the ink in the 28x28 image and the model's probabilities. The tests
 of the shape rules give them the most confident probabilities there are, so that no model
@@ -14,8 +14,14 @@ import os
 import numpy as np
 import pytest
 
-from app.refusal import ink_shape, refusal, uncertainty, unlike_any_digit, unusual_for_a_digit
-from app.transform import to_mnist_form
+from app.pictures.digit import to_mnist_form
+from app.pictures.refusal import (
+    ink_shape,
+    refusal,
+    uncertainty,
+    unlike_any_digit,
+    unusual_for_a_digit,
+)
 from bench.refusal import GOALS, MNIST, answers, from_png, mnist_test_digits, share
 from tests.app.test_photos import trained_model
 from tests.drawings import page_digits, scrawls

@@ -1,5 +1,5 @@
-"""The server against hostile clients, over real sockets on 127.0.0.1 (app/server.py,
-app/limits.py, app/pool.py): every connection and every upload ends within its limits, with a
+"""The server against hostile clients, over real sockets on 127.0.0.1 (app/server/: main.py,
+limits.py, pool.py): every connection and every upload ends within its limits, with a
 JSON answer when one can be given, and `/health` keeps answering while costly pictures decode.
 
 The servers here run with short timeouts (a second or less instead of ten), so that each case
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from app.settings import Limits
+from app.server.settings import Limits
 from bench.hostile_images import png, progressive_jpeg
 from bench.servers import until_closed as closed_after
 from tests.serving import ServedApp, multipart, post_file, request

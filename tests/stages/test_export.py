@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from app.model import METADATA_KEY
+from app.metadata import METADATA_KEY
 from stages.common.runner import StageError
 from stages.export import TOLERANCE, check_parity, entropy, onnx_probabilities, refusal
 from tests.conftest import REPO

@@ -1,6 +1,6 @@
 """Serve the app: uvicorn with its h11 parser, and the connection limits uvicorn leaves out.
 
-    mnist-serve                       # or python -m app.server; HOST, PORT, WORKERS, MODEL
+    mnist-serve                       # or python -m app.server.main; HOST, PORT, WORKERS, MODEL
 
 uvicorn closes an idle connection only after a first answer; it never times out a request's
 head, so a client that sends one byte a second holds a connection forever (slowloris); it
@@ -10,7 +10,7 @@ keeps accepting connections that never send a request. LimitedH11Protocol adds:
 - a head deadline: a request's head must arrive whole within `head_timeout_s` of the
   connection opening or of the previous answer, else the connection is closed (with a 408 if
   part of a head came);
-- 431 for a head over `max_header_bytes` that arrives in pieces (app/limits.py refuses one
+- 431 for a head over `max_header_bytes` that arrives in pieces (app/server/limits.py refuses one
   that arrives whole);
 - a cap of `max_connections`: the next one gets a 503 and is closed;
 - an end to a connection whose request was answered before its body was all read (a refused
@@ -40,10 +40,10 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
-from app.api import create_app
-from app.limits import headers_too_large, problem
-from app.model import ModelError
-from app.settings import SettingsError, settings_from_env
+from app.classifier import ModelError
+from app.server.api import create_app
+from app.server.limits import headers_too_large, problem
+from app.server.settings import SettingsError, settings_from_env
 
 LINGER_S = 1  # how long a refused client has to read its answer before the socket is closed
 log = logging.getLogger("uvicorn.error")
@@ -194,8 +194,8 @@ def main():
                  f"{error.strerror or error}")
     alone = settings.workers == 1
     # Several worker processes each build their own app from the environment: the factory.
-    config = server_config(app if alone else "app.api:create_app", settings, factory=not alone,
-                           workers=settings.workers, log_level="info")
+    config = server_config(app if alone else "app.server.api:create_app", settings,
+                           factory=not alone, workers=settings.workers, log_level="info")
     host, port = sock.getsockname()[:2]
     log.info("serving on http://%s:%d with %d worker%s (Ctrl-C to stop)",
              f"[{host}]" if ":" in host else host, port, settings.workers,

@@ -1,6 +1,6 @@
 """The HTTP API and the draw-a-digit page: the routes, and the FastAPI app that holds them.
 
-    mnist-serve                                 # http://127.0.0.1:8000 (app/server.py)
+    mnist-serve                                 # http://127.0.0.1:8000 (app/server/main.py)
     curl -F file=@digit.png http://127.0.0.1:8000/predict
 
 Routes: `POST /predict` (a picture in the multipart field `file`), `GET /health` (which model
@@ -9,8 +9,8 @@ offline and ask no other host for anything). HEAD works wherever GET does.
 
 Bad input never costs a 500: each kind gets a 4xx whose JSON `detail` is a string naming it,
 and nothing of the upload is echoed back. Decoding and classifying run in a bounded pool of
-threads (app/pool.py), within the limits of app/decode.py; the limits on requests are in
-app/limits.py and app/settings.py.
+threads (pool.py), within the limits of app/pictures/decode.py; the limits on requests are in
+app/server/limits.py and app/server/settings.py.
 """
 
 import hashlib
@@ -27,13 +27,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from app.classify import classify
-from app.decode import Damaged, NotAnImage, PastDeadline, TooCostly
-from app.limits import RequestLimits
-from app.model import Classifier, ModelError, load_classifier
-from app.pool import Pool
-from app.settings import settings_from_env
-from app.transform import InputError, TooManyPixels
+from app.classifier import Classifier, ModelError, classify, load_classifier
+from app.pictures.decode import Damaged, NotAnImage, PastDeadline, TooCostly
+from app.pictures.digit import InputError, TooManyPixels
+from app.server.limits import RequestLimits
+from app.server.pool import Pool
+from app.server.settings import settings_from_env
 
 STATIC = Path(__file__).parent / "static"
 OFFLINE_DOCS = "/static-offline-docs"  # where fastapi-offline serves Swagger UI's and ReDoc's files
@@ -158,7 +157,7 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
 
 def create_app(settings=None):
     """The app, with the model loaded and checked once (ModelError if it cannot be), from
-    `settings` or else from the environment (app/settings.py)."""
+    `settings` or else from the environment (app/server/settings.py)."""
     settings = settings or settings_from_env()
     classifier = load_classifier(settings.model)
     pool = Pool(settings.limits.pool_threads, settings.limits.decode_deadline_s)

@@ -5,7 +5,7 @@ a photo is refused or misread, this shows why."""
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from app.transform import FIELD, InputError, find_digit, fit_and_centre, to_fashion_form
+from app.pictures.digit import FIELD, InputError, find_digit, fit_and_centre, to_fashion_form
 
 PANEL = (800, 400)   # the picture is scaled to fit this box (width, height), small ones enlarged
 ZOOM = 10            # the 28x28 image is shown at 280x280, each pixel a square

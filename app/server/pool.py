@@ -3,7 +3,7 @@ delays only its own answer: `/health` and every other request are still answered
 
 Pillow's decoders, OpenCV and ONNX Runtime release the GIL while they work, so threads run
 them in parallel. A thread cannot be stopped from outside; instead each job gets a deadline
-that it checks as it goes (app/decode.py), and the client waiting for it is answered when the
+that it checks as it goes (pictures/decode.py), and the client waiting for it is answered when the
 deadline passes, whether or not the job has noticed yet.
 """
 
@@ -11,7 +11,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from app.decode import PastDeadline
+from app.pictures.decode import PastDeadline
 
 
 class Pool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.model import MODEL_FILE
+from app.classifier import MODEL_FILE
 
 
 class Limits(BaseModel):
@@ -44,7 +44,7 @@ class Limits(BaseModel):
     max_uploads: int = 32
     # Threads that decode and classify, off the event loop. Two, so that a costly picture (a
     # few seconds at worst) leaves one for the others; the workers, one per core, use the
-    # cores. Each decode may hold app.decode.MAX_DECODE_BYTES, so this bounds the memory too.
+    # cores. Each decode may hold decode.MAX_DECODE_BYTES, so this bounds the memory too.
     pool_threads: int = Field(2, ge=1)
     # From an upload's arrival at the pool to its answer: past this the client gets a 503
     # and the decode stops at its next check. A worst-case image the limits let through

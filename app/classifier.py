@@ -1,8 +1,9 @@
-"""The exported model as the app runs it: ONNX Runtime, and the metadata the file carries.
+"""The exported model as the app runs it (ONNX Runtime, and the metadata the file carries), and
+the answer for a picture, the same for the command line (`--json`) and for HTTP.
 
 Export puts train's metadata (class names, the input shape, the dataset and family) into the
 ONNX file itself, so a model always comes with its own, and puts preprocess's normalisation
-into the graph: the model takes 28x28 grey levels 0-255 as app/transform.py makes them.
+into the graph: the model takes 28x28 grey levels 0-255 as app/pictures/digit.py makes them.
 
 Any model file is served right or refused when it is loaded, in one line: its metadata must
 fit it, its input must be [N, 28, 28] floats (N free, or fixed at 1: such a model is run one
@@ -13,11 +14,16 @@ checked again, so NaN is never served.
 """
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from app.pictures.decode import read_grey
+from app.pictures.digit import to_model_form
+from app.pictures.refusal import refusal
 
 # ONNX Runtime records an event with a persistent device id in ~/.cache/Microsoft/ for every
 # process that imports it, for an uploader to send; this stops it. It must be set before the
@@ -200,3 +206,36 @@ def load_classifier(model_file):
                          f"{PROBES[int(np.argmax(bad))]} picture, {describe_outputs(out[bad][0])}"
                          "): export it with its final softmax")
     return classifier
+
+
+# --- the answer for a picture ----------------------------------------------------------------
+
+def model_form(file, dataset, deadline=math.inf):
+    """A picture (a binary file) -> 28x28 uint8 in the form of `dataset`'s images. Raises an
+    InputError (app.pictures.digit) naming what is wrong with it, or PastDeadline."""
+    return to_model_form(read_grey(file, deadline), dataset)
+
+
+def ranked(probs, names, k):
+    """The k most likely classes, most likely first: [{"digit", "probability"}]."""
+    return [{"digit": names[i], "probability": round(float(probs[i]), 6)}
+            for i in np.argsort(-probs, kind="stable")[:k]]
+
+
+def answer(pixels, probs, classifier, k):
+    """{"digit", "probability", "refusal", "top"} for the 28x28 `pixels` the model read as
+    `probs`: the best class and the k best; or, when the picture holds no digit
+    (app/pictures/refusal.py), "refusal" says why in a line, and "digit" and "probability" are None.
+    `top` stays, for the curious: it is what the model would have guessed."""
+    top = ranked(probs, classifier.class_names, k)
+    why = refusal(pixels, probs, classifier.dataset)
+    if why:
+        return {"digit": None, "probability": None, "refusal": why, "top": top}
+    return {**top[0], "refusal": None, "top": top}
+
+
+def classify(file, classifier, deadline=math.inf):
+    """The answer for one picture, every class ranked (the page draws a bar for each)."""
+    pixels = model_form(file, classifier.dataset, deadline)
+    probs = classifier.probabilities(pixels[np.newaxis])[0]
+    return answer(pixels, probs, classifier, len(classifier.class_names))

@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 # OpenCV's own thread pool spins its threads for longer than the work on pictures of at most
 # WORK_SIDE takes. One thread each: the server's CPU per small upload went from 6.5-6.9 to
 # 4.2-4.9 ms on 2 cores (a 3000x4000 photo takes the same 20 ms), where the server's pool
-# threads (app/pool.py) and its workers already keep every core busy.
+# threads (app/server/pool.py) and its workers already keep every core busy.
 cv2.setNumThreads(1)
 
 FORMATS = ("PNG", "JPEG", "BMP")

@@ -1,7 +1,7 @@
 """ASGI middleware: the limits on a request that the app can see, whatever server runs it.
 
 - A head (request line and headers) over `max_header_bytes` gets 431. (A head that arrives in
-  pieces is cut off at that size by the server, app/server.py.)
+  pieces is cut off at that size by the server, app/server/main.py.)
 - HEAD is answered as GET is, without the body.
 - POST (an upload) gets 503 while `max_uploads` others are in progress; 413 if its
   Content-Length is over `max_upload_bytes`, or as soon as the body passes it; 408 if the body
@@ -22,7 +22,7 @@ class UploadRefused(HTTPException):
 
 
 def problem(detail):
-    """The body of every refusal, from the app or from app/server.py's protocol."""
+    """The body of every refusal, from the app or from app/server/main.py's protocol."""
     return json.dumps({"detail": detail}).encode()
 
 

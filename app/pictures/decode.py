@@ -3,7 +3,7 @@ header before a pixel is decoded: what predict and the server read images with.
 
 A hostile file is small and costly: a 200 KB progressive JPEG of 6000x6000 with one scan
 repeated 1,000 times took 46 s to decode; a 309 KB 16-bit RGBA PNG of 6300x6300 took 760 MB.
-Yet the transform (app/transform.py) searches a picture at most WORK_SIDE (400) pixels wide. So:
+Yet the transform (digit.py) searches a picture at most WORK_SIDE (400) pixels wide. So:
 
 1. The header says what decoding will cost, and the picture is refused (TooManyPixels,
    TooCostly) before any work if that is over a limit: MAX_PIXELS; MAX_DECODE_BYTES of memory,
@@ -19,20 +19,23 @@ Yet the transform (app/transform.py) searches a picture at most WORK_SIDE (400) 
 4. Every read of the file and every strip checks a deadline (PastDeadline).
 
 Small pictures (under 1600 pixels on their longer side) come out exactly as
-app.transform.read_image gives them.
+app.pictures.digit.read_image gives them.
 """
 
 import io
 import math
+import os
 import re
 import struct
 import time
 import warnings
+from contextlib import contextmanager
+from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from app.transform import (
+from app.pictures.digit import (
     FORMATS,
     MAX_PIXELS,
     MIN_SIDE,
@@ -106,28 +109,58 @@ class DeadlineFile:
         return self.file.tell()
 
 
+def read_picture(source: str | os.PathLike | BinaryIO) -> Image.Image:
+    """A picture file (a path or a binary file) decoded whole: a loaded Pillow image in its own
+    mode and size, upright as its EXIF orientation says, once its header has passed the checks
+    read_grey makes (format, pixels, memory to decode). Raises an InputError subclass naming
+    what is wrong. For callers that bound the decoding themselves (memory and CPU time, in a
+    process of their own)."""
+    if not hasattr(source, "read"):
+        with open(source, "rb") as file:
+            return read_picture(file)
+    kind, data, file = opened(source)
+    with pillow_errors(kind), Image.open(file, formats=[kind]) as image:
+        plan(image, kind, data, draft=False)
+        image.load()
+        return ImageOps.exif_transpose(image)
+
+
 def read_grey(file, deadline=math.inf):
     """A picture (a binary file) -> 2-D float32 grey levels 0-255, transparent parts white,
     upright as its EXIF orientation says, averaged down by an integer factor if it is much
     larger than the transform needs. Raises an InputError subclass, or PastDeadline."""
+    kind, data, file = opened(file)
+    with pillow_errors(kind), Image.open(DeadlineFile(file, deadline), formats=[kind]) as image:
+        factor = plan(image, kind, data)
+        image.load()
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+        grey = reduced_grey(image, factor, deadline)
+    if orientation in ORIENTATIONS:
+        grey = np.asarray(Image.fromarray(grey).transpose(ORIENTATIONS[orientation]))
+    return grey
+
+
+def opened(file):
+    """(the picture's format, its bytes if a JPEG, a file to read it from)."""
     file.seek(0)
     kind = signature(file.read(8))
     file.seek(0)
-    data = None
-    if kind == "JPEG":  # its scans are counted from the bytes
-        data = file.read()
-        file = io.BytesIO(data)
+    if kind != "JPEG":
+        return kind, None, file
+    data = file.read()  # its scans are counted from the bytes
+    return kind, data, io.BytesIO(data)
+
+
+@contextmanager
+def pillow_errors(kind):
+    """Pillow's warnings silenced and its errors raised as InputErrors that say what is wrong."""
     with warnings.catch_warnings():
         # Pillow's own bomb warning starts at 89 megapixels; MAX_PIXELS is lower.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         # Pillow warns of damaged EXIF data; that costs the orientation only.
         warnings.simplefilter("ignore", UserWarning)
         try:
-            with Image.open(DeadlineFile(file, deadline), formats=[kind]) as image:
-                factor = plan(image, kind, data)
-                image.load()
-                orientation = image.getexif().get(ExifTags.Base.Orientation)
-                grey = reduced_grey(image, factor, deadline)
+            yield
         except InputError:
             raise
         except Image.DecompressionBombError:  # over twice Pillow's limit: refused at open
@@ -135,9 +168,6 @@ def read_grey(file, deadline=math.inf):
                                 "limit") from None
         except DAMAGE as error:
             raise Damaged(f"a damaged {kind} image ({cause(error)})") from None
-    if orientation in ORIENTATIONS:
-        grey = np.asarray(Image.fromarray(grey).transpose(ORIENTATIONS[orientation]))
-    return grey
 
 
 def signature(head):
@@ -155,7 +185,7 @@ def cause(error):
     return str(error).split("\n")[0][:200] or type(error).__name__
 
 
-def plan(image, kind, data):
+def plan(image, kind, data, draft=True):
     """Check what decoding `image` will cost, from its header, against the limits; put a JPEG
     in draft mode at the scale needed. Returns the factor to average the strips down by."""
     width, height = image.size
@@ -172,7 +202,7 @@ def plan(image, kind, data):
         if image.info.get("progressive"):  # libjpeg keeps every coefficient until the end
             coefficients = coefficient_bytes(width, height, image.layer)
         scale = max(s for s in (8, 4, 2, 1) if s <= reduction(width, height))
-        if scale > 1:  # decoded smaller, and in grey: libjpeg skips the colour
+        if draft and scale > 1:  # decoded smaller, and in grey: libjpeg skips the colour
             image.draft("L", (width // scale, height // scale))
     cost = image.width * image.height * bytes_per_pixel(image.mode) + coefficients
     if cost > MAX_DECODE_BYTES:

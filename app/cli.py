@@ -1,19 +1,19 @@
 """Predict: which digit is in each image, according to the trained model.
 
     mnist-predict digit.png [more.png ...] [--top K] [--json] [--debug DIR] [--model PATH]
-    python -m app.predict ...               # the same, from a checkout
+    python -m app.cli ...               # the same, from a checkout
 
 Runs the exported ONNX model (model/model.onnx, which carries its class names and
 normalisation) with ONNX Runtime: no TensorFlow, so a cold start takes a fraction of a second.
 
 Images (PNG, JPEG or BMP, any size and colour mode) are decoded within the same limits as the
-server's (app/decode.py: 40 megapixels, 64 MB to decode, 20 JPEG scans) and brought to MNIST
-form by app/transform.py. `.npy` arrays of shape (28, 28) or (N, 28, 28) are taken as already
+server's (pictures/decode.py: 40 megapixels, 64 MB to decode, 20 JPEG scans) and brought to MNIST
+form by app/pictures/digit.py. `.npy` arrays of shape (28, 28) or (N, 28, 28) are taken as already
 in that form, white digits on black, uint8 0-255 or float 0-255 (or 0-1); they are neither
 cropped nor moved. The model's graph normalises them as training did.
 
 One line per image on stdout: its class, or "not a digit (a dash)" when it holds none
-(app/refusal.py; `--json` gives `refusal` and no `digit`). A file that cannot be used gets one
+(pictures/refusal.py; `--json` gives `refusal` and no `digit`). A file that cannot be used gets one
 line on stderr and the others are still predicted. Exit status: 0 if every image was
 predicted, 1 if any was not (or the model could not be loaded, or gave no probabilities), 2 for
 a usage error.
@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.classify import answer, model_form
-from app.decode import read_grey
-from app.model import MODEL_FILE, ModelError, load_classifier
-from app.transform import FIELD, InputError
+from app.classifier import MODEL_FILE, ModelError, answer, load_classifier, model_form
+from app.pictures.decode import read_grey
+from app.pictures.digit import FIELD, InputError
 
 MAX_NPY_BYTES = 64 * 2**20  # an (N, 28, 28) batch: 80,000 images of float32 at most
 # numpy's own readers of an .npy header, by format version: shape and dtype, before any data.
@@ -41,7 +40,7 @@ NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                       (2, 0): np.lib.format.read_array_header_2_0}
 
 # What reading one bad file raises: OSError from the file system; InputError (a ValueError)
-# from app/decode.py and app/transform.py for every picture they cannot use; for a damaged
+# from pictures/decode.py and pictures/digit.py for every picture they cannot use; for a damaged
 # .npy, numpy's ValueError and EOFError, and the SyntaxError and tokenize.TokenError of the
 # Python literal parser it reads the header with.
 INPUT_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError)
@@ -54,7 +53,7 @@ MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"BM": "a B
 def parse_args(argv=None):
     installed = Path(sys.argv[0]).name == "mnist-predict"  # the command pip installs
     parser = argparse.ArgumentParser(
-        prog="mnist-predict" if installed else "python -m app.predict",
+        prog="mnist-predict" if installed else "python -m app.cli",
         description="Predict the class of each image with the trained model (ONNX Runtime).")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
                         help="PNG, JPEG or BMP image, or .npy array of shape (28, 28) or "
@@ -122,7 +121,7 @@ def read_array(path):
 
 def read_input(path, dataset="mnist"):
     """One file -> [(name, pixels in MNIST form)]: an (N, 28, 28) array gives N named file[i].
-    An image is brought to the form of `dataset`'s images (app/transform.py)."""
+    An image is brought to the form of `dataset`'s images (app/pictures/digit.py)."""
     mode = os.stat(path).st_mode  # FileNotFoundError for a missing file, as open would
     if not stat.S_ISREG(mode):
         raise InputError("not a regular file" + (" (a folder)" if stat.S_ISDIR(mode) else ""))
@@ -163,8 +162,8 @@ def save_debug_image(directory, number, name, pixels):
 
 def save_debug_view(directory, number, path, caption, dataset):
     """A picture (not an .npy) with what the transform took as the page and as the ink, the
-    28x28 the model saw, and `caption` (its answer, or why it has none): app/debug_view.py."""
-    from app.debug_view import debug_view
+    28x28 the model saw, and `caption` (its answer, or why it has none): pictures/debug_view.py."""
+    from app.pictures.debug_view import debug_view
 
     try:
         with open(path, "rb") as f:
