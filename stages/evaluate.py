@@ -21,12 +21,13 @@ log = logging.getLogger("evaluate")
 EPSILON = 1e-7  # Keras clips probabilities the same way before taking the log
 
 
-def cross_entropy(y_true, probs):
+def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
     picked = np.clip(probs[np.arange(len(y_true)), y_true], EPSILON, 1.0)
     return float(-np.mean(np.log(picked)))
 
 
-def classification_metrics(y_true, probs, num_classes=10):
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
+                           num_classes: int = 10) -> tuple[dict, list[dict]]:
     """(headline, per_class): accuracy and loss on the test set; and for each class,
     its errors (images of it read as another class), error rate (in %), precision and recall."""
     y_pred = probs.argmax(axis=1)
@@ -49,21 +50,21 @@ def classification_metrics(y_true, probs, num_classes=10):
     return headline, per_class
 
 
-def csv_bytes(rows):
+def csv_bytes(rows: list) -> bytes:
     """Rows (the first the header) as CSV, with "\\n" line ends on every platform."""
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
     return text.getvalue().encode()
 
 
-def per_class_csv(per_class, class_names):
+def per_class_csv(per_class: list[dict], class_names: list[str]) -> bytes:
     columns = ["errors", "error_rate", "precision", "recall"]
     return csv_bytes([["class", "name", *columns]] + [
         [c, name, *(m[k] for k in columns)] for c, (name, m) in enumerate(zip(class_names,
                                                                             per_class))])
 
 
-def confusion_csv(y_true, y_pred, class_names):
+def confusion_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> bytes:
     """One row per wrong answer: DVC's confusion matrix of them shows where the errors go,
     which the right answers (99 % of the diagonal) would otherwise drown."""
     wrong = np.flatnonzero(y_true != y_pred)
@@ -71,7 +72,7 @@ def confusion_csv(y_true, y_pred, class_names):
                                                     class_names[y_pred[i]]] for i in wrong])
 
 
-def most_confident_errors(y_true, probs, count):
+def most_confident_errors(y_true: np.ndarray, probs: np.ndarray, count: int) -> np.ndarray:
     """Indices of wrong predictions, most confident first (ties: lower index first)."""
     wrong = np.flatnonzero(probs.argmax(axis=1) != y_true)
     confidence = probs[wrong].max(axis=1)
