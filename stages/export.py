@@ -18,6 +18,7 @@ the same bytes.
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -61,9 +62,33 @@ def export_onnx(model: object, target: Path, metadata: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx probes np.object
         model.export(str(target), format="onnx", verbose=False)
-    proto = onnx.load(str(target))
+    proto = canonical(onnx.load(str(target)))
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata, sort_keys=True))
     onnx.save(proto, str(target))
+
+
+def canonical(proto: object) -> object:
+    """The graph with the names tf2onnx numbers from a counter (`Const__44`) renumbered in the
+    order the nodes use them, and its constants sorted by name. tf2onnx merges equal constants
+    keeping whichever of them it meets first, in an order that changes from run to run: the
+    same model would otherwise give other bytes (names and order differ, never the arithmetic)."""
+    graph, numbers = proto.graph, {}
+
+    def renamed(name: str) -> str:
+        if not re.search(r"__\d+$", name):
+            return name
+        return numbers.setdefault(name, f"tf2onnx_{len(numbers)}")
+
+    for node in graph.node:
+        node.name = renamed(node.name)
+        node.input[:] = [renamed(name) for name in node.input]
+        node.output[:] = [renamed(name) for name in node.output]
+    for tensor in graph.initializer:
+        tensor.name = renamed(tensor.name)
+    constants = sorted(graph.initializer, key=lambda tensor: tensor.name)
+    del graph.initializer[:]
+    graph.initializer.extend(constants)
+    return proto
 
 
 def onnx_probabilities(path: Path, x: np.ndarray) -> np.ndarray:

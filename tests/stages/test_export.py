@@ -50,29 +50,62 @@ export_onnx(model, sys.argv[2], {"class_names": ["a"]})
 """
 
 
+@pytest.fixture(scope="module")
+def cnn_file(tmp_path_factory):
+    """A small CNN of colour pictures, as train saves it (untrained: export reads weights)."""
+    from stages.common.keras_file import save_model_reproducibly
+    from stages.common.models import build_model
+    from stages.common.params import CNN
+    from tests.conftest import repo_params
+
+    cfg = CNN.model_validate({**repo_params()["train"]["cnn"], "filters": [8, 16],
+                              "final_filters": [16]})
+    model = build_model("cnn", cfg, 0, (24, 24, 3), 3, {"mean": 0.4, "std": 0.2}, "shapes")
+    path = tmp_path_factory.mktemp("cnn") / "model.keras"
+    save_model_reproducibly(model, path)
+    return path
+
+
+def exported_twice(model_file, tmp_path):
+    """The model exported by two processes at once, as the stage exports it: both files."""
+    exports = [subprocess.Popen([sys.executable, "-c", EXPORT, model_file, tmp_path / name],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for name in ("a.onnx", "b.onnx")]
+    for export in exports:
+        _, err = export.communicate(timeout=120)
+        assert export.returncode == 0, err.decode()
+    return tmp_path / "a.onnx", tmp_path / "b.onnx"
+
+
 def test_export_is_byte_reproducible_and_matches_keras(model_dir, tmp_path):
-    """As the stage runs it, in a process of its own: the same model gives the same bytes.
+    """In a process of its own, as the stage runs it: the same model gives the same bytes.
     (Within one process Keras numbers its graphs, so a second export there differs.) The
     export takes levels 0-255 and normalises them inside, as the Keras model does."""
     import keras
 
-    exports = [subprocess.Popen([sys.executable, "-c", EXPORT, model_dir / "model.keras",
-                                 tmp_path / name], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for name in ("a.onnx", "b.onnx")]  # two processes at once: nothing shared
-    for export in exports:
-        _, err = export.communicate(timeout=120)
-        assert export.returncode == 0, err.decode()
-    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    first, second = exported_twice(model_dir / "model.keras", tmp_path)
+    assert first.read_bytes() == second.read_bytes()
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(tmp_path / "a.onnx"))
+    session = onnxruntime.InferenceSession(str(first))
     assert json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY]) == {
         "class_names": ["a"]}, "the metadata travels inside the model"
     assert session.get_inputs()[0].shape[1:] == [28, 28, 1]
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
     pixels = mnist_form_digits(50, seed=3)[0][..., None].astype(np.float32)
     keras_probs = model.predict(pixels, verbose=0)
-    onnx_probs = onnx_probabilities(tmp_path / "a.onnx", pixels)
+    onnx_probs = onnx_probabilities(first, pixels)
     check_parity(keras_probs, onnx_probs)
     assert (keras_probs.argmax(1) == mnist_form_digits(50, seed=3)[1]).mean() > 0.8
+
+
+def test_a_cnn_of_colour_pictures_exports_the_same_bytes_every_time(cnn_file, tmp_path):
+    """tf2onnx merges equal constants in an order that changes from run to run: the export
+    renumbers what it named, so the bytes do not."""
+    import keras
+
+    first, second = exported_twice(cnn_file, tmp_path)
+    assert first.read_bytes() == second.read_bytes()
+    pictures = np.random.default_rng(0).integers(0, 256, (20, 24, 24, 3)).astype(np.float32)
+    model = keras.saving.load_model(cnn_file, safe_mode=True)
+    check_parity(model.predict(pictures, verbose=0), onnx_probabilities(first, pictures))
