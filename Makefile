@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make repro` runs the pipeline, `make test` runs the tests.
+# Two commands on a fresh machine: `make repro` runs the pipeline, `make test-full` every test
+# (`make test`: the quick loop).
 # Both create .venv first if it is missing or its requirements changed.
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -9,18 +10,22 @@ PLOTS := .dvc/plots
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: repro test lint venv dev plots predict serve sweep
+.PHONY: repro test test-full lint venv dev plots predict serve sweep
 
 repro: $(VENV)/.installed $(PLOTS)/offline.html
 	dvc repro
 
-# The whole suite, on three pytest-xdist workers: much of a test's time is a subprocess or a
-# server waiting, so three keep two cores busy. --maxschedchunk=1: a worker is handed one test
-# at a time as it frees up; by default each got a run of consecutive tests to start with, and
-# one worker ran all the long ones (tests/conftest.py puts them first) while the others sat
-# idle. --durations shows where the minutes go.
+# The tests on three pytest-xdist workers (much of a test's time is a subprocess or a server
+# waiting, so three keep two cores busy), one test at a time to each worker as it frees up
+# (--maxschedchunk=1): the long ones go first (tests/conftest.py). `make test` is the quick
+# loop: all but the tests marked slow (real `dvc` pipelines, sweeps on Ray, installs).
+# `make test-full` runs every test, as CI does.
+PYTEST := python -m pytest -n 3 --maxschedchunk=1
 test: $(VENV)/.installed-dev $(PLOTS)/offline.html lint
-	python -m pytest -n 3 --maxschedchunk=1 --durations=15 $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" --durations=10 $(PYTEST_ARGS)
+
+test-full: $(VENV)/.installed-dev $(PLOTS)/offline.html lint
+	$(PYTEST) --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	ruff check .

@@ -35,25 +35,30 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.setdiff1d(np.arange(len(labels)), held_out), held_out
 
 
-def copies_of_training(x_test: np.ndarray, x_train: np.ndarray) -> np.ndarray:
-    """For each test picture, the index of a training picture with the same pixels, or -1."""
-    def digest(picture: np.ndarray) -> bytes:
-        return hashlib.blake2b(picture.tobytes(), digest_size=16).digest()
-    seen = {digest(picture): i for i, picture in enumerate(x_train)}
-    return np.array([seen.get(digest(picture), -1) for picture in x_test], np.int64)
+def digests(x: np.ndarray, indices: np.ndarray) -> list[bytes]:
+    return [hashlib.blake2b(x[i].tobytes(), digest_size=16).digest() for i in indices]
 
 
-def normalization(x: np.ndarray, method: str) -> dict:
-    """(pixels / 255 - mean) / std: 0 and 1, or fitted on `x`, a batch at a time (a float copy
-    of a large colour dataset would not fit in memory)."""
+def copies_of_training(x_test: np.ndarray, test: np.ndarray, x_train: np.ndarray,
+                       train: np.ndarray) -> np.ndarray:
+    """For each of the pictures `test` of x_test, the index of a picture of `train` in x_train
+    with the same pixels, or -1."""
+    seen = dict(zip(digests(x_train, train), train))
+    return np.array([seen.get(d, -1) for d in digests(x_test, test)], np.int64)
+
+
+def normalization(x: np.ndarray, indices: np.ndarray, method: str) -> dict:
+    """(pixels / 255 - mean) / std: 0 and 1, or fitted on the pictures `indices` of `x`, a batch
+    at a time (a float copy of a large colour dataset would not fit in memory)."""
     if method == "scale":
         return {"method": "scale", "mean": 0.0, "std": 1.0}
     total = squares = 0.0
-    for start in range(0, len(x), 4096):
-        batch = x[start:start + 4096].astype(np.float64) / 255
+    for start in range(0, len(indices), 4096):
+        batch = x[indices[start:start + 4096]].astype(np.float64) / 255
         total, squares = total + batch.sum(), squares + np.square(batch).sum()
-    mean = total / x.size
-    std = float(np.sqrt(max(squares / x.size - mean**2, 0))) or 1.0  # one grey: nothing to scale
+    size = len(indices) * np.prod(x.shape[1:])
+    mean = total / size
+    std = float(np.sqrt(max(squares / size - mean**2, 0))) or 1.0  # one grey: nothing to scale
     return {"method": "standardize", "mean": float(mean), "std": std}
 
 
@@ -69,35 +74,36 @@ def check(counts: dict[str, int], cfg: params.Preprocess) -> None:
 def main() -> None:
     cfg = params.load()
     raw = load_npz(layout.RAW, "download", RAW_KEYS)
+    seed = cfg.preprocess.seed
+    # Each split is a list of indices into one of raw's two arrays until it is written, one at a
+    # time: the pictures are held once, and each split's copy only while it is written.
     x, y, names = raw["x_train"], raw["y_train"], raw["files_train"]
     if len(raw["y_test"]):
-        test = {"x": raw["x_test"], "y": raw["y_test"]}
-        test_names = raw["files_test"]
+        pool, test = np.arange(len(y)), np.arange(len(raw["y_test"]))
+        x_test, y_test, test_names = raw["x_test"], raw["y_test"], raw["files_test"]
     else:
-        kept, held = stratified_split(y, cfg.preprocess.test_fraction, cfg.preprocess.seed)
-        test = {"x": x[held], "y": y[held]}
-        test_names = names[held] if len(names) else names
-        x, y, names = x[kept], y[kept], names[kept] if len(names) else names
-    copies = copies_of_training(test["x"], x)
+        pool, test = stratified_split(y, cfg.preprocess.test_fraction, seed)
+        x_test, y_test, test_names = x, y, names
+    copies = copies_of_training(x_test, test, x, pool)
     for i in np.flatnonzero(copies >= 0)[:5]:
-        where = f"{test_names[i]} = {names[copies[i]]}" if len(names) else f"test picture {i}"
+        where = (f"{test_names[test[i]]} = {names[copies[i]]}" if len(names)
+                 else f"test picture {test[i]}")
         log.warning("a test picture is a copy of a training one: %s", where)
     if (copies >= 0).any():
         log.warning("%d test pictures are copies of training ones: the test set leaves them out",
                     (copies >= 0).sum())
-        test = {key: value[copies < 0] for key, value in test.items()}
-    train_idx, val_idx = stratified_split(y, cfg.preprocess.val_fraction, cfg.preprocess.seed)
-    splits = {"train": {"x": x[train_idx], "y": y[train_idx]},
-              "val": {"x": x[val_idx], "y": y[val_idx]}, "test": test}
-    counts = {name: len(split["y"]) for name, split in splits.items()}
+    kept, held = stratified_split(y[pool], cfg.preprocess.val_fraction, seed)
+    splits = {"train": (x, y, pool[kept]), "val": (x, y, pool[held]),
+              "test": (x_test, y_test, test[copies < 0])}
+    counts = {name: len(indices) for name, (_, _, indices) in splits.items()}
     check(counts, cfg.preprocess)
     info = {"name": cfg.data.dataset, "class_names": raw["class_names"].tolist(),
             "prepare": str(raw["prepare"]), "input_shape": list(x.shape[1:]),
-            "normalization": normalization(splits["train"]["x"], cfg.preprocess.normalization)}
+            "normalization": normalization(x, pool[kept], cfg.preprocess.normalization)}
 
     with atomic(layout.PROCESSED, folder=True) as tmp:
-        for name, split in splits.items():
-            save_npz(tmp / layout.SPLITS[name].name, **split)
+        for name, (pictures, labels, indices) in splits.items():
+            save_npz(tmp / layout.SPLITS[name].name, x=pictures[indices], y=labels[indices])
         write_json(tmp / layout.DATASET_INFO.name, info)
     write_json(layout.DATA_METRICS, {"skipped_files": len(raw["skipped"]),
                                      "test_copies": int((copies >= 0).sum())})

@@ -354,6 +354,7 @@ def make_model(directory: Path) -> None:
     form, standardised inside the model as preprocess's constants say, so that the export gets
     nothing right unless its graph normalises as training did."""
     import keras
+    import numpy as np
 
     from stages.common.files import write_json
     from stages.common.keras_file import save_model_reproducibly
@@ -365,7 +366,7 @@ def make_model(directory: Path) -> None:
 
     x, y = mnist_form_digits(1000, seed=1)
     x = x[..., None]
-    constants = normalization(x, "standardize")
+    constants = normalization(x, np.arange(len(x)), "standardize")
     keras.utils.set_random_seed(0)
     recipe = MLP.model_validate({**repo_params()["train"]["mlp"], "hidden_units": [64],
                                  "dropout": 0.0})
