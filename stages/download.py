@@ -15,9 +15,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from app.pictures.fit import letterboxed
+from app.pictures.fit import resized
 from stages.common import catalogue, layout, params
 from stages.common.files import save_npz
 from stages.common.folder import read_folder
@@ -27,14 +26,13 @@ log = logging.getLogger("download")
 
 
 def refit(x: np.ndarray, size: int | str, channels: int | str) -> np.ndarray:
-    """Catalogue pictures (N, 28, 28, 1) at another size or in colour, when params ask for it."""
+    """Catalogue pictures (N, 28, 28, 1) at another size or in colour, when params ask for it,
+    as the app makes a picture for such a model."""
     size = x.shape[1] if size == "auto" else size
     channels = x.shape[3] if channels == "auto" else channels
     if (size, channels) == (x.shape[1], x.shape[3]):
         return x
-    mode = "L" if channels == 1 else "RGB"
-    return np.stack([letterboxed(Image.fromarray(picture[..., 0]).convert(mode), size)
-                     for picture in x])
+    return np.stack([resized(picture, size, channels) for picture in x])
 
 
 def from_catalogue(name: str, cfg: params.Data) -> dict[str, np.ndarray]:

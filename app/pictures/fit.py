@@ -100,6 +100,15 @@ def letterboxed(image: Image.Image, size: int) -> np.ndarray:
     return square
 
 
+def resized(form: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """A grey (H, W) or (H, W, 1) uint8 array in a dataset's own form (MNIST's 28x28) at the
+    model's size and channels, as download made the dataset: uint8 (size, size, channels)."""
+    form = np.asarray(form, np.uint8).reshape(form.shape[:2])
+    if form.shape == (size, size) and channels == 1:
+        return form[..., np.newaxis]
+    return letterboxed(Image.fromarray(form).convert("L" if channels == 1 else "RGB"), size)
+
+
 def fit(source: str | Path | BinaryIO, size: int, channels: int) -> np.ndarray:
     """The picture in `source` as uint8 (size, size, channels). Raises PictureError."""
     with open_picture(source) as image:

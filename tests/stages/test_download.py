@@ -191,3 +191,15 @@ def test_the_catalogue_entries_are_valid():
 
     for name in ("mnist", "fashion-mnist"):
         assert len(load(name).classes) == 10 and load(name).urls
+
+
+def test_the_catalogue_at_another_size_and_in_colour_is_made_as_the_app_makes_it(tiny_arrays):
+    from app.pictures.fit import resized
+    from stages.download import refit
+
+    x = tiny_arrays["x_train"][:20, ..., None]
+    assert refit(x, "auto", "auto") is x and refit(x, 28, 1) is x
+    bigger = refit(x, 32, 3)
+    assert bigger.shape == (20, 32, 32, 3) and (bigger[..., 0] == bigger[..., 2]).all()
+    np.testing.assert_array_equal(bigger[7], resized(x[7], 32, 3))
+    assert bigger[:, 0, 0].max() == 0  # MNIST's black ground, padded with its edge's colour
