@@ -1,15 +1,16 @@
 """What the head prints: a line as each trial ends, and the table at the end, best first."""
 
 from sweep.pipeline import TEST_METRIC
+from sweep.trial import Outcome
 
 HEADER = ("trial", "changed params", "test accuracy", "training", "trial time")
 
 
-def seconds(value):
+def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
-def ended(outcome, log_path):
+def ended(outcome: Outcome, log_path: object) -> str:
     """One line for a trial that ended."""
     if outcome.ok:
         return (f"{outcome.name} done in {seconds(outcome.wall_s)} (training "
@@ -17,7 +18,8 @@ def ended(outcome, log_path):
     return f"{outcome.name} failed: {outcome.reason} (log: {log_path})"
 
 
-def table(changed, outcomes, metrics):
+def table(changed: dict[str, str], outcomes: list[Outcome],
+          metrics: dict[str, float | None]) -> str:
     """The trials, best test metric first; failed ones last, with their reason.
     changed: {name: changed params}; metrics: {name: value or None}."""
     done = sorted((o for o in outcomes if o.ok),
