@@ -4,15 +4,15 @@ each run in its own clone on a worker of a Ray cluster, then pulled back here.
     python -m sweep -S 'train.mlp.learning_rate=0.001,0.003' -S 'train.seed=range(1,4)'
     python -m sweep --address 10.0.0.5:6379 --name lr -S 'train.mlp.learning_rate=0.001,0.003'
 
-The grid is DVC's (`dvc exp run --queue -S` syntax, order and names: NAME-1, NAME-2, ...);
-`dvc exp show` lists the trials afterwards and `dvc exp apply` restores any of them, model
-included, from the DVC remote.
-"""
+The grid is `dvc exp run --queue -S`'s; `dvc exp show` lists the trials afterwards and
+`dvc exp apply` restores any of them, model included."""
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
+from pathlib import Path
 
 from sweep import SweepError, cluster, grid, repo, report
 from sweep.trial import Outcome
@@ -25,8 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m sweep", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("-S", "--set-param", action="append", default=[],
-                        metavar="[FILE:]KEY=VALUES",
+    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="[FILE:]K=V",
                         help="a param and its values, as `dvc exp run --queue -S` takes them")
     parser.add_argument("-n", "--name", help="the sweep's name: trials are NAME-1, NAME-2, ... "
                         "(default: a random name for each, as DVC's queue draws them)")
@@ -40,18 +39,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def sweep(args: argparse.Namespace) -> int:
     """Plan, run and pull back the trials; print the table; the exit status."""
-    root = repo.find_root()
+    if importlib.util.find_spec("ray") is None:
+        raise SweepError("Ray is not installed: pip install -r requirements-sweep.txt")
+    root = Path(repo.run(".", "git", "rev-parse", "--show-toplevel").strip())
     setup = repo.setup(root, args.git_remote, local=not args.address)
     if args.address:
         cluster.check_reachable(args.address)
     trials = grid.plan(root, setup.baseline, args.set_param, args.name)
-    taken = repo.taken_names(root, setup, [t.name for t in trials])
-    if taken:
-        raise SweepError(f"{', '.join(taken)} already exist for commit {setup.baseline[:7]}: "
-                         "choose another --name")
-    where = f"the Ray cluster at {args.address}" if args.address else "this machine"
+    repo.check_names_free(root, setup, [t.name for t in trials])
     log.info("%d trial%s of commit %s on %s: %s", len(trials), "s" * (len(trials) > 1),
-             setup.baseline[:7], where, ", ".join(t.name for t in trials))
+             setup.baseline[:7], f"the Ray cluster at {args.address}" if args.address
+             else "this machine", ", ".join(t.name for t in trials))
 
     def on_end(outcome: Outcome) -> None:
         log_path = repo.save_log(root, outcome.name, outcome.log)
@@ -61,10 +59,7 @@ def sweep(args: argparse.Namespace) -> int:
         outcomes = cluster.run_trials(trials, setup, on_end)
     cluster.raise_if_stopping()  # told to stop as the last trial ended: nothing pulled
     done = [o.name for o in outcomes if o.ok]
-    metrics = {}
-    if done:
-        repo.pull(root, setup, done)
-        metrics = repo.read_metrics(root, setup.baseline, done)
+    metrics = repo.pull(root, setup, done) if done else {}
     print(report.table({t.name: t.changed for t in trials}, outcomes, metrics))
     return 0 if len(done) == len(trials) else 1
 

@@ -12,8 +12,7 @@ THREADS_KEY = "train.{family}.threads"
 
 # The training time train writes, {"train_seconds": 10.1}: git-ignored and no DVC output
 # (it differs on every run), so it stays in the trial's clone, where the trial reads it.
-TIMING_FILE = "metrics/timing.json"
-TIMING_KEY = "train_seconds"
+TRAINING_TIME = ("metrics/timing.json", "train_seconds")
 
 # How a stage states an expected failure: one line on stderr ("error: params.yaml: ...").
 STAGE_ERROR_PREFIX = "error: "

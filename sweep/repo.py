@@ -1,20 +1,21 @@
 """The user's repository, as the head sees it: the baseline commit and where workers find it,
 the DVC remote they share, and at the end the trials pulled back as experiments with their
-metrics. git and dvc run as the user runs them; DVC's Python API (dvc.api) reads experiments."""
+metrics. git and dvc run as the user runs them; dvc.api reads the experiments."""
 
 import logging
 import subprocess
 import tempfile
 from pathlib import Path
 
+import dvc.api
+
 from sweep import SweepError
 from sweep.pipeline import TEST_METRIC
-from sweep.trial import Setup, command_name, error_line
+from sweep.trial import WORK_DIR_NAME, Setup, command_name, error_line
 
 log = logging.getLogger("sweep")
 
-# Where each trial's output (git and DVC, every stage) is kept for the user: beside DVC's own
-# queue logs, in a folder git ignores.
+# Each trial's output (git, DVC, every stage), beside DVC's own queue logs (git ignores them).
 LOG_DIR = Path(".dvc/tmp/sweeps")
 
 
@@ -26,24 +27,12 @@ def run(cwd: Path | str, *args: str) -> str:
     return result.stdout
 
 
-def find_root(start: str = ".") -> Path:
-    """The repository's root: git's top level, which must also hold DVC's .dvc."""
-    result = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start,
-                            capture_output=True, text=True)
-    root = Path(result.stdout.strip()) if result.returncode == 0 else None
-    if root is None or not (root / ".dvc").is_dir():
-        raise SweepError(f"{Path(start).resolve()} is not in a git + DVC repository")
-    return root
-
-
 def setup(root: Path, git_remote: str | None, local: bool) -> Setup:
-    """Setup of a sweep from HEAD. git_remote (a remote's name or a URL) is what workers clone
-    and push to; None means `origin` on a cluster and, on this machine's own cluster, the
-    repository itself (nothing to set up)."""
+    """Setup of a sweep from HEAD. Workers clone and push to git_remote (a name or a URL); if
+    None, `origin` on a cluster, and the repository itself on this machine's own cluster."""
     baseline = run(root, "git", "rev-parse", "HEAD").strip()
-    if local and git_remote is None:
-        git_url = str(root)
-    else:
+    git_url = str(root)
+    if git_remote or not local:
         git_url = remote_url(root, git_remote or "origin")
         check_pushed(root, baseline, git_url, git_remote or "origin")
     if run(root, "git", "status", "--porcelain", "--untracked-files=no").strip():
@@ -52,45 +41,15 @@ def setup(root: Path, git_remote: str | None, local: bool) -> Setup:
     return Setup(git_url, baseline, dvc_config(root, local))
 
 
-def dvc_config(root: Path, local: bool) -> str:
-    """The .dvc/config.local of every trial's clone, written by DVC once here: the default DVC
-    remote by its absolute URL (a relative one would point somewhere else from every clone),
-    and the cache the trials share, linked from rather than copied (its data is read, never
-    written in place: DVC removes a stage's outputs before it runs it). On this machine's own
-    cluster the cache is this repository's; on another, each worker's own, in its work folder
-    beside its clones (trial.work_dir()): `../../cache` from a clone, which DVC keeps relative
-    as it writes it from a clone laid out the same way, here."""
-    # DVC gives a local remote's path made absolute, as every clone must see it.
-    config = dict(line.split("=", 1) for line in
-                  run(root, "dvc", "config", "--list").splitlines() if "=" in line)
-    name = config.get("core.remote")
-    if not name or not config.get(f"remote.{name}.url"):
-        raise SweepError("no default DVC remote: the trials share their data and models "
-                         "through one (dvc remote add -d NAME URL)")
-    cache = run(root, "dvc", "cache", "dir").strip() if local else "../../cache"
-    with tempfile.TemporaryDirectory(prefix="sweep-") as work_dir:
-        clone = Path(work_dir, "clones", "config")
-        clone.mkdir(parents=True)
-        run(clone, "dvc", "init", "--no-scm", "--quiet")
-        run(clone, "dvc", "remote", "add", "--local", "--default", name,
-            config[f"remote.{name}.url"])
-        run(clone, "dvc", "cache", "dir", "--local", cache)
-        run(clone, "dvc", "config", "--local", "cache.type", "reflink,hardlink,copy")
-        return (clone / ".dvc" / "config.local").read_text()
-
-
 def remote_url(root: Path, remote: str) -> str:
     """The URL of git remote `remote` (a name or a URL); a local path made absolute."""
-    if remote in run(root, "git", "remote").split():
-        url = run(root, "git", "remote", "get-url", remote).strip()
-    elif "://" in remote or ":" in remote.split("/", 1)[0] or (root / remote).exists():
-        url = remote  # a URL, user@host:path, or a path
-    else:
-        raise SweepError(f"no git remote {remote!r} for the workers to clone: add it (git "
-                         "remote add NAME URL) or give --git-remote NAME|URL")
+    url = run(root, "git", "ls-remote", "--get-url", remote).strip()  # a URL is its own
     if "://" in url or ":" in url.split("/", 1)[0] or Path(url).is_absolute():
         return url
-    return str((root / url).resolve())  # a path, relative to the repository
+    if not (root / url).exists():
+        raise SweepError(f"no git remote {remote!r} for the workers to clone: add it (git "
+                         "remote add NAME URL) or give --git-remote NAME|URL")
+    return str((root / url).resolve())
 
 
 def check_pushed(root: Path, baseline: str, git_url: str, remote: str) -> None:
@@ -104,40 +63,57 @@ def check_pushed(root: Path, baseline: str, git_url: str, remote: str) -> None:
                          f"from: push it first (git push {remote} HEAD)")
 
 
-def taken_names(root: Path, setup: Setup, names: list[str]) -> list[str]:
-    """Those of `names` that are already experiments of the baseline, here or on the git
-    remote: a sweep never replaces anyone's results."""
-    listed = run(root, "dvc", "exp", "list", "--rev", setup.baseline, "--name-only").split()
-    if setup.git_url != str(root):
-        listed += run(root, "dvc", "exp", "list", setup.git_url, "--rev", setup.baseline,
-                      "--name-only").split()
-    return [name for name in names if name in listed]
+def dvc_config(root: Path, local: bool) -> str:
+    """The .dvc/config.local of every trial's clone, written by DVC: the default DVC remote by
+    its absolute URL, and the cache the trials share, linked from (its data is only read): this
+    repository's on this machine's cluster; else each worker's, beside its clones (../../cache
+    from a clone, which DVC keeps relative, writing it from a folder laid out as a worker's)."""
+    config = dict(line.split("=", 1) for line in  # local paths made absolute by DVC
+                  run(root, "dvc", "config", "--list").splitlines() if "=" in line)
+    name = config.get("core.remote")
+    if not config.get(f"remote.{name}.url"):
+        raise SweepError("no default DVC remote: the trials share their data and models "
+                         "through one (dvc remote add -d NAME URL)")
+    cache = run(root, "dvc", "cache", "dir").strip() if local else "../../cache"
+    with tempfile.TemporaryDirectory(prefix="sweep-") as work_dir:
+        clone = Path(work_dir, WORK_DIR_NAME, "clones", "config")
+        (clone / ".dvc").mkdir(parents=True)  # a DVC repository, to `dvc config --local`
+        run(clone, "dvc", "remote", "add", "--local", "--default", name,
+            config[f"remote.{name}.url"])
+        run(clone, "dvc", "cache", "dir", "--local", cache)
+        run(clone, "dvc", "config", "--local", "cache.type", "reflink,hardlink,copy")
+        return (clone / ".dvc" / "config.local").read_text()
 
 
-def pull(root: Path, setup: Setup, names: list[str]) -> None:
-    """`dvc exp pull`: the trials' refs from the git remote, their data from the DVC remote."""
+def check_names_free(root: Path, setup: Setup, names: list[str]) -> None:
+    """A sweep never replaces anyone's results: none of `names` may be an experiment of the
+    baseline already, here or on the git remote."""
+    listed = [name for where in dict.fromkeys([str(root), setup.git_url])
+              for name in run(root, "dvc", "exp", "list", where, "--rev", setup.baseline,
+                              "--name-only").split()]
+    if taken := [name for name in names if name in listed]:
+        raise SweepError(f"{', '.join(taken)} already exist for commit {setup.baseline[:7]}: "
+                         "choose another --name")
+
+
+def pull(root: Path, setup: Setup, names: list[str]) -> dict[str, float | None]:
+    """`dvc exp pull` of the trials (their refs from the git remote, their data from the DVC
+    remote); {name: test metric}."""
     run(root, "dvc", "exp", "pull", setup.git_url, *names)
-
-
-def read_metrics(root: Path, baseline: str, names: list[str]) -> dict[str, float | None]:
-    """{name: test metric} of the experiments `names` of the baseline."""
-    import dvc.api
-
-    return metric_of(dvc.api.exp_show(repo=str(root), revs=baseline), names)
+    return metric_of(dvc.api.exp_show(repo=str(root), revs=setup.baseline), names)
 
 
 def metric_of(rows: list[dict], names: list[str], metric: tuple[str, str] = TEST_METRIC
               ) -> dict[str, float | None]:
-    """{name: value or None} of experiments `names` in dvc.api.exp_show's rows, whose column is
-    the metric's key, or "file:key" where another file has that key too."""
+    """{name: value or None} of experiments `names` in rows of dvc.api.exp_show, where the
+    metric's column is its key, or "file:key" if another file has that key too."""
     path, key = metric
     values = {row["Experiment"]: row.get(f"{path}:{key}", row.get(key)) for row in rows}
     return {name: values.get(name) for name in names}
 
 
 def save_log(root: Path, name: str, text: str) -> Path:
-    """A trial's output, kept for the user to read: its path, relative to the root."""
-    path = LOG_DIR / f"{name}.log"
+    """A trial's output, kept for the user: its path, relative to the root."""
     (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
-    (root / path).write_text(text)
-    return path
+    (root / LOG_DIR / f"{name}.log").write_text(text)
+    return LOG_DIR / f"{name}.log"

@@ -104,10 +104,10 @@ def test_metrics_are_read_from_dvc_api_exp_show_rows():
 
 
 def test_the_table_puts_the_best_first_and_failures_last():
-    outcomes = [Outcome("s-1", "n", None, 10.0, 20.0, 30.0),
+    outcomes = [Outcome("s-1", "n", None, training_s=10.0, wall_s=30.0),
                 Outcome("s-2", "n", "params.yaml: train.mlp.epochs = 0 is not allowed"),
-                Outcome("s-3", "n", None, 9.0, 19.0, 29.0),
-                Outcome("s-4", "n", None, None, 5.0, 6.0)]
+                Outcome("s-3", "n", None, training_s=9.0, wall_s=29.0),
+                Outcome("s-4", "n", None, training_s=None, wall_s=6.0)]
     changed = {f"s-{k}": f"train.seed={k}" for k in range(1, 5)}
     lines = report.table(changed, outcomes, {"s-1": 0.97, "s-3": 0.98, "s-4": None}).splitlines()
 
