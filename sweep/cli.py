@@ -22,18 +22,16 @@ log = logging.getLogger("sweep")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m sweep", description=__doc__.splitlines()[0],
+        prog="python -m sweep", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]))
+        epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("-S", "--set-param", action="append", default=[], metavar="[FILE:]K=V",
                         help="a param and its values, as `dvc exp run --queue -S` takes them")
-    parser.add_argument("-n", "--name", help="the sweep's name: trials are NAME-1, NAME-2, ... "
-                        "(default: a random name for each, as DVC's queue draws them)")
+    parser.add_argument("-n", "--name", help="trials NAME-1, NAME-2, ... (default: as DVC names)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="a Ray cluster's address (default: $RAY_ADDRESS; without either, "
-                        "a cluster of this machine's cores, started for the sweep)")
-    parser.add_argument("--git-remote", help="the git remote (name or URL) workers clone and "
-                        "push to (default: origin on a cluster; this repository on this machine)")
+                        help="a Ray cluster (default: $RAY_ADDRESS, else one of this machine)")
+    parser.add_argument("--git-remote", help="what workers clone and push to, a name or URL "
+                        "(default: origin on a cluster; this repository on this machine)")
     return parser.parse_args(argv)
 
 

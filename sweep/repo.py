@@ -112,8 +112,8 @@ def metric_of(rows: list[dict], names: list[str], metric: tuple[str, str] = TEST
     return {name: values.get(name) for name in names}
 
 
-def save_log(root: Path, name: str, text: str) -> Path:
+def save_log(root: Path, name: str, text: str) -> str:
     """A trial's output, kept for the user: its path, relative to the root."""
     (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
     (root / LOG_DIR / f"{name}.log").write_text(text)
-    return LOG_DIR / f"{name}.log"
+    return str(LOG_DIR / f"{name}.log")

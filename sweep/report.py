@@ -10,7 +10,7 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
-def ended(outcome: Outcome, log_path: object) -> str:
+def ended(outcome: Outcome, log_path: str) -> str:
     """One line for a trial that ended."""
     if outcome.ok:
         return (f"{outcome.name} done in {seconds(outcome.wall_s)} (training "

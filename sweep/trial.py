@@ -20,7 +20,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil  # a dependency of DVC, which every worker has
+import psutil
 
 from sweep.pipeline import STAGE_ERROR_PREFIX, TRAINING_TIME
 
