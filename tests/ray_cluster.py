@@ -28,9 +28,9 @@ from sweep.cluster import LOCAL_CLUSTER_ENV
 
 READY_LINE = "Ray runtime started"
 # Every node and the head (`sweep --address`) run with the settings of the sweep's own local
-# cluster, its token made once here for them all. Without a token set, Ray turns token
-# authentication on wherever ~/.ray/auth_token exists (any earlier `ray.init()` writes one),
-# and the head was then refused by its own nodes.
+# cluster, one token for them all. Without a token set, Ray turns token authentication on
+# wherever ~/.ray/auth_token exists (any earlier `ray.init()` writes one), and the head would be
+# refused by its own nodes.
 LOOPBACK_ENV = LOCAL_CLUSTER_ENV
 # `ray start`, with the refusal to join a cluster from "Windows or OSX" lifted (see above).
 JOIN = ("import sys, types; from ray._private import ray_constants; "
