@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from sweep import SweepError, cluster, grid, repo, report
-from sweep.trial import Outcome
+from sweep.trial import Outcome, Setup
 
 log = logging.getLogger("sweep")
 
@@ -40,13 +40,15 @@ def sweep(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("ray") is None:
         raise SweepError("Ray is not installed: pip install -r requirements-sweep.txt")
     root = Path(repo.run(".", "git", "rev-parse", "--show-toplevel").strip())
-    setup = repo.setup(root, args.git_remote, local=not args.address)
+    # The cheap checks first: git's, the cluster's address, then DVC's (its every start costs).
+    baseline, git_url = repo.baseline_on_remote(root, args.git_remote, not args.address)
     if args.address:
         cluster.check_reachable(args.address)
-    trials = grid.plan(root, setup.baseline, args.set_param, args.name)
-    repo.check_names_free(root, setup, [t.name for t in trials])
+    trials = grid.plan(root, baseline, args.set_param, args.name)
+    repo.check_names_free(root, baseline, git_url, [t.name for t in trials])
+    setup = Setup(git_url, baseline, repo.dvc_config(root, local=not args.address))
     log.info("%d trial%s of commit %s on %s: %s", len(trials), "s" * (len(trials) > 1),
-             setup.baseline[:7], f"the Ray cluster at {args.address}" if args.address
+             baseline[:7], f"the Ray cluster at {args.address}" if args.address
              else "this machine", ", ".join(t.name for t in trials))
 
     def on_end(outcome: Outcome) -> None:

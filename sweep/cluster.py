@@ -22,7 +22,7 @@ CANCEL_WAIT_S = trial.STOP_GRACE_S + 5  # a cancelled trial's commands stop with
 # A trial whose worker dies (a machine lost, the OOM killer) runs once more, elsewhere if Ray
 # can; a trial that fails on its own (bad params) is reported, never retried.
 RETRIES = 1
-CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_S = 10  # how long the head waits for a cluster's address to answer
 STOP_CHECK_S = 0.5  # how often the head, waiting for trials, looks whether it must stop
 # Ctrl-C, `kill` and a closed terminal alike: trials cancelled, clones removed, Ray stopped.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -27,9 +27,9 @@ def run(cwd: Path | str, *args: str) -> str:
     return result.stdout
 
 
-def setup(root: Path, git_remote: str | None, local: bool) -> Setup:
-    """Setup of a sweep from HEAD. Workers clone and push to git_remote (a name or a URL); if
-    None, `origin` on a cluster, and the repository itself on this machine's own cluster."""
+def baseline_on_remote(root: Path, git_remote: str | None, local: bool) -> tuple[str, str]:
+    """(HEAD, the URL workers clone it from and push to): git_remote's (a name or a URL); if
+    None, `origin`'s on a cluster, and the repository itself on this machine's own cluster."""
     baseline = run(root, "git", "rev-parse", "HEAD").strip()
     git_url = str(root)
     if git_remote or not local:
@@ -38,7 +38,7 @@ def setup(root: Path, git_remote: str | None, local: bool) -> Setup:
     if run(root, "git", "status", "--porcelain", "--untracked-files=no").strip():
         log.warning("uncommitted changes are not part of the sweep: every trial starts from "
                     "commit %s", baseline[:7])
-    return Setup(git_url, baseline, dvc_config(root, local))
+    return baseline, git_url
 
 
 def remote_url(root: Path, remote: str) -> str:
@@ -85,14 +85,14 @@ def dvc_config(root: Path, local: bool) -> str:
         return (clone / ".dvc" / "config.local").read_text()
 
 
-def check_names_free(root: Path, setup: Setup, names: list[str]) -> None:
+def check_names_free(root: Path, baseline: str, git_url: str, names: list[str]) -> None:
     """A sweep never replaces anyone's results: none of `names` may be an experiment of the
     baseline already, here or on the git remote."""
-    listed = [name for where in dict.fromkeys([str(root), setup.git_url])
-              for name in run(root, "dvc", "exp", "list", where, "--rev", setup.baseline,
+    listed = [name for where in dict.fromkeys([str(root), git_url])
+              for name in run(root, "dvc", "exp", "list", where, "--rev", baseline,
                               "--name-only").split()]
     if taken := [name for name in names if name in listed]:
-        raise SweepError(f"{', '.join(taken)} already exist for commit {setup.baseline[:7]}: "
+        raise SweepError(f"{', '.join(taken)} already exist for commit {baseline[:7]}: "
                          "choose another --name")
 
 

@@ -27,8 +27,7 @@ from sweep.pipeline import STAGE_ERROR_PREFIX, TRAINING_TIME
 # In the worker's temporary folder: its clones (clones/, one per running trial) and the DVC
 # cache its trials share (cache/), so the baseline's data crosses the network once per machine.
 WORK_DIR_NAME = "mnist-sweep"
-# How often a running command is checked on: the interval in which a cancelled task notices.
-POLL_S = 0.2
+POLL_S = 0.2  # how often a running command is checked on: how soon a cancelled task notices
 # How long a cancelled command and all it started get to stop cleanly (a stage removes its
 # temporary files on SIGTERM) before they are killed.
 STOP_GRACE_S = 10
