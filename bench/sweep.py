@@ -2,7 +2,7 @@
 cluster gains nothing: 8 MLP trials of 3 epochs (`-S 'train.seed=range(1,9)'`) by
 `dvc exp run --queue` and `dvc queue start -j 2` (run as `dvc exp run --run-all -j 2`, which
 starts the same workers and waits for them), then by `python -m sweep` on a 2-node cluster of
-this machine (sweep.loopback: two `ray start` process trees on 127.0.0.1, the trials of 2
+this machine (tests/ray_cluster.py: two `ray start` process trees on 127.0.0.1, the trials of 2
 threads asking for a node's 2 CPUs each). Both in one fresh copy of this repository, its
 baseline reproduced and pushed to a bare git remote and a directory DVC remote first.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from bench.pipeline import GIT_IDENTITY, copy_repo, pipeline_env, timed, use_random_data
-from sweep import loopback
+from tests import ray_cluster
 
 TRIALS = 8
 ENGINES = {"queue": "`dvc exp run --queue` + `dvc exp run --run-all -j 2`",
@@ -40,8 +40,8 @@ GOAL_RATIO = 1.3
 TRAIN_RAN = "Running stage 'train'"
 MARKER = "BENCH_SWEEP_RUN"
 # A trial's log (.dvc/tmp/sweeps/NAME.log) times each step: "$ git clone --quiet ...  (0.1 s)";
-# a step is named by its words before the first option ("git clone", "dvc push && dvc exp push").
-STEP = re.compile(r"^\$ ([^-\n]+?) (?:-.*)?  \(([0-9.]+) s\)$", re.MULTILINE)
+# a step is named by its words before the first option ("git clone", "dvc push", "dvc exp push").
+STEP = re.compile(r"^\$ ([^-\n]+?)(?: -.*)?  \(([0-9.]+) s\)$", re.MULTILINE)
 
 
 def dvc(*args):
@@ -155,7 +155,7 @@ def measure_ray(repo, env, round_):
     name = f"ray{round_ + 1}"
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    head, worker = nodes = loopback.start_cluster([2, 2], env)
+    head, worker = nodes = ray_cluster.start_cluster([2, 2], env)
     cluster_s = time.perf_counter() - started
     sweep = {}
     memory = PeakMemory({
@@ -170,7 +170,7 @@ def measure_ray(repo, env, round_):
         with open(repo.parent / f"{name}.log", "w") as log:
             process = psutil.Popen([sys.executable, "-m", "sweep", "--address", head.address,
                                     "-n", name, *grid(round_)], cwd=repo,
-                                   env={**env, **loopback.LOOPBACK_ENV}, stdout=log, stderr=log)
+                                   env={**env, **ray_cluster.LOOPBACK_ENV}, stdout=log, stderr=log)
             sweep["pid"] = process.pid
             if process.wait() != 0:
                 raise RuntimeError("the sweep failed:\n" + Path(log.name).read_text()[-3000:])
@@ -178,7 +178,7 @@ def measure_ray(repo, env, round_):
         output = Path(log.name).read_text()
     finally:
         peaks = memory.stop()
-        loopback.stop_cluster(nodes)
+        ray_cluster.stop_cluster(nodes)
     logs = "".join(log.read_text() for log in (repo / ".dvc/tmp/sweeps").glob(f"{name}-*.log"))
     return {"engine": "ray", "cluster_s": cluster_s, "wall_s": wall_s, "memory": peaks,
             "steps": steps(logs), "output": output, "load": load,

@@ -4,97 +4,73 @@ each run in its own clone on a worker of a Ray cluster, then pulled back here.
     python -m sweep -S 'train.mlp.learning_rate=0.001,0.003' -S 'train.seed=range(1,4)'
     python -m sweep --address 10.0.0.5:6379 --name lr -S 'train.mlp.learning_rate=0.001,0.003'
 
-The grid is DVC's (`dvc exp run --queue -S` syntax and order); the trials are named NAME-1,
-NAME-2, ... as the queue names them; `dvc exp show` lists them afterwards and `dvc exp apply`
-restores any of them, model included, from the DVC remote.
-"""
+The grid is `dvc exp run --queue -S`'s; `dvc exp show` lists the trials afterwards and
+`dvc exp apply` restores any of them, model included."""
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
+from pathlib import Path
 
-from sweep import cluster, grid, repo, report
+from sweep import SweepError, cluster, grid, repo, report
+from sweep.trial import Outcome, Setup
 
 log = logging.getLogger("sweep")
-# A random sweep name (DVC's own generator) that is already taken is drawn again, this often.
-NAME_DRAWS = 5
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m sweep", description=__doc__.splitlines()[0],
+        prog="python -m sweep", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("-S", "--set-param", action="append", default=[],
-                        metavar="[FILE:]KEY=VALUES",
+        epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="[FILE:]K=V",
                         help="a param and its values, as `dvc exp run --queue -S` takes them")
-    parser.add_argument("-n", "--name", help="the sweep's name: trials are NAME-1, NAME-2, ... "
-                        "(default: a random one, as DVC draws)")
+    parser.add_argument("-n", "--name", help="trials NAME-1, NAME-2, ... (default: as DVC names)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="a Ray cluster's address (default: $RAY_ADDRESS; without either, "
-                        "a cluster of this machine's cores, started for the sweep)")
-    parser.add_argument("--git-remote", help="the git remote (name or URL) workers clone and "
-                        "push to (default: origin on a cluster; this repository on this machine)")
+                        help="a Ray cluster (default: $RAY_ADDRESS, else one of this machine)")
+    parser.add_argument("--git-remote", help="what workers clone and push to, a name or URL "
+                        "(default: origin on a cluster; this repository on this machine)")
     return parser.parse_args(argv)
 
 
-def plan(root, args, setup):
-    """The named trials, none of whose names exists yet for the baseline."""
-    files = repo.baseline_files(root, setup.baseline, grid.params_files(args.set_param))
-    for _ in range(NAME_DRAWS):
-        name = args.name or random_name()
-        repo.check_name(root, setup, name)
-        trials = grid.trials(name, args.set_param, files)
-        taken = repo.taken_names(root, setup, [t.name for t in trials])
-        if not taken:
-            return trials
-        if args.name:
-            raise repo.RepoError(f"{', '.join(taken)} already exist for commit "
-                                 f"{setup.baseline[:7]}: choose another --name")
-    raise repo.RepoError("every sweep name drawn was taken: give one with --name")
-
-
-def random_name():
-    from dvc.repo.experiments.utils import gen_random_name
-
-    return gen_random_name()
-
-
-def sweep(args):
-    root = repo.find_root()
-    setup = repo.setup(root, args.git_remote, local=not args.address)
-    trials = plan(root, args, setup)
-    changed = grid.changed_params(trials)
-    where = f"the Ray cluster at {args.address}" if args.address else "this machine"
+def sweep(args: argparse.Namespace) -> int:
+    """Plan, run and pull back the trials; print the table; the exit status."""
+    if importlib.util.find_spec("ray") is None:
+        raise SweepError("Ray is not installed: pip install -r requirements-sweep.txt")
+    root = Path(repo.run(".", "git", "rev-parse", "--show-toplevel").strip())
+    # The cheap checks first: git's, the cluster's address, then DVC's (its every start costs).
+    baseline, git_url = repo.baseline_on_remote(root, args.git_remote, not args.address)
+    if args.address:
+        cluster.check_reachable(args.address)
+    trials = grid.plan(root, baseline, args.set_param, args.name)
+    repo.check_names_free(root, baseline, git_url, [t.name for t in trials])
+    setup = Setup(git_url, baseline, repo.dvc_config(root, local=not args.address))
     log.info("%d trial%s of commit %s on %s: %s", len(trials), "s" * (len(trials) > 1),
-             setup.baseline[:7], where, ", ".join(t.name for t in trials))
+             baseline[:7], f"the Ray cluster at {args.address}" if args.address
+             else "this machine", ", ".join(t.name for t in trials))
 
-    def on_end(outcome):
-        log_path = repo.save_log(root, outcome)
+    def on_end(outcome: Outcome) -> None:
+        log_path = repo.save_log(root, outcome.name, outcome.log)
         (log.info if outcome.ok else log.error)("%s", report.ended(outcome, log_path))
 
     with cluster.connected(args.address):
         outcomes = cluster.run_trials(trials, setup, on_end)
     cluster.raise_if_stopping()  # told to stop as the last trial ended: nothing pulled
     done = [o.name for o in outcomes if o.ok]
-    metrics = {}
-    if done:
-        repo.pull(root, setup, done)
-        metrics = repo.read_metrics(root, done)
-    print(report.table(changed, outcomes, metrics))
+    metrics = repo.pull(root, setup, done) if done else {}
+    print(report.table({t.name: t.changed for t in trials}, outcomes, metrics))
     return 0 if len(done) == len(trials) else 1
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    # `kill` and a closed terminal stop the sweep as Ctrl-C does: its trials cancelled, their
-    # clones removed, the local cluster stopped.
     cluster.take_stop_signals()
     try:
         sys.exit(sweep(args))
-    except (repo.RepoError, grid.GridError, cluster.ClusterError) as error:
+    except SweepError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         # The trials that had ended are on the remotes: `dvc exp pull` brings them here.

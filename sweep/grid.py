@@ -1,118 +1,85 @@
-"""The trials of a grid, expanded exactly as `dvc exp run --queue -S` expands it, by DVC's own
-code: `a=1,2`, `range(1,4)`, `choice(mlp,cnn)` and `file.yaml:key=...` all mean what they mean
-there, and trial k of sweep NAME is NAME-k, as the queue names it."""
+"""The trials of a grid, made by DVC itself: `dvc exp run --queue -S ...` in a throwaway clone of
+the baseline. So `a=1,2`, `range(1,4)`, `choice(mlp,cnn)` and `file.yaml:key=...` mean what they
+mean there, a value DVC refuses stops the sweep before it starts, and each trial has the name
+(NAME-1, NAME-2, ... with `-n NAME`) and the params files that the queue gives it."""
 
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import dvc.api
+from ruamel.yaml import YAML
+
 from sweep.pipeline import FAMILY_KEY, PARAMS_FILE, THREADS_KEY
-
-
-class GridError(ValueError):
-    """A `-S` value DVC would refuse; the message says why, in one line."""
+from sweep.repo import run
 
 
 @dataclass(frozen=True)
 class Trial:
     name: str
-    overrides: dict[str, list[str]]  # {params file: ["train.seed=1", ...]}: what -S sets
-    params: dict[str, dict]          # {params file: its content with the overrides applied}
-
-    @property
-    def set_args(self):
-        """The trial's `-S` arguments for `dvc exp run`."""
-        return [override if path == PARAMS_FILE else f"{path}:{override}"
-                for path, overrides in self.overrides.items() for override in overrides]
+    files: dict[str, str]      # {params file: its text}: params.yaml, and any other -S changes
+    params: dict[str, object]  # every param of those files by dotted key ("train.seed")
+    changed: str               # "train.seed=2 ...": what tells it from the other trials
 
 
-def expand(set_params):
-    """[{params file: [override, ...]}, ...], one per trial, in the order the queue gets them
-    (the code of dvc.repo.experiments.run for --queue)."""
-    from dvc.exceptions import InvalidArgumentError
-    from dvc.utils.cli_parse import to_path_overrides
-    from dvc.utils.hydra import get_hydra_sweeps, to_hydra_overrides
-    from hydra.errors import OverrideParseException
-
-    path_overrides = to_path_overrides(set_params)
-    try:
-        is_sweep = any(override.is_sweep_override()
-                       for overrides in path_overrides.values()
-                       for override in to_hydra_overrides(overrides))
-        return get_hydra_sweeps(path_overrides) if is_sweep else [path_overrides]
-    except (OverrideParseException, InvalidArgumentError) as error:
-        raise GridError(f"-S: {one_line(error)}") from error
-
-
-def params_files(set_params):
-    """The params files a grid touches: params.yaml, and any other `-S file:key=...` names."""
-    from dvc.utils.cli_parse import to_path_overrides
-
-    return sorted({PARAMS_FILE, *to_path_overrides(set_params)})
+def plan(root: Path, baseline: str, set_params: list[str], name: str | None) -> list[Trial]:
+    """The trials `dvc exp run --queue [-n name] -S ...` queues on the baseline commit."""
+    with tempfile.TemporaryDirectory(prefix="sweep-grid-") as clone:
+        run(root, "git", "clone", "--quiet", "--no-checkout", str(root), clone)
+        run(clone, "git", "checkout", "--quiet", "--detach", baseline)
+        run(clone, "dvc", "exp", "run", "--queue", *(["-n", name] if name else []),
+            *[part for arg in set_params for part in ("-S", arg)])
+        queued = {row["Experiment"]: row["rev"] for row in dvc.api.exp_show(repo=clone)
+                  if row["State"] == "Queued"}
+        names = sorted(queued, key=lambda each: (len(each), each))  # NAME-1, ..., NAME-10
+        files = [params_files(clone, baseline, queued[each]) for each in names]
+        baseline_params = flat_params(params_files(clone, baseline, baseline))
+    params = [flat_params(each) for each in files]
+    changed = changed_params(params, baseline_params)
+    return [Trial(*trial) for trial in zip(names, files, params, changed)]
 
 
-def trials(sweep_name, set_params, baseline_files):
-    """The trials of the grid, named and with their params: each params file of the baseline
-    (`baseline_files`: {path: text}) with the trial's overrides applied by DVC's own code, so
-    an override DVC would refuse (an unknown key, a bad value) stops the sweep before it starts."""
-    return [Trial(f"{sweep_name}-{k}", overrides, apply(baseline_files, overrides))
-            for k, overrides in enumerate(expand(set_params), start=1)]
+def params_files(clone: str, baseline: str, rev: str) -> dict[str, str]:
+    """{path: text} of params.yaml and of each file that commit `rev` changes from the baseline
+    (DVC's own, under .dvc/, apart)."""
+    changed = run(clone, "git", "diff", "--name-only", baseline, rev, "--", ".", ":!.dvc")
+    return {path: run(clone, "git", "show", f"{rev}:{path}")
+            for path in dict.fromkeys([PARAMS_FILE, *changed.splitlines()])}
 
 
-def apply(baseline_files, overrides):
-    """{path: params} of every file the overrides touch, and of params.yaml."""
-    from dvc.exceptions import InvalidArgumentError
-    from dvc.utils.hydra import apply_overrides
-    from dvc.utils.serialize import LOADERS
+def flat_params(files: dict[str, str]) -> dict[str, object]:
+    """{"train.seed": 1, "other.yaml:key": 2, ...} of the files, read as DVC reads YAML."""
+    flat = {}
 
-    result = {}
-    with tempfile.TemporaryDirectory(prefix="sweep-params-") as tmp:
-        for path in {PARAMS_FILE, *overrides}:
-            if path not in baseline_files:
-                raise GridError(f"-S {path}:...: {path} is not in the baseline commit")
-            copy = Path(tmp) / path
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            copy.write_text(baseline_files[path])
-            try:
-                apply_overrides(copy, overrides.get(path, []))
-            except InvalidArgumentError as error:
-                raise GridError(f"-S {' '.join(overrides.get(path, []))}: "
-                                f"{one_line(error.__cause__ or error)}") from error
-            result[path] = LOADERS[copy.suffix](copy)
-    return result
+    def add(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                add(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    for path, text in files.items():
+        if path.endswith((".yaml", ".yml", ".json")):
+            add(YAML(typ="safe", pure=True).load(text) or {},
+                "" if path == PARAMS_FILE else f"{path}:")
+    return flat
 
 
-def one_line(error):
-    """Hydra's messages run over several lines; a user reads them as one."""
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+def changed_params(trials: list[dict], baseline: dict) -> list[str]:
+    """Each trial's "key=value ..." of the params whose values differ between trials (of a
+    single trial: from the baseline): what tells one from another in the table."""
+    rows = trials if len(trials) > 1 else [baseline, *trials]
+    keys = [key for key in dict.fromkeys(key for row in rows for key in row)
+            if len({repr(row.get(key)) for row in rows}) > 1]
+    return [" ".join(f"{key}={params.get(key)}" for key in keys) or "(none)"
+            for params in trials]
 
 
-def dotted(params, key):
-    """params["train"]["mlp"]["threads"] for "train.mlp.threads"; None where a level is missing."""
-    node = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def cpus(trial, node_cpus):
-    """The CPUs a trial asks Ray for: the threads its recipe trains with. 0 (TensorFlow's "all
-    cores") asks for the largest node's CPUs, so the trial has a machine to itself; a count over
-    that is capped to it, or Ray would wait for a node that never comes. 1 where the params do
-    not say."""
-    params = trial.params[PARAMS_FILE]
-    threads = dotted(params, THREADS_KEY.format(family=dotted(params, FAMILY_KEY)))
+def cpus(params: dict, node_cpus: int) -> int:
+    """The CPUs a trial asks Ray for: the threads its recipe trains with; for 0 (TensorFlow's
+    "all cores"), or more, the largest node's (more would wait for a node that never comes);
+    1 where the params do not say."""
+    threads = params.get(THREADS_KEY.format(family=params.get(FAMILY_KEY)))
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
         return 1
     return min(threads, node_cpus) if threads else node_cpus
-
-
-def changed_params(trials):
-    """{trial name: "key=value ..."} of the overrides that differ between trials: what tells one
-    from another in the table (what they all share is said once, by the command line)."""
-    every = [trial.set_args for trial in trials]
-    shared = set.intersection(*map(set, every)) if len(every) > 1 else set()
-    return {trial.name: " ".join(a for a in args if a not in shared) or "(none)"
-            for trial, args in zip(trials, every)}

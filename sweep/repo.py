@@ -1,168 +1,119 @@
 """The user's repository, as the head sees it: the baseline commit and where workers find it,
 the DVC remote they share, and at the end the trials pulled back as experiments with their
-metrics. git and dvc run as the user runs them; DVC's Python API only reads its config."""
+metrics. git and dvc run as the user runs them; dvc.api reads the experiments."""
 
-import json
 import logging
 import subprocess
+import tempfile
 from pathlib import Path
 
+import dvc.api
+
+from sweep import SweepError
 from sweep.pipeline import TEST_METRIC
-from sweep.trial import Setup
+from sweep.trial import WORK_DIR_NAME, Setup, command_name, error_line
 
 log = logging.getLogger("sweep")
 
-# Where each trial's output (git and DVC, every stage) is kept for the user: beside DVC's own
-# queue logs, in a folder git ignores.
+# Each trial's output (git, DVC, every stage), beside DVC's own queue logs (git ignores them).
 LOG_DIR = Path(".dvc/tmp/sweeps")
 
 
-class RepoError(RuntimeError):
-    """The repository is not ready for a sweep; the message says why and what to do."""
-
-
-def run(root, *args, check=True):
-    """stdout of a git or dvc command run in the repository; RepoError with the line that says
-    why, if it fails."""
-    result = subprocess.run(args, cwd=root, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise RepoError(f"{' '.join(args[:2])}: {error_line(result.stderr or result.stdout)}")
+def run(cwd: Path | str, *args: str) -> str:
+    """stdout of a git or dvc command; SweepError with the line that says why, if it fails."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SweepError(f"{command_name(args)}: {error_line(result.stderr or result.stdout)}")
     return result.stdout
 
 
-def error_line(output):
-    """The line of git's or DVC's output that says what went wrong: the first "fatal:" or
-    "error:" line (git's hints follow it), else the last line."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()] or ["no output"]
-    return next((line for line in lines
-                 if line.lower().startswith(("fatal:", "error:"))), lines[-1])
-
-
-def find_root(start="."):
-    """The repository's root: git's top level, which must also hold DVC's .dvc."""
-    result = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=start,
-                            capture_output=True, text=True)
-    root = Path(result.stdout.strip()) if result.returncode == 0 else None
-    if root is None or not (root / ".dvc").is_dir():
-        raise RepoError(f"{Path(start).resolve()} is not in a git + DVC repository")
-    return root
-
-
-def setup(root, git_remote, local):
-    """Setup of a sweep from HEAD. git_remote (a remote's name or a URL) is what workers clone
-    and push to; None means `origin` on a cluster and, on this machine's own cluster, the
-    repository itself (nothing to set up)."""
-    from dvc.repo import Repo
-
+def baseline_on_remote(root: Path, git_remote: str | None, local: bool) -> tuple[str, str]:
+    """(HEAD, the URL workers clone it from and push to): git_remote's (a name or a URL); if
+    None, `origin`'s on a cluster, and the repository itself on this machine's own cluster."""
     baseline = run(root, "git", "rev-parse", "HEAD").strip()
-    if local and git_remote is None:
-        git_url = str(root)
-    else:
+    git_url = str(root)
+    if git_remote or not local:
         git_url = remote_url(root, git_remote or "origin")
         check_pushed(root, baseline, git_url, git_remote or "origin")
     if run(root, "git", "status", "--porcelain", "--untracked-files=no").strip():
         log.warning("uncommitted changes are not part of the sweep: every trial starts from "
                     "commit %s", baseline[:7])
-    with Repo(str(root)) as repo:
-        name = repo.config["core"].get("remote")
-        if not name:
-            raise RepoError("no default DVC remote: the trials share their data and models "
-                            "through one (dvc remote add -d NAME URL)")
-        # DVC's config gives a local remote's path made absolute, as every clone must see it.
-        url = repo.config["remote"][name]["url"]
-        cache_dir = repo.cache.local_cache_dir if local else None
-    return Setup(git_url, baseline, name, url, cache_dir)
+    return baseline, git_url
 
 
-def remote_url(root, remote):
+def remote_url(root: Path, remote: str) -> str:
     """The URL of git remote `remote` (a name or a URL); a local path made absolute."""
-    if remote in run(root, "git", "remote").split():
-        url = run(root, "git", "remote", "get-url", remote).strip()
-    elif "://" in remote or ":" in remote.split("/", 1)[0] or (root / remote).exists():
-        url = remote  # a URL, user@host:path, or a path
-    else:
-        raise RepoError(f"no git remote {remote!r} for the workers to clone: add it (git remote "
-                        "add NAME URL) or give --git-remote NAME|URL")
+    url = run(root, "git", "ls-remote", "--get-url", remote).strip()  # a URL is its own
     if "://" in url or ":" in url.split("/", 1)[0] or Path(url).is_absolute():
         return url
-    return str((root / url).resolve())  # a path, relative to the repository
+    if not (root / url).exists():
+        raise SweepError(f"no git remote {remote!r} for the workers to clone: add it (git "
+                         "remote add NAME URL) or give --git-remote NAME|URL")
+    return str((root / url).resolve())
 
 
-def check_pushed(root, baseline, git_url, remote):
+def check_pushed(root: Path, baseline: str, git_url: str, remote: str) -> None:
     """Workers clone the git remote: the baseline must be there, in some branch or tag."""
-    tips = {line.split()[0] for line in
-            run(root, "git", "ls-remote", "--heads", "--tags", git_url).splitlines()}
+    tips = [line.split()[0] for line in
+            run(root, "git", "ls-remote", "--heads", "--tags", git_url).splitlines()]
     # Tips this repository has never seen cannot contain the baseline (it is here).
-    checked = subprocess.run(["git", "cat-file", "--batch-check"], cwd=root, text=True,
-                             input="\n".join(tips) + "\n", capture_output=True).stdout
-    known = [line.split()[0] for line in checked.splitlines() if not line.endswith("missing")]
-    if known and not run(root, "git", "rev-list", "--max-count=1", baseline, "--not", *known):
-        return  # no commit of the baseline's history is missing from the remote's branches
-    raise RepoError(f"commit {baseline[:7]} is not on {remote}, where the workers clone from: "
-                    f"push it first (git push {remote} HEAD)")
+    if run(root, "git", "rev-list", "--ignore-missing", "--max-count=1", baseline,
+           "--not", *tips).strip():
+        raise SweepError(f"commit {baseline[:7]} is not on {remote}, where the workers clone "
+                         f"from: push it first (git push {remote} HEAD)")
 
 
-def baseline_files(root, baseline, paths):
-    """{path: text} of the params files at the baseline commit (what the workers check out),
-    leaving out those it does not have."""
-    files = {}
-    for path in paths:
-        shown = subprocess.run(["git", "show", f"{baseline}:{path}"], cwd=root,
-                               capture_output=True, text=True)
-        if shown.returncode == 0:
-            files[path] = shown.stdout
-    return files
+def dvc_config(root: Path, local: bool) -> str:
+    """The .dvc/config.local of every trial's clone, written by DVC: the default DVC remote by
+    its absolute URL, and the cache the trials share, linked from (its data is only read): this
+    repository's on this machine's cluster; else each worker's, beside its clones (../../cache
+    from a clone, which DVC keeps relative, writing it from a folder laid out as a worker's)."""
+    config = dict(line.split("=", 1) for line in  # local paths made absolute by DVC
+                  run(root, "dvc", "config", "--list").splitlines() if "=" in line)
+    name = config.get("core.remote")
+    if not config.get(f"remote.{name}.url"):
+        raise SweepError("no default DVC remote: the trials share their data and models "
+                         "through one (dvc remote add -d NAME URL)")
+    cache = run(root, "dvc", "cache", "dir").strip() if local else "../../cache"
+    with tempfile.TemporaryDirectory(prefix="sweep-") as work_dir:
+        clone = Path(work_dir, WORK_DIR_NAME, "clones", "config")
+        (clone / ".dvc").mkdir(parents=True)  # a DVC repository, to `dvc config --local`
+        run(clone, "dvc", "remote", "add", "--local", "--default", name,
+            config[f"remote.{name}.url"])
+        run(clone, "dvc", "cache", "dir", "--local", cache)
+        run(clone, "dvc", "config", "--local", "cache.type", "reflink,hardlink,copy")
+        return (clone / ".dvc" / "config.local").read_text()
 
 
-def check_name(root, setup, name):
-    """A sweep's name must make valid git refs (refs/exps/.../NAME-1), as DVC requires."""
-    from dvc.repo.experiments.refs import ExpRefInfo
-
-    ref = str(ExpRefInfo(setup.baseline, f"{name}-1"))
-    if subprocess.run(["git", "check-ref-format", ref], cwd=root).returncode != 0:
-        raise RepoError(f"--name {name!r}: not a name git takes in a ref (see `git help "
-                        "check-ref-format`)")
-
-
-def taken_names(root, setup, names):
-    """Those of `names` that are already experiments of the baseline, here or on the git
-    remote: a sweep never replaces anyone's results."""
-    from dvc.repo.experiments.refs import ExpRefInfo
-
-    prefix = str(ExpRefInfo(setup.baseline))
-    refs = run(root, "git", "for-each-ref", "--format=%(refname)", prefix).split()
-    refs += [line.split()[1] for line in
-             run(root, "git", "ls-remote", setup.git_url, f"{prefix}/*").splitlines()]
-    existing = {ExpRefInfo.from_ref(ref).name for ref in refs}
-    return [name for name in names if name in existing]
+def check_names_free(root: Path, baseline: str, git_url: str, names: list[str]) -> None:
+    """A sweep never replaces anyone's results: none of `names` may be an experiment of the
+    baseline already, here or on the git remote."""
+    listed = [name for where in dict.fromkeys([str(root), git_url])
+              for name in run(root, "dvc", "exp", "list", where, "--rev", baseline,
+                              "--name-only").split()]
+    if taken := [name for name in names if name in listed]:
+        raise SweepError(f"{', '.join(taken)} already exist for commit {baseline[:7]}: "
+                         "choose another --name")
 
 
-def pull(root, setup, names):
-    """`dvc exp pull`: the trials' refs from the git remote, their data from the DVC remote."""
+def pull(root: Path, setup: Setup, names: list[str]) -> dict[str, float | None]:
+    """`dvc exp pull` of the trials (their refs from the git remote, their data from the DVC
+    remote); {name: test metric}."""
     run(root, "dvc", "exp", "pull", setup.git_url, *names)
+    return metric_of(dvc.api.exp_show(repo=str(root), revs=setup.baseline), names)
 
 
-def read_metrics(root, names):
-    """{name: test metric} of the experiments `names`, from `dvc exp show --json`."""
-    return metric_of(json.loads(run(root, "dvc", "exp", "show", "--json")), names)
-
-
-def metric_of(shown, names, metric=TEST_METRIC):
-    """{name: value or None} of experiments `names` in `dvc exp show --json`'s output."""
+def metric_of(rows: list[dict], names: list[str], metric: tuple[str, str] = TEST_METRIC
+              ) -> dict[str, float | None]:
+    """{name: value or None} of experiments `names` in rows of dvc.api.exp_show, where the
+    metric's column is its key, or "file:key" if another file has that key too."""
     path, key = metric
-    values = dict.fromkeys(names)
-    for baseline in shown:
-        for experiment in baseline.get("experiments") or []:
-            for rev in experiment.get("revs") or []:
-                if rev.get("name") in values:
-                    metrics = (rev.get("data") or {}).get("metrics") or {}
-                    values[rev["name"]] = ((metrics.get(path) or {}).get("data") or {}).get(key)
-    return values
+    values = {row["Experiment"]: row.get(f"{path}:{key}", row.get(key)) for row in rows}
+    return {name: values.get(name) for name in names}
 
 
-def save_log(root, outcome):
-    """The trial's output, for the user to read: the path, relative to the root."""
-    path = LOG_DIR / f"{outcome.name}.log"
+def save_log(root: Path, name: str, text: str) -> str:
+    """A trial's output, kept for the user: its path, relative to the root."""
     (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
-    (root / path).write_text(outcome.log)
-    return path
+    (root / LOG_DIR / f"{name}.log").write_text(text)
+    return str(LOG_DIR / f"{name}.log")

@@ -4,6 +4,7 @@ process it started carries a marker in its environment, every clone lives in the
 temporary folder."""
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -145,3 +146,15 @@ def exp_refs(repo, where="."):
     """{name: sha} of the experiment refs in `where` (a path or URL; "." the repo itself)."""
     out = repo.git("ls-remote", str(where), "refs/exps/*").stdout
     return {line.split()[1].rsplit("/", 1)[1]: line.split()[0] for line in out.splitlines()}
+
+
+def exp_metrics(repo, names, path="metrics/test.json", key="test_accuracy"):
+    """{name: value or None} of the experiments `names` in `dvc exp show --json`."""
+    values = dict.fromkeys(names)
+    for baseline in json.loads(repo.dvc("exp", "show", "--json").stdout):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                if rev.get("name") in values:
+                    metrics = (rev.get("data") or {}).get("metrics") or {}
+                    values[rev["name"]] = ((metrics.get(path) or {}).get("data") or {}).get(key)
+    return values

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from sweep import loopback
-from sweep.repo import metric_of
+from tests import ray_cluster
 from tests.conftest import read_yaml
 from tests.s3_server import BUCKET, s3_env
 from tests.sweep.conftest import (
     clones,
+    exp_metrics,
     exp_refs,
     finish,
     start_sweep,
@@ -48,16 +48,16 @@ def shared_repo(sweep_repo, s3_remote, tmp_path):
 def two_nodes(shared_repo):
     """(head, worker): one CPU each, the environment of the repository (S3 credentials, the
     tiny dataset's mirror); stopped by their process ids, their folders removed."""
-    nodes = loopback.start_cluster([1, 1], shared_repo.env)
+    nodes = ray_cluster.start_cluster([1, 1], shared_repo.env)
     yield nodes
-    loopback.stop_cluster(nodes)
+    ray_cluster.stop_cluster(nodes)
 
 
 def test_trials_on_two_nodes_land_as_experiments_though_a_worker_dies(shared_repo, two_nodes):
     repo, (head, worker) = shared_repo, two_nodes
     head_id = head.node_id
     sweep = start_sweep(repo, "--address", head.address, "-n", "grid", *GRID,
-                        env={**repo.env, **loopback.LOOPBACK_ENV})
+                        env={**repo.env, **ray_cluster.LOOPBACK_ENV})
     # A trial on the worker has run a stage: the machine is lost, every process of it at once.
     on_worker = wait_for_a_stage_to_have_run(worker.tmp, sweep)
     worker.kill()
@@ -71,8 +71,7 @@ def test_trials_on_two_nodes_land_as_experiments_though_a_worker_dies(shared_rep
     assert on_worker and all(ended[name].endswith(f"on node {head_id[:8]}") for name in on_worker)
 
     # Every trial is an experiment of HEAD here, with its metrics, and its ref on the remote.
-    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
-    accuracy = metric_of(shown, NAMES)
+    accuracy = exp_metrics(repo, NAMES)
     assert None not in accuracy.values()
     assert {name: f"{value:.4f}" in rows[name] for name, value in accuracy.items()} == \
         dict.fromkeys(NAMES, True)

@@ -2,17 +2,16 @@
 and gone after it; the repository itself as the git remote, its own DVC remote and cache.
 Real git, dvc, Ray and training on the tiny dataset; the sweep runs as a user runs it."""
 
-import json
 import os
 import signal
 
 import pytest
 
-from sweep.loopback import free_port
-from sweep.repo import metric_of
+from tests.ray_cluster import free_port
 from tests.sweep.conftest import (
     MARKER,
     clones,
+    exp_metrics,
     exp_refs,
     finish,
     marked_processes,
@@ -46,8 +45,7 @@ def test_the_local_default_runs_the_grid_and_a_bad_value_fails_alone(sweep_repo)
     assert "`dvc exp apply local-2`" in out
 
     # A real experiment of HEAD, with its metrics; the failed trial left none.
-    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
-    accuracy = metric_of(shown, ["local-2"])["local-2"]
+    accuracy = exp_metrics(repo, ["local-2"])["local-2"]
     assert accuracy is not None and f"{accuracy:.4f}" in rows["local-2"]
     assert list(exp_refs(repo)) == ["local-2"]
     repo.dvc("exp", "apply", "local-2")
@@ -120,5 +118,5 @@ def test_a_param_dvc_would_refuse_stops_the_sweep_before_it_starts(sweep_repo):
                                         "-S", "train.no_such_key=1"))
     assert status == 1
     assert err.strip().splitlines()[-1] == (
-        "error: -S train.mlp.epochs=1 train.no_such_key=1: Could not override "
-        "'train.no_such_key'. To append to your config use +train.no_such_key=1")
+        "error: dvc exp run: Invalid `--set-param` value: Could not override "
+        "'train.no_such_key'.")

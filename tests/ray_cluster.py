@@ -1,13 +1,16 @@
 """A Ray cluster of several nodes on this one machine, on 127.0.0.1 only: each node a real
 `ray start` process tree with a folder of its own, stopped (or killed, as a lost machine) by its
-process ids, never by `ray stop`, which stops every Ray process of the machine. What the tests
-and the benchmark run sweeps on, to exercise the cluster path without a cluster.
+process ids, never by `ray stop`, which stops every Ray process of the machine. What the sweep's
+tests and its benchmark (bench/sweep.py) run sweeps on, to exercise the cluster path without a
+cluster.
 
 Ray 2.60 replaces 127.0.0.1 by the machine's network address wherever it is given, unless
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; and with that setting, `ray start --address` refuses to
 join a cluster ("not supported on Windows and OSX"). So every node runs with the setting, and a
-joining node runs Ray's own `ray start` with that one refusal lifted (JOIN below). The head
-(`sweep --address`) needs the setting too, to connect to 127.0.0.1 rather than the network
+joining node runs Ray's own `ray start` with that one refusal lifted (JOIN below): the one
+private API of Ray the project uses, no public setting doing it, and pinned by
+tests/sweep/test_ray_cluster.py, which fails on a Ray whose `ray start` no longer reads it. The
+head (`sweep --address`) needs the setting too, to connect to 127.0.0.1 rather than the network
 address, on which nothing listens."""
 
 import os
@@ -21,14 +24,14 @@ import threading
 import time
 from pathlib import Path
 
-from sweep.cluster import local_cluster_env
+from sweep.cluster import LOCAL_CLUSTER_ENV
 
 READY_LINE = "Ray runtime started"
 # Every node and the head (`sweep --address`) run with the settings of the sweep's own local
-# cluster, its token made once here for them all. Without a token set, Ray turns token
-# authentication on wherever ~/.ray/auth_token exists (any earlier `ray.init()` writes one),
-# and the head was then refused by its own nodes.
-LOOPBACK_ENV = local_cluster_env()
+# cluster, one token for them all. Without a token set, Ray turns token authentication on
+# wherever ~/.ray/auth_token exists (any earlier `ray.init()` writes one), and the head would be
+# refused by its own nodes.
+LOOPBACK_ENV = LOCAL_CLUSTER_ENV
 # `ray start`, with the refusal to join a cluster from "Windows or OSX" lifted (see above).
 JOIN = ("import sys, types; from ray._private import ray_constants; "
         "import ray.scripts.scripts as scripts; "
