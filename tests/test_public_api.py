@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 
-FOLDERS = ["sweep"]
+FOLDERS = ["stages", "app", "sweep"]
 PRIVATE_USES = {
     "a private attribute": re.compile(r"\b(?!self\.|cls\.)[A-Za-z_]\w*\._[a-z]\w*"),
     "a private keyword argument": re.compile(r"[(,]\s*_[a-z]\w*\s*="),
