@@ -14,15 +14,14 @@ checked again, so NaN is never served.
 """
 
 import json
-import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from app.pictures.decode import read_grey
-from app.pictures.digit import to_model_form
+from app.pictures.digit import FIELD
 from app.pictures.refusal import refusal
 
 # ONNX Runtime records an event with a persistent device id in ~/.cache/Microsoft/ for every
@@ -33,7 +32,6 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 MODEL_FILE = Path("model/model.onnx")  # where the pipeline's export stage writes it
 METADATA_KEY = "pipeline_metadata"  # as stages/export.py writes it
 PIXEL_RANGE = [0, 255]  # what the graph takes, as stages/export.py says in the metadata
-FIELD = 28  # MNIST's images are 28x28
 DATASETS, FAMILIES = ("mnist", "fashion-mnist"), ("mlp", "cnn")
 # How far a row of probabilities may stray from summing to 1: float32 softmax is within 1e-6.
 SUM_TOLERANCE = 1e-3
@@ -43,13 +41,21 @@ class ModelError(Exception):
     """The model or its metadata cannot be used; the message says why, in one line."""
 
 
-def ort_errors():
-    """What ONNX Runtime raises for a file it cannot load or run (no common base class)."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
+def ort_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a model it cannot load or run: classes of its C extension,
+    with no common base but Exception and no public name. The one place the app reaches into
+    another package's internals; tests/app/test_private_api.py pins it."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as extension
 
-    return tuple(getattr(state, name) for name in (
-        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
-        "InvalidProtobuf", "NotImplemented", "InvalidGraph", "EPFail") if hasattr(state, name))
+    return tuple(value for value in vars(extension).values()
+                 if isinstance(value, type) and issubclass(value, Exception))
+
+
+def ort_cause(error: Exception) -> str:
+    """ONNX Runtime's reason, in a line: without its error code, or the C++ source and
+    function it names."""
+    text = re.sub(r"\S+\.(cc|cpp|h):\d+ \S+?\(.*?\) ", "", str(error).split(":", 3)[-1])
+    return " ".join(text.split())[:200] or type(error).__name__
 
 
 @dataclass
@@ -80,7 +86,10 @@ class Classifier:
         return self.outputs_of_batch(x)
 
     def outputs_of_batch(self, x):
-        return self.session.run(None, {self.input_name: x})[0]
+        try:
+            return self.session.run(None, {self.input_name: x})[0]
+        except ort_errors() as e:
+            raise ModelError(f"{self.path.name}: cannot run the model ({ort_cause(e)})") from e
 
 
 def is_probabilities(rows):
@@ -126,16 +135,12 @@ def open_session(model_file):
     options = onnxruntime.SessionOptions()
     # One image at a time is microseconds of arithmetic: a thread pool costs more than it saves.
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
+    options.log_severity_level = 4  # fatal only: its errors reach us as exceptions
     try:
         return onnxruntime.InferenceSession(str(model_file), options,
                                             providers=["CPUExecutionProvider"])
     except ort_errors() as e:
         raise ModelError(f"{model_file}: cannot load the model ({ort_cause(e)})") from e
-
-
-def ort_cause(error):
-    return (str(error).split(":", 3)[-1].strip() or type(error).__name__)[:200]
 
 
 def read_metadata(session, model_file):
@@ -196,10 +201,7 @@ def load_classifier(model_file):
     one_at_a_time = check_signature(session, model_file, metadata["class_names"])
     classifier = Classifier(session, session.get_inputs()[0].name, metadata["class_names"],
                             metadata["dataset"], metadata["family"], model_file, one_at_a_time)
-    try:
-        out = classifier.outputs(probe_pictures())
-    except ort_errors() as e:
-        raise ModelError(f"{model_file}: cannot run the model ({ort_cause(e)})") from e
+    out = classifier.outputs(probe_pictures())
     bad = ~is_probabilities(out)
     if bad.any():
         raise ModelError(f"{model_file}: its outputs are not probabilities (for a "
@@ -210,12 +212,6 @@ def load_classifier(model_file):
 
 # --- the answer for a picture ----------------------------------------------------------------
 
-def model_form(file, dataset, deadline=math.inf):
-    """A picture (a binary file) -> 28x28 uint8 in the form of `dataset`'s images. Raises an
-    InputError (app.pictures.digit) naming what is wrong with it, or PastDeadline."""
-    return to_model_form(read_grey(file, deadline), dataset)
-
-
 def ranked(probs, names, k):
     """The k most likely classes, most likely first: [{"digit", "probability"}]."""
     return [{"digit": names[i], "probability": round(float(probs[i]), 6)}
@@ -225,17 +221,10 @@ def ranked(probs, names, k):
 def answer(pixels, probs, classifier, k):
     """{"digit", "probability", "refusal", "top"} for the 28x28 `pixels` the model read as
     `probs`: the best class and the k best; or, when the picture holds no digit
-    (app/pictures/refusal.py), "refusal" says why in a line, and "digit" and "probability" are None.
-    `top` stays, for the curious: it is what the model would have guessed."""
+    (pictures/refusal.py), "refusal" says why in a line, and "digit" and "probability" are
+    None. `top` stays, for the curious: it is what the model would have guessed."""
     top = ranked(probs, classifier.class_names, k)
     why = refusal(pixels, probs, classifier.dataset)
     if why:
         return {"digit": None, "probability": None, "refusal": why, "top": top}
     return {**top[0], "refusal": None, "top": top}
-
-
-def classify(file, classifier, deadline=math.inf):
-    """The answer for one picture, every class ranked (the page draws a bar for each)."""
-    pixels = model_form(file, classifier.dataset, deadline)
-    probs = classifier.probabilities(pixels[np.newaxis])[0]
-    return answer(pixels, probs, classifier, len(classifier.class_names))

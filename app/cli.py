@@ -6,11 +6,11 @@
 Runs the exported ONNX model (model/model.onnx, which carries its class names and
 normalisation) with ONNX Runtime: no TensorFlow, so a cold start takes a fraction of a second.
 
-Images (PNG, JPEG or BMP, any size and colour mode) are decoded within the same limits as the
-server's (pictures/decode.py: 40 megapixels, 64 MB to decode, 20 JPEG scans) and brought to MNIST
-form by app/pictures/digit.py. `.npy` arrays of shape (28, 28) or (N, 28, 28) are taken as already
-in that form, white digits on black, uint8 0-255 or float 0-255 (or 0-1); they are neither
-cropped nor moved. The model's graph normalises them as training did.
+Images (PNG, JPEG or BMP, any size and colour mode, up to 10 MB) are decoded within the same
+bounds as the server's (pictures/sandbox.py) and brought to MNIST form by pictures/digit.py.
+`.npy` arrays of shape (28, 28) or (N, 28, 28) are taken as already in that form, white digits
+on black, uint8 0-255 or float 0-255 (or 0-1); they are neither cropped nor moved. The model's
+graph normalises them as training did.
 
 One line per image on stdout: its class, or "not a digit (a dash)" when it holds none
 (pictures/refusal.py; `--json` gives `refusal` and no `digit`). A file that cannot be used gets one
@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.classifier import MODEL_FILE, ModelError, answer, load_classifier, model_form
-from app.pictures.decode import read_grey
-from app.pictures.digit import FIELD, InputError
+from app.classifier import MODEL_FILE, ModelError, answer, load_classifier
+from app.pictures.debug_view import debug_png
+from app.pictures.decode import MAX_FILE_BYTES, InputError
+from app.pictures.digit import FIELD, model_form
+from app.pictures.sandbox import Sandbox
 
 MAX_NPY_BYTES = 64 * 2**20  # an (N, 28, 28) batch: 80,000 images of float32 at most
 # numpy's own readers of an .npy header, by format version: shape and dtype, before any data.
@@ -40,9 +42,9 @@ NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                       (2, 0): np.lib.format.read_array_header_2_0}
 
 # What reading one bad file raises: OSError from the file system; InputError (a ValueError)
-# from pictures/decode.py and pictures/digit.py for every picture they cannot use; for a damaged
-# .npy, numpy's ValueError and EOFError, and the SyntaxError and tokenize.TokenError of the
-# Python literal parser it reads the header with.
+# for every picture app/pictures cannot use; for a damaged .npy, numpy's ValueError and
+# EOFError, and the SyntaxError and tokenize.TokenError of the Python literal parser it reads
+# the header with.
 INPUT_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError)
 
 # The first bytes of files people may name .npy by mistake.
@@ -119,19 +121,34 @@ def read_array(path):
     return pixels * 255 if array.dtype.kind == "f" and pixels.max() <= 1 else pixels
 
 
-def read_input(path, dataset="mnist"):
+def read_input(path: Path, dataset: str, sandbox: Sandbox) -> list[tuple[str, np.ndarray]]:
     """One file -> [(name, pixels in MNIST form)]: an (N, 28, 28) array gives N named file[i].
-    An image is brought to the form of `dataset`'s images (app/pictures/digit.py)."""
-    mode = os.stat(path).st_mode  # FileNotFoundError for a missing file, as open would
-    if not stat.S_ISREG(mode):
-        raise InputError("not a regular file" + (" (a folder)" if stat.S_ISDIR(mode) else ""))
+    A picture is brought to the form of `dataset`'s images in a decode process."""
     if path.suffix.lower() == ".npy":
+        regular_file(path)
         pixels = read_array(path)
         if pixels.ndim == 2:
             return [(str(path), pixels)]
         return [(f"{path}[{i}]", p) for i, p in enumerate(pixels)]
-    with open(path, "rb") as f:
-        return [(str(path), model_form(f, dataset))]
+    return [(str(path), sandbox.call(model_form, picture_bytes(path), dataset))]
+
+
+def regular_file(path: Path) -> int:
+    """The size of `path`, a regular file (FileNotFoundError for a missing one, as open's)."""
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        raise InputError("not a regular file" + (" (a folder)" if stat.S_ISDIR(status.st_mode)
+                                                 else ""))
+    return status.st_size
+
+
+def picture_bytes(path: Path) -> bytes:
+    """A picture file's bytes, refused by its size before it is read."""
+    size = regular_file(path)
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"{size / 2**20:,.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB "
+                         "limit for a picture")
+    return path.read_bytes()
 
 
 def problem(error):
@@ -160,17 +177,14 @@ def save_debug_image(directory, number, name, pixels):
         debug_name(directory, number, name, "28x28"))
 
 
-def save_debug_view(directory, number, path, caption, dataset):
+def save_debug_view(directory, number, path, caption, dataset, sandbox):
     """A picture (not an .npy) with what the transform took as the page and as the ink, the
-    28x28 the model saw, and `caption` (its answer, or why it has none): pictures/debug_view.py."""
-    from app.pictures.debug_view import debug_view
-
+    28x28 the model saw, and `caption` (its answer, or why it has none): debug_view.py."""
     try:
-        with open(path, "rb") as f:
-            grey = read_grey(f)
+        view = sandbox.call(debug_png, picture_bytes(path), dataset, caption)
     except INPUT_ERRORS:  # no picture to draw: the error line already says why
         return
-    debug_view(grey, dataset, caption).save(debug_name(directory, number, str(path), "debug"))
+    debug_name(directory, number, str(path), "debug").write_bytes(view)
 
 
 def text_line(result):
@@ -181,8 +195,16 @@ def text_line(result):
     return f"{printable(result['file'])}: {best}"
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sandbox = Sandbox(start="fork")  # before ONNX Runtime starts any thread
+    try:
+        return predict(args, sandbox)
+    finally:
+        sandbox.close()
+
+
+def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
     try:
         classifier = load_classifier(args.model)
     except ModelError as error:
@@ -199,7 +221,7 @@ def main(argv=None):
     results, pixels = [], []  # results in the order given; pixels of those that can be predicted
     for number, path in enumerate(args.images, 1):
         try:
-            inputs = read_input(path, classifier.dataset)
+            inputs = read_input(path, classifier.dataset, sandbox)
         except INPUT_ERRORS as error:
             print(f"error: {printable(str(path))}: {problem(error)}", file=sys.stderr)
             results.append({"file": str(path), "error": problem(error)})
@@ -229,7 +251,7 @@ def main(argv=None):
             if path.suffix.lower() != ".npy":  # an array has no page and no ink to show
                 result = next(r for r in results if r["file"] == str(path))
                 caption = f"error: {result['error']}" if "error" in result else text_line(result)
-                save_debug_view(args.debug, number, path, caption, classifier.dataset)
+                save_debug_view(args.debug, number, path, caption, classifier.dataset, sandbox)
     return 0 if len(good) == len(results) else 1
 
 

@@ -12,10 +12,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from bench.hostile_images import WORST
 from bench.load import (
     CONTENT_TYPE,
-    free_port,
     multipart_body,
     percentile,
     request,
@@ -23,6 +21,8 @@ from bench.load import (
     stop_server,
     wait_ready,
 )
+from tests.hostile_pictures import WORST
+from tests.serving import free_port
 
 HEALTH_EVERY_S = 0.05
 

@@ -12,25 +12,29 @@ refused. The calibration reads the validation split only.
 """
 
 import argparse
-import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from app.classifier import load_classifier, model_form
+from app.classifier import load_classifier
 from app.pictures import refusal as rules
-from app.pictures.digit import InputError, to_mnist_form
+from app.pictures.digit import to_mnist_form
 from tests.drawings import page_digits, scrawls
 from tests.photos import photo_set
+from tests.readings import (
+    AT_LEAST,
+    GOALS,
+    MODEL,
+    REPO,
+    answers,
+    from_png,
+    mnist_test_digits,
+    share,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "model" / "model.onnx"
-MNIST = REPO / "data" / "raw.npz"  # download's output: MNIST, when the model is an MNIST one
 VALIDATION = REPO / "data" / "processed" / "val.npz"  # scaled to [0, 1] (params: scale)
-GOALS = {"mnist": 0.005, "photos": 0.02, "scrawls": 0.9}  # issue 18: at most, at most, at least
-AT_LEAST = {"scrawls"}  # the share refused must reach the goal; of the others, stay under it
 
 
 def goal_met(key, refused):
@@ -43,50 +47,11 @@ def goal_text(key, at_least="at least", at_most="at most"):
 
 
 @dataclass
-class Answer:
-    read: str       # the class the model reads, or "" when the transform found no digit
-    refusal: str    # why it is not a digit (pictures/refusal.py, or the transform's), or None
-
-
-@dataclass
 class Sample:
     name: str       # what the pictures are, in a few words
     kinds: list     # each picture's kind (one name for all when there is no kind)
     truths: list    # each picture's class name, or None for what is no digit
     answers: list
-
-
-def answers(classifier, pictures, transform):
-    """An Answer for each picture, read as predict and the API read it: `transform(picture)`
-    brings it to MNIST form (or raises InputError), the model reads it, the rules judge it."""
-    seen, reasons = [], []
-    for picture in pictures:
-        try:
-            seen.append(transform(picture))
-            reasons.append(None)
-        except InputError as error:
-            reasons.append(str(error))
-    probabilities = iter(classifier.probabilities(np.stack(seen)) if seen else [])
-    pixels = iter(seen)
-    results = []
-    for reason in reasons:
-        if reason:
-            results.append(Answer("", reason))
-            continue
-        probs = next(probabilities)
-        results.append(Answer(classifier.class_names[int(np.argmax(probs))],
-                              rules.refusal(next(pixels), probs, classifier.dataset)))
-    return results
-
-
-def from_png(drawing):
-    return model_form(io.BytesIO(drawing.png), "mnist")  # as predict and the server read it
-
-
-def mnist_test_digits():
-    """(pixels, labels) of the 10,000 real MNIST test digits, grey levels 0-255."""
-    with np.load(MNIST) as data:
-        return data["x_test"].astype(np.float32), data["y_test"]
 
 
 def measure(classifier, per_kind=100, scrawl_seeds=5):
@@ -111,11 +76,6 @@ def measure(classifier, per_kind=100, scrawl_seeds=5):
                           [d.kind for d in drawings], [None] * len(drawings),
                           answers(classifier, drawings, from_png)),
     }
-
-
-def share(answers):
-    """The share of `answers` that are refusals."""
-    return sum(a.refusal is not None for a in answers) / len(answers)
 
 
 def table(results):

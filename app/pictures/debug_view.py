@@ -2,10 +2,13 @@
 it took as the page, the ink it took as the digit, and the 28x28 image the model was given. When
 a photo is refused or misread, this shows why."""
 
+import io
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from app.pictures.digit import FIELD, InputError, find_digit, fit_and_centre, to_fashion_form
+from app.pictures.decode import InputError, read_grey
+from app.pictures.digit import FIELD, find_digit, fit_and_centre, to_fashion_form
 
 PANEL = (800, 400)   # the picture is scaled to fit this box (width, height), small ones enlarged
 ZOOM = 10            # the 28x28 image is shown at 280x280, each pixel a square
@@ -14,7 +17,15 @@ CAPTION = 16         # px: the caption's font size
 GAP = 12
 
 
-def debug_view(grey, dataset="mnist", caption=None):
+def debug_png(picture: bytes, dataset: str, caption: str) -> bytes:
+    """debug_view of a picture file's bytes, as a PNG file's: what predict --debug runs in a
+    decode process (sandbox.py)."""
+    buffer = io.BytesIO()
+    debug_view(read_grey(picture), dataset, caption).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def debug_view(grey: np.ndarray, dataset: str = "mnist", caption: str | None = None) -> Image.Image:
     """A PIL image (RGB): the picture (2-D grey levels 0-255) with the page's outline and the
     ink's box drawn on it, and beside it the 28x28 image the model saw; below, a legend, or the
     transform's reason when it found no digit, and `caption` (e.g. what the model answered)."""

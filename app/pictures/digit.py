@@ -25,40 +25,28 @@ px across, so a digit in a 30000x30 picture is still there to find):
 A picture with no such region, or with several of a size, is refused with a message that says so.
 """
 
-import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from app.pictures.decode import MIN_SIDE, InputError, read_grey
 
 # OpenCV's own thread pool spins its threads for longer than the work on pictures of at most
-# WORK_SIDE takes. One thread each: the server's CPU per small upload went from 6.5-6.9 to
-# 4.2-4.9 ms on 2 cores (a 3000x4000 photo takes the same 20 ms), where the server's pool
-# threads (app/server/pool.py) and its workers already keep every core busy.
+# WORK_SIDE takes: one thread, where the decode processes and the workers keep every core busy.
 cv2.setNumThreads(1)
 
-FORMATS = ("PNG", "JPEG", "BMP")
-MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding
 FIELD, BOX = 28, 20      # MNIST digits fit a 20x20 box, centred by mass in a 28x28 field
 WORK_SIDE = 400          # photos are searched at most this large: plenty for a digit
 WORK_SHORT_SIDE = 56     # but a strip keeps this much across, twice MNIST's field, for its digit
 WORK_PIXELS = 1_200_000  # a strip searched at that size may hold this many pixels (30000x40)
-MIN_SIDE = 8             # narrower than this, a picture cannot hold a readable digit
 SMALL = 64               # a picture narrower than this is a drawing or a crop, not a photo
 MIN_CONTRAST = 32        # grey levels between paper and ink; less is no ink at all
 NOISE_MARGIN = 4         # ink must stand out by this many times the paper's noise
 INK_LEVEL = 0.1          # of the darkest ink; fainter pixels are paper (noise, texture, JPEG)
 MIN_SHARE = 0.1          # pieces with less than this share of the digit's ink are specks
 RIVAL_SHARE = 0.35       # another region with this share of the digit's ink: several digits
-
-
-class InputError(ValueError):
-    """An input that cannot be predicted; the message says why."""
-
-
-class TooManyPixels(InputError):
-    """An image over MAX_PIXELS, refused from its header before it is decoded."""
 
 
 @dataclass
@@ -71,33 +59,14 @@ class Found:
     #                          picture: its outline's four corners (x, y); None when there is none
 
 
-def read_image(source):
-    """Decode an image (a path or a binary file object) into 2-D float32 grey levels 0-255,
-    refusing huge ones from their header, unread."""
-    with warnings.catch_warnings():
-        # Pillow only warns between its own limit and twice that; refuse those too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        # Pillow warns of damaged EXIF data; that costs us the orientation only.
-        warnings.simplefilter("ignore", UserWarning)
-        with Image.open(source, formats=FORMATS) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise TooManyPixels(f"{image.width}x{image.height} pixels is over the "
-                                    f"{MAX_PIXELS // 1_000_000}-megapixel limit")
-            image.load()
-            return grey_levels(ImageOps.exif_transpose(image))
+def model_form(picture: bytes, dataset: str) -> np.ndarray:
+    """A picture file's bytes -> 28x28 uint8 in the form of `dataset`'s images: what predict and
+    the server run in a decode process (pictures/sandbox.py). Raises an InputError saying what
+    is wrong with it."""
+    return to_model_form(read_grey(picture), dataset)
 
 
-def grey_levels(image):
-    """Any Pillow image -> 2-D float32 grey levels 0-255; transparent parts become white paper."""
-    if image.mode.startswith("I"):  # 16-bit greyscale PNG, 0-65535
-        return np.asarray(image, dtype=np.float32) / 257
-    if image.has_transparency_data:
-        paper = Image.new("RGBA", image.size, "white")
-        image = Image.alpha_composite(paper, image.convert("RGBA"))
-    return np.asarray(image.convert("L"), dtype=np.float32)
-
-
-def to_mnist_form(grey):
+def to_mnist_form(grey: np.ndarray) -> np.ndarray:
     """2-D grey levels (0-255, any size) -> 28x28 uint8 white digit on black, as MNIST was made.
     Raises InputError when there is no digit, or no single one, to read."""
     return fit_and_centre(find_digit(grey).ink)

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from app.classifier import load_classifier
-from app.pictures.digit import InputError, find_digit, fit_and_centre, to_mnist_form
+from app.pictures.decode import InputError
+from app.pictures.digit import find_digit, fit_and_centre, to_mnist_form
 from app.pictures.refusal import refusal
 from tests.conftest import REPO
 from tests.digits import draw_digit, mnist_form_digits

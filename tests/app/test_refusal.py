@@ -22,10 +22,18 @@ from app.pictures.refusal import (
     unlike_any_digit,
     unusual_for_a_digit,
 )
-from bench.refusal import GOALS, MNIST, answers, from_png, mnist_test_digits, share
 from tests.app.test_photos import trained_model
 from tests.drawings import page_digits, scrawls
 from tests.photos import KINDS, make_photo
+from tests.readings import (
+    GOALS,
+    MNIST,
+    answers,
+    from_png,
+    mnist_available,
+    mnist_test_digits,
+    share,
+)
 
 SURE = np.eye(10)[3]  # a model that is certain it sees a 3
 
@@ -86,8 +94,9 @@ def test_a_blank_image_is_refused_as_blank():
 
 def real_mnist_model():
     classifier = trained_model()
-    if classifier.dataset != "mnist" or not MNIST.is_file():
-        reason = f"needs a real-MNIST run: {MNIST} and an MNIST model (make repro)"
+    if classifier.dataset != "mnist" or not mnist_available():
+        reason = (f"needs real MNIST ({MNIST}, or MNIST_MIRROR) and an MNIST model "
+                  "(make repro)")
         if os.environ.get("REQUIRE_TRAINED_MODEL"):
             pytest.fail(reason)
         pytest.skip(reason)
