@@ -112,7 +112,7 @@ def find_digit(grey):
     height, width = grey.shape
     if min(height, width) < MIN_SIDE:
         raise InputError(f"{width}x{height} pixels is too small to hold a digit")
-    small = work_image(grey)
+    small = without_rules(work_image(grey))
     page = find_page(small)
     if page is not None:  # a sheet of paper lies in the picture: the digit is written on it
         found = search_page(small, page)
@@ -272,6 +272,57 @@ def soft_ink(contrast, plain):
     if peak < MIN_CONTRAST:
         raise InputError("no digit found: the image is blank")
     return np.clip((contrast / peak - INK_LEVEL) / (1 - INK_LEVEL), 0, 1).astype(np.float32) * 255
+
+
+# --- the rules of ruled paper ---------------------------------------------------------------------
+
+RULE_WIDTH = 5        # px: a dark line thinner than this may be a rule (1-2 px); ink is thicker
+RULE_CONTRAST = 12    # grey levels darker than the paper around it, for a pixel of a rule
+RULE_COVER = 0.4      # of a line across the picture: the rest may be hidden under ink
+RULE_SLOPES = np.tan(np.radians(np.arange(-4, 4.5, 0.5)))  # a page turned up to 4 degrees
+
+
+def without_rules(image):
+    """`image` with the rules of lined or squared paper painted over with the paper beside
+    them: thin dark lines, straight, evenly spaced, across most of the picture; rows first,
+    then columns. Where a rule crosses a stroke, the stroke is darker and stays."""
+    if min(image.shape) < SMALL:
+        return image
+    for turned in (False, True):
+        view = image.T if turned else image
+        closed = cv2.morphologyEx(view, cv2.MORPH_CLOSE, np.ones((RULE_WIDTH, 1), np.uint8))
+        band = rules(closed - view > RULE_CONTRAST)
+        image = view if band is None else np.where(band, closed, view)
+        image = np.ascontiguousarray(image.T if turned else image)
+    return image
+
+
+def rules(thin):
+    """Where the rules lie among the pixels of thin dark lines lying along the rows (`thin`, a
+    mask), a mask; None unless three or more lines, all at one slope, each covering RULE_COVER
+    of the width, lie a whole number of periods apart."""
+    height, width = thin.shape
+    reach = int(np.ceil(width / 2 * RULE_SLOPES.max())) + 2  # how far a slope moves a row
+    ys, xs = np.nonzero(thin)
+
+    def profile(slope):  # the share of each line at this slope that is thin and dark
+        rows = np.round(ys - (xs - width / 2) * slope).astype(int) + reach
+        return np.bincount(rows, minlength=height + 2 * reach) / width
+
+    # The slope at which the lines are sharpest; the smallest of equals.
+    slope, cover = max(((s, profile(s)) for s in sorted(RULE_SLOPES, key=abs)),
+                       key=lambda found: np.square(found[1]).sum())
+    lines = cover >= RULE_COVER
+    edges = np.diff(lines.astype(np.int8), prepend=0, append=0)
+    centres = (np.flatnonzero(edges == 1) + np.flatnonzero(edges == -1) - 1) / 2
+    if len(centres) < 3:
+        return None
+    periods = np.diff(centres) / np.median(np.diff(centres))
+    if np.median(np.diff(centres)) < 4 or (np.abs(periods - np.round(periods)) > 0.2).any():
+        return None
+    lines |= np.roll(lines, 1) | np.roll(lines, -1)  # and a pixel on either side
+    yy, xx = np.indices(thin.shape)
+    return lines[np.round(yy - (xx - width / 2) * slope).astype(int) + reach]
 
 
 # --- the sheet of paper ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ MNIST, and are skipped where it is missing (REQUIRE_TRAINED_MODEL=1 makes that a
 """
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -22,15 +21,13 @@ from app.pictures.refusal import (
     unlike_any_digit,
     unusual_for_a_digit,
 )
-from tests.app.test_photos import trained_model
+from tests.app.test_photos import real_mnist_model
 from tests.drawings import page_digits, scrawls
 from tests.photos import KINDS, make_photo
 from tests.readings import (
     GOALS,
-    MNIST,
     answers,
     from_png,
-    mnist_available,
     mnist_test_digits,
     share,
 )
@@ -91,17 +88,6 @@ def test_a_blank_image_is_refused_as_blank():
 
 
 # --- the figures of issue 18, with the model trained on real MNIST ------------------------------
-
-def real_mnist_model():
-    classifier = trained_model()
-    if classifier.dataset != "mnist" or not mnist_available():
-        reason = (f"needs real MNIST ({MNIST}, or MNIST_MIRROR) and an MNIST model "
-                  "(make repro)")
-        if os.environ.get("REQUIRE_TRAINED_MODEL"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return classifier
-
 
 def test_the_trained_model_refuses_few_real_mnist_test_digits():
     classifier = real_mnist_model()
