@@ -1,16 +1,8 @@
-"""The exported model as the app runs it (ONNX Runtime, and the metadata the file carries), and
-the answer for a picture, the same for the command line (`--json`) and for HTTP.
-
-Export puts train's metadata (class names, the input shape, the dataset and family) into the
-ONNX file itself, so a model always comes with its own, and puts preprocess's normalisation
-into the graph: the model takes 28x28 grey levels 0-255 as app/pictures/digit.py makes them.
-
-Any model file is served right or refused when it is loaded, in one line: its metadata must
-fit it, its input must be [N, 28, 28] floats (N free, or fixed at 1: such a model is run one
-picture at a time), and its outputs must be probabilities. That is checked by running it on a
-few probe pictures: a model that ends without its softmax, or that gives NaN, is refused,
-since a score is not a probability and the page would show "7 (1161.0%)". Every answer is
-checked again, so NaN is never served.
+"""The exported model as the app runs it (ONNX Runtime and the metadata inside the file), and
+the answer for a picture, the same for `mnist-predict --json` and for HTTP. A model is served
+right or refused at load, in one line: its metadata must fit it, its input be [N, 28, 28]
+floats (N free, or 1: run one picture at a time), its outputs probabilities on probe pictures
+(not scores: "7 (1161.0%)"). Every answer is checked again: NaN is never served.
 """
 
 import json
@@ -24,9 +16,8 @@ import numpy as np
 from app.pictures.digit import FIELD
 from app.pictures.refusal import refusal
 
-# ONNX Runtime records an event with a persistent device id in ~/.cache/Microsoft/ for every
-# process that imports it, for an uploader to send; this stops it. It must be set before the
-# import (in load_classifier), so it is set when this module is.
+# ONNX Runtime records an event with a device id under ~/.cache/Microsoft/ in every process that
+# imports it, for an uploader; this, set before the import (in load_classifier), stops it.
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 MODEL_FILE = Path("model/model.onnx")  # where the pipeline's export stage writes it
@@ -68,9 +59,9 @@ class Classifier:
     path: Path
     one_at_a_time: bool  # the graph's batch size is fixed at 1
 
-    def probabilities(self, pixels):
-        """(N, classes) probabilities for N pictures of 28x28 grey levels 0-255 in MNIST form.
-        Raises ModelError if the model gives anything but probabilities for any of them."""
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, classes) probabilities for N 28x28 pictures in MNIST form; ModelError if the
+        model gives anything else for any of them."""
         out = self.outputs(pixels)
         bad = ~is_probabilities(out)
         if bad.any():
@@ -78,16 +69,12 @@ class Classifier:
                              f"{len(out)} pictures ({describe_outputs(out[bad][0])})")
         return out
 
-    def outputs(self, pixels):
+    def outputs(self, pixels: np.ndarray) -> np.ndarray:
         """What the graph gives for N pictures, run one at a time if its batch is fixed at 1."""
         x = np.asarray(pixels, dtype=np.float32)
-        if self.one_at_a_time:
-            return np.concatenate([self.outputs_of_batch(x[i:i + 1]) for i in range(len(x))])
-        return self.outputs_of_batch(x)
-
-    def outputs_of_batch(self, x):
         try:
-            return self.session.run(None, {self.input_name: x})[0]
+            return np.concatenate([self.session.run(None, {self.input_name: batch})[0] for batch
+                                   in (np.split(x, len(x)) if self.one_at_a_time else [x])])
         except ort_errors() as e:
             raise ModelError(f"{self.path.name}: cannot run the model ({ort_cause(e)})") from e
 
@@ -106,11 +93,20 @@ def describe_outputs(row):
     return f"outputs from {row.min():.3g} to {row.max():.3g}, summing to {row.sum():.4g}"
 
 
-def check_metadata(metadata, path):
-    """Raise ModelError unless `metadata` is what train writes and export embeds."""
+def read_metadata(session, path):
+    """The metadata the model carries, as train writes it and export embeds it; else
+    ModelError."""
     def bad(what):
         return ModelError(f"{path}: its metadata's {what}; export it with `dvc repro`")
 
+    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if text is None:
+        raise ModelError(f"{path}: the model carries no metadata (class names, "
+                         "normalisation): export it with `dvc repro`")
+    try:
+        metadata = json.loads(text)
+    except ValueError as e:
+        raise ModelError(f"{path}: its metadata is not JSON ({e})") from e
     if not isinstance(metadata, dict):
         raise ModelError(f"{path}: its metadata is not a JSON object; export it with "
                          "`dvc repro`")
@@ -126,33 +122,6 @@ def check_metadata(metadata, path):
     if metadata.get("pixel_range") != PIXEL_RANGE:
         raise bad(f"pixel_range is {metadata.get('pixel_range')!r}, not {PIXEL_RANGE} (an "
                   "export from before the graph normalised its input)")
-
-
-def open_session(model_file):
-    import onnxruntime
-
-    onnxruntime.disable_telemetry_events()  # in case the host imported it before we could
-    options = onnxruntime.SessionOptions()
-    # One image at a time is microseconds of arithmetic: a thread pool costs more than it saves.
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 4  # fatal only: its errors reach us as exceptions
-    try:
-        return onnxruntime.InferenceSession(str(model_file), options,
-                                            providers=["CPUExecutionProvider"])
-    except ort_errors() as e:
-        raise ModelError(f"{model_file}: cannot load the model ({ort_cause(e)})") from e
-
-
-def read_metadata(session, model_file):
-    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if text is None:
-        raise ModelError(f"{model_file}: the model carries no metadata (class names, "
-                         "normalisation): export it with `dvc repro`")
-    try:
-        metadata = json.loads(text)
-    except ValueError as e:
-        raise ModelError(f"{model_file}: its metadata is not JSON ({e})") from e
-    check_metadata(metadata, model_file)
     return metadata
 
 
@@ -180,50 +149,48 @@ def check_signature(session, model_file, names):
     return batch == 1
 
 
-PROBES = ("blank", "white", "random")
+PROBES = ("blank", "white", "random")  # pictures any classifier answers with probabilities
 
 
-def probe_pictures():
-    """PROBES: pictures any classifier answers with probabilities."""
-    noise = np.random.default_rng(0).uniform(0, 255, (FIELD, FIELD))
-    return np.stack([np.zeros((FIELD, FIELD)), np.full((FIELD, FIELD), 255), noise]
-                    ).astype(np.float32)
-
-
-def load_classifier(model_file):
+def load_classifier(model_file: str | Path) -> Classifier:
     """The ONNX model and the metadata it carries, checked against each other and run once on
-    probe pictures. Raises ModelError."""
+    the PROBES. Raises ModelError."""
+    import onnxruntime
+
     model_file = Path(model_file)
     if not model_file.is_file():
         raise ModelError(f"{model_file}: model file not found (run `dvc repro`, or pass --model)")
-    session = open_session(model_file)
+    onnxruntime.disable_telemetry_events()  # in case the host imported it before we could
+    options = onnxruntime.SessionOptions()
+    # One image at a time is microseconds of arithmetic: a thread pool costs more than it saves.
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 4  # fatal only: its errors reach us as exceptions
+    try:
+        session = onnxruntime.InferenceSession(str(model_file), options,
+                                               providers=["CPUExecutionProvider"])
+    except ort_errors() as e:
+        raise ModelError(f"{model_file}: cannot load the model ({ort_cause(e)})") from e
     metadata = read_metadata(session, model_file)
     one_at_a_time = check_signature(session, model_file, metadata["class_names"])
     classifier = Classifier(session, session.get_inputs()[0].name, metadata["class_names"],
                             metadata["dataset"], metadata["family"], model_file, one_at_a_time)
-    out = classifier.outputs(probe_pictures())
+    noise = np.random.default_rng(0).uniform(0, 255, (FIELD, FIELD))
+    out = classifier.outputs(np.stack([np.zeros_like(noise), np.full_like(noise, 255), noise]))
     bad = ~is_probabilities(out)
     if bad.any():
         raise ModelError(f"{model_file}: its outputs are not probabilities (for a "
-                         f"{PROBES[int(np.argmax(bad))]} picture, {describe_outputs(out[bad][0])}"
-                         "): export it with its final softmax")
+                         f"{PROBES[int(np.argmax(bad))]} picture, "
+                         f"{describe_outputs(out[bad][0])}): export it with its final softmax")
     return classifier
 
 
-# --- the answer for a picture ----------------------------------------------------------------
-
-def ranked(probs, names, k):
-    """The k most likely classes, most likely first: [{"digit", "probability"}]."""
-    return [{"digit": names[i], "probability": round(float(probs[i]), 6)}
-            for i in np.argsort(-probs, kind="stable")[:k]]
-
-
-def answer(pixels, probs, classifier, k):
+def answer(pixels: np.ndarray, probs: np.ndarray, classifier: Classifier, k: int) -> dict:
     """{"digit", "probability", "refusal", "top"} for the 28x28 `pixels` the model read as
-    `probs`: the best class and the k best; or, when the picture holds no digit
-    (pictures/refusal.py), "refusal" says why in a line, and "digit" and "probability" are
-    None. `top` stays, for the curious: it is what the model would have guessed."""
-    top = ranked(probs, classifier.class_names, k)
+    `probs`: the best class and the k best, most likely first; or, when the picture holds no
+    digit (pictures/refusal.py), "refusal" says why, "digit" and "probability" None (`top`
+    stays: what the model would have guessed)."""
+    top = [{"digit": classifier.class_names[i], "probability": round(float(probs[i]), 6)}
+           for i in np.argsort(-probs, kind="stable")[:k]]
     why = refusal(pixels, probs, classifier.dataset)
     if why:
         return {"digit": None, "probability": None, "refusal": why, "top": top}

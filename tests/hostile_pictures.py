@@ -155,12 +155,11 @@ def dot_grid(side=400, step=2):
     return encoded(Image.fromarray(pixels), "PNG")
 
 
-# Pictures the header checks refuse at once, and pictures that pass them yet cost the most: each
-# is stopped by the bounds of its decode process, or is the dearest a picture can be and still
-# be read.
+# A picture the header check refuses at once; pictures that pass it yet cost the most, each
+# stopped by the bounds of its decode process; and the dearest a picture can be and be read.
 WORST = {
-    "16-bit RGBA PNG, 6300x6300 (header)": lambda: png(6300, 6300, 6, 16),
-    "grey PNG, 7000x7000 (header)": lambda: png(7000, 7000, 0, 8),
+    "grey PNG, 7000x7000 (pixels over the limit)": lambda: png(7000, 7000, 0, 8),
+    "16-bit RGBA PNG, 6300x6300": lambda: png(6300, 6300, 6, 16),
     "1,000-scan progressive JPEG, 6000x6000": lambda: progressive_jpeg(6000, 1000, "RGB"),
     "1,000 scans behind a TEM marker": lambda: progressive_jpeg(6000, 1000, hidden=True),
     "CMYK JPEG, a scan per channel, 6320x6320": lambda: scan_per_channel_cmyk_jpeg(6320),

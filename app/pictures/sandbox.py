@@ -1,20 +1,12 @@
-"""Where pictures are decoded: processes whose memory and CPU time the operating system bounds,
-so that no picture costs more than its bounds whatever its header says, and none costs anything
-once it is answered.
-
-Each decode process runs one job at a time, sent through a pipe: a function of app.pictures and
-its arguments (a picture's bytes, ...), whose value or InputError comes back.
-- Memory: the process caps its data segment (RLIMIT_DATA: the heap and every private writable
-  mapping, which is where decoders allocate) at what it holds at rest plus `memory_bytes`. A
-  job that asks for more fails to allocate, and is answered TooCostly. RLIMIT_AS would count
-  the address space that NumPy's and OpenCV's libraries reserve but never touch (hundreds of MB).
-- CPU: each job arms a timer of the process's own CPU time (ITIMER_PROF, to the millisecond,
-  where RLIMIT_CPU counts whole seconds of the process's life). Past it the kernel sends
-  SIGPROF, whose default action ends the process wherever it is, in libjpeg's loop or Pillow's.
-- Time: the caller kills a process whose answer is not back by the job's deadline.
-A process that breached a bound, or was killed, is replaced at the next job, in milliseconds:
-it is forked from a process that has imported the picture pipeline. A process whose server has
-gone, even killed, exits.
+"""Decode processes: where every picture is read, bounded by the operating system whatever its
+header says, and stopped once it is answered. Each runs one job at a time from a pipe (a
+function of app.pictures and a picture's bytes) and sends back its value or InputError. Memory:
+RLIMIT_DATA (the heap and every private writable mapping, where decoders allocate) at its size
+at rest plus memory_bytes (RLIMIT_AS would count what NumPy's and OpenCV's libraries reserve and
+never touch, hundreds of MB). CPU time: a timer of its own (ITIMER_PROF, where RLIMIT_CPU counts
+whole seconds of its life) whose SIGPROF ends it wherever it is, in libjpeg's loop or Pillow's.
+Time: the caller kills a process not back by the deadline. One that breached or was killed is
+replaced in milliseconds; one whose server has gone, even killed, exits.
 """
 
 import asyncio
@@ -31,27 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import connection
 from typing import Any, BinaryIO
 
-from app.pictures.decode import InputError, TooCostly
+from app.pictures.decode import MEMORY_BYTES, InputError, TooCostly
 
-MEMORY_BYTES = 128 * 2**20  # twice what the dearest picture the header checks let through takes
-CPU_S = 1.0  # twice what the dearest takes here (bench/results.md)
+CPU_S = 1.0  # twice what the dearest picture within the bounds takes here (bench/results.md)
 # glibc keeps what a large picture freed for later; handed back, a process at rest stays small.
 MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
-class PastDeadline(Exception):
-    """No answer by the job's deadline: the server may be busy, so not the picture's fault
-    alone (not an InputError)."""
-
-
-class DecoderFailed(ChildProcessError):
-    """A decode process ended for no reason of the picture's bounds (a crash)."""
-
-
 class Sandbox:
-    """`processes` decode processes, and as many threads to wait for them in (for `run`).
-    They are forked from a fork server (`start="forkserver"`: what a process with threads must
-    do), or from this process itself (`"fork"`: quicker, and safe while it has no threads)."""
+    """`processes` decode processes, and as many threads to wait for them in (for `run`),
+    forked from a fork server (`start="forkserver"`, as a process with threads must), or from
+    this process (`"fork"`: quicker, and safe while it has no threads)."""
 
     def __init__(self, processes: int = 1, deadline_s: float = math.inf, start: str = "forkserver",
                  memory_bytes: int = MEMORY_BYTES, cpu_s: float = CPU_S) -> None:
@@ -66,19 +48,21 @@ class Sandbox:
         self.waiting = ThreadPoolExecutor(processes, thread_name_prefix="picture")
 
     def start(self) -> tuple:
-        """A new decode process: (its end of the pipe, the process)."""
+        """A new decode process: (our end of its pipe, the process)."""
         ours, theirs = self.context.Pipe()
         process = self.context.Process(target=serve, args=(theirs, self.memory_bytes, self.cpu_s),
-                                  name="decode", daemon=True)
+                                       name="decode", daemon=True)
         process.start()
         theirs.close()
         return ours, process
 
     def call(self, job: Callable, picture: bytes | BinaryIO, *args: Any,
              deadline: float = math.inf) -> Any:
-        """job(picture, *args) in a decode process, and its value; its InputError raised here,
-        TooCostly past its bounds, PastDeadline (the process killed) past `deadline` (as
-        time.monotonic() counts). A file is read here, once a process is free to take it."""
+        """job(picture, *args) in a decode process: its value, or its InputError raised here;
+        TooCostly past its bounds; TimeoutError, the process killed, past `deadline` (as
+        time.monotonic() counts: the server may be busy, not the picture's fault alone);
+        ChildProcessError if it crashed. A file is read here, once a
+        process is free to take it."""
         pipe, process = self.idle.get()
         try:
             if not process.is_alive():  # ended after its last job
@@ -87,7 +71,7 @@ class Sandbox:
             if not pipe.poll(None if deadline == math.inf else max(0, deadline - time.monotonic())):
                 process.kill()
                 process.join()
-                raise PastDeadline("the picture was not read in time")
+                raise TimeoutError("the picture was not read in time")
             try:
                 replaced, outcome, value = pipe.recv()
             except EOFError:  # it ended mid-job
@@ -95,7 +79,7 @@ class Sandbox:
                 if process.exitcode == -signal.SIGPROF:
                     raise TooCostly(f"decoding the picture took over {self.cpu_s:g} s of CPU "
                                     "time") from None
-                raise DecoderFailed(f"the decoder stopped (exit status {process.exitcode})") \
+                raise ChildProcessError(f"the decoder stopped (exit status {process.exitcode})") \
                     from None
             if replaced:
                 process.kill()
@@ -107,7 +91,7 @@ class Sandbox:
             self.idle.put((pipe, process))
 
     async def run(self, job: Callable, picture: bytes | BinaryIO, *args: Any) -> Any:
-        """`call` in a thread, with a deadline of deadline_s from now: a job still waiting for a
+        """`call` in a thread, with a deadline deadline_s from now: a job still waiting for a
         process then is dropped, one running is killed."""
         deadline = time.monotonic() + self.deadline_s
         future = asyncio.get_running_loop().run_in_executor(
@@ -116,7 +100,7 @@ class Sandbox:
             async with asyncio.timeout(self.deadline_s):
                 return await future
         except TimeoutError:  # the future is cancelled: a job still queued never starts
-            raise PastDeadline(f"no answer within {self.deadline_s:g} s") from None
+            raise TimeoutError(f"no answer within {self.deadline_s:g} s") from None
 
     def close(self) -> None:
         self.waiting.shutdown(wait=False, cancel_futures=True)
@@ -128,14 +112,12 @@ class Sandbox:
 
 
 def serve(pipe, memory_bytes: int, cpu_s: float) -> None:
-    """A decode process: jobs from `pipe` until it closes."""
+    """A decode process: jobs from `pipe` until its server has gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which ends us
     hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
     resource.setrlimit(resource.RLIMIT_DATA, (data_bytes() + memory_bytes, hard))
     parent = multiprocessing.parent_process().sentinel
-    while True:
-        if parent in connection.wait([pipe, parent]):  # the server has gone, even killed
-            return
+    while parent not in connection.wait([pipe, parent]):
         job, picture, args = pipe.recv()
         signal.setitimer(signal.ITIMER_PROF, cpu_s)
         try:
@@ -155,5 +137,4 @@ def serve(pipe, memory_bytes: int, cpu_s: float) -> None:
 def data_bytes() -> int:
     """This process's data segment, as RLIMIT_DATA counts it (VmData, Linux)."""
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status
-                    if line.startswith("VmData:"))
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))

@@ -1,16 +1,8 @@
-"""The HTTP API and the draw-a-digit page: the routes, and the FastAPI app that holds them.
-
-    mnist-serve                                 # http://127.0.0.1:8000 (app/server/main.py)
-    curl -F file=@digit.png http://127.0.0.1:8000/predict
-
-Routes: `POST /predict` (a picture in the multipart field `file`), `GET /health` (which model
-is loaded), `GET /` (the page), `/docs` and `/redoc` (served from the app itself: they work
-offline and ask no other host for anything). HEAD works wherever GET does.
-
-Bad input never costs a 500: each kind gets a 4xx whose JSON `detail` is a string naming it,
-and nothing of the upload is echoed back. Pictures are decoded and brought to MNIST form in
-processes the operating system bounds (app/pictures/sandbox.py); the limits on requests are in
-limits.py and settings.py.
+"""The HTTP API and the draw-a-digit page: `POST /predict` (a picture in the multipart field
+`file`: curl -F file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the
+page), `/docs` and `/redoc` (offline); HEAD wherever GET. Bad input gets a 4xx whose JSON
+`detail` names it, never a 500, nothing of the upload echoed. Pictures are read in decode
+processes (pictures/sandbox.py); the limits on requests are in limits.py and settings.py.
 """
 
 import asyncio
@@ -23,7 +15,7 @@ from typing import Annotated
 
 import fastapi_offline
 import numpy as np
-from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
@@ -31,17 +23,16 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from app.classifier import Classifier, ModelError, answer, load_classifier
+from app.classifier import ModelError, answer, load_classifier
 from app.pictures.decode import Damaged, InputError, NotAnImage, TooCostly
 from app.pictures.digit import model_form
-from app.pictures.sandbox import DecoderFailed, PastDeadline, Sandbox
+from app.pictures.sandbox import Sandbox
 from app.server.limits import RequestLimits
 from app.server.settings import Limits, Settings
 
 STATIC = Path(__file__).parent / "static"
-OFFLINE_DOCS = "/static-offline-docs"  # where fastapi-offline serves Swagger UI's and ReDoc's files
-# ReDoc's sidebar shows Redocly's logo from their CDN, whatever its options say: the bundle
-# is served with that address pointed at the app's own icon.
+OFFLINE_DOCS = "/static-offline-docs"  # where fastapi-offline serves Swagger UI's and ReDoc's
+# ReDoc's sidebar shows Redocly's logo from their CDN whatever its options say: pointed home.
 REDOC_BUNDLE = Path(fastapi_offline.__file__).parent / "static" / "redoc.standalone.js"
 REDOC_CDN_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 # The page runs its own script and style only, and tells no other site where it was.
@@ -57,9 +48,9 @@ class Ranked(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The same object `mnist-predict --json` prints for one image, without `file`. A picture
-    that holds no digit gets a 200 with `refusal` saying so ("not a digit: a dash") and no
-    `digit` or `probability`: the model answered, and that is its answer."""
+    """What `mnist-predict --json` prints for one image, without `file`. A picture that holds no
+    digit gets a 200 with `refusal` saying so ("not a digit: a dash"), no `digit` or
+    `probability`: the model answered, and that is its answer."""
     digit: str | None
     probability: float | None
     refusal: str | None
@@ -80,20 +71,7 @@ class Problem(BaseModel):
     detail: str
 
 
-# What each kind of bad picture gets: the first that matches.
-REFUSALS = (((NotAnImage, Damaged), 400), (TooCostly, 413), (InputError, 422))
-
-
-# Dependencies, async so that FastAPI calls them in the event loop (a plain function would be
-# sent to a thread, two thread hops per request for an attribute lookup).
-async def get_classifier(request: Request) -> Classifier:
-    return request.app.state.classifier
-
-
-async def get_sandbox(request: Request) -> Sandbox:
-    return request.app.state.sandbox
-
-
+REFUSALS = (((NotAnImage, Damaged), 400), (TooCostly, 413), (InputError, 422))  # first match
 router = APIRouter()
 
 
@@ -119,10 +97,10 @@ PREDICT_PROBLEMS = {code: {"model": Problem, "description": why} for code, why i
 
 
 @router.post("/predict", responses=PREDICT_PROBLEMS)
-async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG or BMP")],
-                  classifier: Annotated[Classifier, Depends(get_classifier)],
-                  sandbox: Annotated[Sandbox, Depends(get_sandbox)]) -> Prediction:
+async def predict(request: Request,
+                  file: Annotated[UploadFile, File(description="PNG, JPEG or BMP")]) -> Prediction:
     """The most likely class of the picture in `file`, and every class ranked."""
+    classifier, sandbox = request.app.state.classifier, request.app.state.sandbox
     if not file.size:
         raise HTTPException(400, "the upload is empty")
     try:
@@ -131,10 +109,10 @@ async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG or BMP
     except InputError as error:
         status = next(code for kinds, code in REFUSALS if isinstance(error, kinds))
         raise HTTPException(status, str(error)) from None
-    except PastDeadline:
+    except TimeoutError:  # the server is busy, or its clients are
         raise HTTPException(503, f"the picture was not read within {sandbox.deadline_s:g} s: "
                                  "the server is busy; try again in a few seconds") from None
-    except (ModelError, DecoderFailed) as error:  # NaN, say: never served as an answer
+    except (ModelError, ChildProcessError) as error:  # NaN, say, or a crash: no answer
         raise HTTPException(500, str(error)) from None
     return Prediction(**answer(pixels, probabilities, classifier, len(classifier.class_names)))
 
@@ -158,8 +136,8 @@ async def redoc_js(request: Request) -> StreamingResponse:
 
 
 async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-    """FastAPI's own 422 lists each error with the input it got, which echoed a text field of
-    1 MB back as 6 MB; this says what is wrong in one string, and echoes nothing."""
+    """What is wrong in one string, echoing nothing (FastAPI's own 422 lists every error with its
+    input: a text field of 1 MB came back as 6 MB)."""
     first = error.errors()[0]
     if tuple(first["loc"]) == ("body", "file"):
         detail = ("no picture: send it in the multipart field `file` (curl -F file=@digit.png)"

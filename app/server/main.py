@@ -1,24 +1,11 @@
-"""`mnist-serve`: the app on uvicorn with its h11 parser, and the limits uvicorn has no setting for.
+"""`mnist-serve` (python -m app.server.main): the app on uvicorn with its h11 parser.
 
-    mnist-serve                       # or python -m app.server.main; HOST, PORT, WORKERS, MODEL
-
-uvicorn's own settings give: h11's limit on a head's size, the keep-alive timeout, a grace
-period after a stop signal, no `server` banner, and its workers (WORKERS, one per core by
-default), which share one listening socket bound here: no other program can bind the port
-beside them. LimitedH11Protocol adds what uvicorn has no setting for:
-
-- a head deadline: a request's head must arrive whole within `head_timeout_s` of the
-  connection opening or of the previous answer, else the connection is closed (with a 408 if
-  part of a head came);
-- a send timeout: a connection whose answer has not moved for `send_timeout_s` (a client that
-  does not read it) is closed;
-- 431, not a plain-text 400, for a head over `max_header_bytes` that arrives in pieces
-  (limits.py refuses one that arrives whole);
-- a cap of `max_connections`, held answers among them: the next one gets a 503 and is closed;
-- an end to a connection whose request was answered before its body was all read (a refused
-  upload): it cannot carry another request; and at a stop signal, to an upload still arriving.
-Every refusal is JSON with a string `detail`, sent before a lingering close (the client's
-unread bytes are drained for a second, so that it reads the answer rather than a reset).
+uvicorn's own settings: h11's limit on a head, keep-alive, a grace period after a stop signal,
+no `server` banner, and its workers, sharing one socket bound here (no other program can bind
+the port beside them). LimitedH11Protocol adds what uvicorn has no setting for: a deadline for
+a whole head (408); a send timeout (an answer that has not moved for send_timeout_s: reset);
+431 for a head too large that arrives in pieces; a cap on connections, held answers among them
+(503); an end to a connection whose upload was refused, or still arrives at a stop signal.
 """
 
 import logging
@@ -48,12 +35,9 @@ class LimitedH11Protocol(H11Protocol):
     head_timer = send_timer = None
     refused = False
 
-    @property
-    def limits(self) -> Limits:
-        return self.app_state.get("limits") or Limits()  # what the app's lifespan gives
-
     def connection_made(self, transport):
         super().connection_made(transport)
+        self.limits = self.app_state.get("limits") or Limits()  # what the app's lifespan gives
         if len(self.connections) > self.limits.max_connections:
             self.refuse(503, "the server has too many connections open; try again in a few "
                              "seconds")
@@ -77,7 +61,7 @@ class LimitedH11Protocol(H11Protocol):
             self.transport.close()
 
     def pause_writing(self):
-        """The client has stopped reading: it has send_timeout_s to start again, else the
+        """The client has stopped reading: unless it starts again within send_timeout_s, the
         connection is reset, and what it has not read (in the kernel too) dropped."""
         super().pause_writing()
         self.send_timer = self.loop.call_later(self.limits.send_timeout_s, self.reset)
@@ -100,8 +84,8 @@ class LimitedH11Protocol(H11Protocol):
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        if self.conn.their_state is h11.SEND_BODY:  # answered before the body was all read
-            self.linger()  # (a refused upload): the connection cannot carry another request
+        if self.conn.their_state is h11.SEND_BODY:  # a refused upload: no further request
+            self.linger()
         elif self.cycle.response_complete:  # unless a pipelined request has already started
             self.expect_head()
 
@@ -119,8 +103,7 @@ class LimitedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def send_400_response(self, msg):
-        """What uvicorn sends for every head h11 cannot parse; one left longer than h11's
-        limit in its buffer is a head too large rather than a malformed one."""
+        """For every head h11 cannot parse: one longer than its limit is a head too large."""
         if len(self.conn.trailing_data[0]) > self.config.h11_max_incomplete_event_size:
             self.refuse(431, headers_too_large(self.limits))
         else:
@@ -135,17 +118,16 @@ class LimitedH11Protocol(H11Protocol):
         self.linger()
 
     def linger(self):
-        """Close once the client has had time to read the answer: end our side, drop what it
-        still sends, close when it ends its side or after LINGER_S. Closing a socket with
-        unread bytes in it would send a reset, which can reach the client before the answer."""
+        """End our side, drop what the client still sends, close after LINGER_S: closing a
+        socket with unread bytes would send a reset, which can overtake the answer."""
         self.refused = True
         self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def server_config(app, settings: Settings, limits: Limits, **options) -> uvicorn.Config:
-    """No access log: it would keep every client's address, and took about a tenth of the
-    CPU of a small upload; a reverse proxy in front logs what a deployment needs."""
+    """No access log: it would keep every client's address (a reverse proxy logs what a
+    deployment needs), for a tenth of the CPU of a small upload."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, http=LimitedH11Protocol,
                           ws="none", access_log=False, server_header=False,
                           timeout_keep_alive=limits.keep_alive_s,
@@ -154,9 +136,8 @@ def server_config(app, settings: Settings, limits: Limits, **options) -> uvicorn
 
 
 def main() -> None:
-    """`mnist-serve`: serve on $HOST:$PORT (default 127.0.0.1:8000) with $WORKERS processes
-    (default: one per core, up to 4), after checking the model loads and the port is free (a
-    clear line if not)."""
+    """Serve on $HOST:$PORT with $WORKERS processes, once the model loads and the port is
+    free (else a line that says why)."""
     try:
         settings = Settings()
         load_classifier(settings.model)  # each worker loads its own; a bad one stops us here

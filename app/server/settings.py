@@ -1,11 +1,7 @@
-"""What the server reads from its environment, and every limit it puts on a client, in one place.
-
-    MODEL=model/model.onnx HOST=127.0.0.1 PORT=8000 WORKERS=2 mnist-serve
-
-The limits are not read from the environment: they are what the tests and the benchmark check,
-and docs/serving.md says why each has its value. A deployment that needs others passes its own
-Limits to create_app (as the tests do, with short timeouts).
-"""
+"""What the server reads from its environment (HOST, PORT, WORKERS, MODEL) and every limit it
+puts on a client, in one place. The limits are what the tests and the benchmark check, not read
+from the environment (docs/serving.md says why each has its value): code that needs others
+passes its own Limits to create_app, as the tests do."""
 
 import os
 from pathlib import Path
@@ -22,53 +18,34 @@ class Limits(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     max_upload_bytes: int = MAX_FILE_BYTES
-    # The request line and headers. A browser sends under 2 KB, cookies included; 16 KB is
-    # nginx's default (4 buffers of 8 KB) and h11's.
+    # A head (line and headers): a browser's is under 2 KB; 16 KB is nginx's default and h11's.
     max_header_bytes: int = 16 * 2**10
-    # The whole head of a request must arrive within this, counted from the connection's
-    # opening or the previous answer: a client that sends a byte a second (slowloris) or
-    # nothing at all is cut off. A head is under 2 KB: a second's work on the slowest link.
+    # A whole head must arrive within this of the connection's opening or the last answer:
+    # a client that sends a byte a second (slowloris), or nothing, is cut off.
     head_timeout_s: float = 10
-    # An idle connection between two requests is closed after this (uvicorn's default):
-    # browsers reuse a connection within a second or two, or never.
-    keep_alive_s: float = 5
-    # An upload must keep coming: no gap longer than this between two pieces ...
-    body_progress_s: float = 10
-    # ... and all of it within this: 10 MB at 1.4 Mbit/s, a slow mobile uplink.
-    upload_deadline_s: float = 60
-    # An answer the client does not read: the connection is closed when no byte of it has
-    # left for this long (a phone that lost its signal catches up within seconds).
+    keep_alive_s: float = 5  # idle between requests (uvicorn's default): browsers reuse sooner
+    body_progress_s: float = 10  # an upload's longest gap ...
+    upload_deadline_s: float = 60  # ... and its whole: 10 MB at 1.4 Mbit/s, a slow uplink
+    # An answer no byte of which has left for this long is dropped: the client does not read.
     send_timeout_s: float = 5
-    # Open connections, held answers among them. Far above what the page's users need (a
-    # browser opens at most 6 to a host), far below the usual limit of 1024 open files.
-    # Past it: 503, and the socket closed.
+    # Open connections, held answers among them: far above a page's users (a browser opens at
+    # most 6 to a host), far below the usual 1024 open files. Past it: 503, closed.
     max_connections: int = 256
-    # Uploads being received or waiting for a decode process. Each keeps at most 1 MB in
-    # memory (Starlette spools the rest to a temporary file): all of them, 32 MB of memory
-    # and 320 MB of disk at most. Past it: 503.
+    # Uploads received or waiting for a decode process, each at most 1 MB in memory (Starlette
+    # spools the rest to a temporary file): 32 MB of memory, 320 MB of disk. Past it: 503.
     max_uploads: int = 32
-    # Processes that decode pictures (pictures/sandbox.py), each bounded in memory and CPU
-    # time. Two, so that a costly picture leaves one for the others.
+    # Decode processes (pictures/sandbox.py): two, so that a costly picture leaves one free.
     decode_processes: int = Field(2, ge=1)
-    # From an upload's arrival at the decode processes to its answer: past this the client
-    # gets a 503, and its process, if it has one, is killed.
+    # From an upload's arrival at the decode processes to its answer: past it 503, and its
+    # process, if it has one, is killed.
     decode_deadline_s: float = 10
-    # From a stop signal to the end of the server, whatever its clients do (uvicorn's
-    # timeout_graceful_shutdown).
+    # From a stop signal to the server's end, whatever its clients do (uvicorn's setting).
     stop_grace_s: int = 5
 
 
-def cores() -> int:
-    """The CPUs this process may run on: its affinity, which a container's cpuset narrows."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-# Worker processes when WORKERS is not set: one per core, since Python's GIL holds each to one
-# core. At most 4: each, with its decode processes, takes up to 500 MB.
-DEFAULT_MAX_WORKERS = 4
+# Workers when WORKERS is not set: one per core it may use (its affinity, which a container's
+# cpuset narrows; the GIL holds a worker to one), at most 4 (each takes up to 500 MB).
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -77,5 +54,5 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)
-    workers: int = Field(default_factory=lambda: min(cores(), DEFAULT_MAX_WORKERS), ge=1)
+    workers: int = Field(min(CORES, 4), ge=1)
     model: Path = MODEL_FILE

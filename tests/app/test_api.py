@@ -147,7 +147,7 @@ BAD_UPLOADS = {
     "text bomb": (text_bomb_png, 400, "a damaged PNG image (a text chunk over the size allowed)"),
     "too many pixels": (huge_png, 413, "over the 40-megapixel limit"),
     # A 16-bit RGBA PNG of 6300x6300 in 300 KB: 151 MB to decode.
-    "costly png": (lambda: png(6300, 6300, 6, 16), 413, "over the 64 MB limit"),
+    "costly png": (lambda: png(6300, 6300, 6, 16), 413, "takes over the 128 MB allowed"),
     # 6000x6000 with its last scan repeated: 32 s to decode, stopped at 1 s of CPU.
     "1,000 scans": (lambda: progressive_jpeg(6000, 1000), 413, "took over 1 s of CPU time"),
     "blank page": (lambda: encoded(Image.new("L", (200, 200), 255), "PNG"), 422,

@@ -286,7 +286,7 @@ BAD_INPUTS = {
     "225mp.png": (lambda p: write_png_1bit(p, 15000, 15000), "over the 40-megapixel limit"),
     "bad-crc.png": (lambda p: p.write_bytes(bad_checksum_png()), "a damaged PNG image"),
     "16-bit-rgba.png": (lambda p: p.write_bytes(png(6300, 6300, 6, 16)),
-                        "over the 64 MB limit"),
+                        "takes over the 128 MB allowed"),
     # Costly in ways no header shows: stopped by the decode process's bounds.
     "1000-scans.jpg": (lambda p: p.write_bytes(progressive_jpeg(6000, 1000, hidden=True)),
                        "took over 1 s of CPU time"),
@@ -351,7 +351,7 @@ def test_stderr_holds_nothing_but_the_bad_inputs(mixed_run):
     assert len(mixed_run.stderr.splitlines()) == len(BAD_INPUTS), mixed_run.stderr
 
 
-@pytest.mark.parametrize("name", ["49mp.png", "100mp.png", "225mp.png", "16-bit-rgba.png"])
+@pytest.mark.parametrize("name", ["49mp.png", "100mp.png", "225mp.png"])
 def test_costly_images_are_refused_from_their_header(name, bad_files):
     started = time.perf_counter()
     with open(bad_files[name], "rb") as f, pytest.raises(InputError, match="limit"):
