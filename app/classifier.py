@@ -79,7 +79,7 @@ class Classifier:
             raise ModelError(f"{self.path.name}: cannot run the model ({ort_cause(e)})") from e
 
 
-def is_probabilities(rows):
+def is_probabilities(rows: np.ndarray) -> np.ndarray:
     """For each row: all finite, each within [0, 1], summing to 1."""
     rows = np.asarray(rows, dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -87,16 +87,16 @@ def is_probabilities(rows):
                 & (rows <= 1 + 1e-6).all(axis=1) & (np.abs(rows.sum(axis=1) - 1) <= SUM_TOLERANCE))
 
 
-def describe_outputs(row):
+def describe_outputs(row: np.ndarray) -> str:
     if not np.isfinite(row).all():
         return "NaN or infinity among its outputs"
     return f"outputs from {row.min():.3g} to {row.max():.3g}, summing to {row.sum():.4g}"
 
 
-def read_metadata(session, path):
+def read_metadata(session, path: Path) -> dict:
     """The metadata the model carries, as train writes it and export embeds it; else
     ModelError."""
-    def bad(what):
+    def bad(what: str) -> ModelError:
         return ModelError(f"{path}: its metadata's {what}; export it with `dvc repro`")
 
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
@@ -125,7 +125,7 @@ def read_metadata(session, path):
     return metadata
 
 
-def check_signature(session, model_file, names):
+def check_signature(session, model_file: Path, names: list) -> bool:
     """Whether the graph takes one batch of pictures and gives one score per class; returns
     whether its batch size is fixed at 1."""
     inputs, outputs = session.get_inputs(), session.get_outputs()

@@ -36,7 +36,7 @@ MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"BM": "a B
          b"PK\x03\x04": "a zip archive (an .npz?)", b"\x80": "a Python pickle"}
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     installed = Path(sys.argv[0]).name == "mnist-predict"  # the command pip installs
     parser = argparse.ArgumentParser(
         prog="mnist-predict" if installed else "python -m app.cli",
@@ -135,7 +135,7 @@ def printable(name: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
 
 
-def debug_name(directory, number, name, kind):
+def debug_name(directory: Path, number: int, name: str, kind: str) -> Path:
     """NNN-NAME.KIND.png, NNN the input's place among those given: two may share a name."""
     stem = Path(name).name.replace("[", "-").replace("]", "")
     return directory / f"{number:03d}-{stem}.{kind}.png"

@@ -107,7 +107,7 @@ def find_digit(grey: np.ndarray) -> Found:
     return found
 
 
-def work_image(grey):
+def work_image(grey: np.ndarray) -> np.ndarray:
     """The picture at most WORK_SIDE on its long side, but WORK_SHORT_SIDE on its short side; a
     strip then over WORK_PIXELS is refused rather than searched where its digit would vanish."""
     height, width = grey.shape
@@ -119,11 +119,11 @@ def work_image(grey):
     return grey if scale == 1 else cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
 
-def border(image):
+def border(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
-def search(image, polarity, plain, page=None):
+def search(image: np.ndarray, polarity: str, plain: bool, page=None) -> Found | str:
     """The digit in `image` for one polarity, as a Found whose ink is its regions' contrast, or
     why there is none (a string). With a `page` (a mask), only the page is paper."""
     dark_ink = image if polarity == "dark" else 255 - image
@@ -197,7 +197,7 @@ def search(image, polarity, plain, page=None):
     return Found(np.where(mask, contrast, 0).astype(np.float32), box, polarity)
 
 
-def soft_ink(found, plain):
+def soft_ink(found: Found, plain: bool) -> np.ndarray:
     """A Found's contrast, cropped to its box -> ink 0-255 as MNIST shows it: the strongest ink
     (in a photo its 99th percentile) 255, fainter than INK_LEVEL of it 0, edges in between."""
     x0, y0, x1, y1 = found.box
@@ -218,7 +218,7 @@ RULE_COVER = 0.4      # of a line across the picture: the rest may be hidden und
 RULE_SLOPES = np.tan(np.radians(np.arange(-4, 4.5, 0.5)))  # a page turned up to 4 degrees
 
 
-def without_rules(image):
+def without_rules(image: np.ndarray) -> np.ndarray:
     """`image` with the rules of lined or squared paper painted over with the paper beside
     them: thin dark lines, straight, evenly spaced, across most of the picture; rows first,
     then columns. Where a rule crosses a stroke, the stroke is darker and stays."""
@@ -233,7 +233,7 @@ def without_rules(image):
     return image
 
 
-def rules(thin):
+def rules(thin: np.ndarray) -> np.ndarray | None:
     """Where the rules lie among the pixels of thin dark lines lying along the rows (`thin`, a
     mask), a mask; None unless three or more lines, all at one slope, each covering RULE_COVER
     of the width, lie a whole number of periods apart."""
@@ -241,7 +241,7 @@ def rules(thin):
     reach = int(np.ceil(width / 2 * RULE_SLOPES.max())) + 2  # how far a slope moves a row
     ys, xs = np.nonzero(thin)
 
-    def profile(slope):  # the share of each line at this slope that is thin and dark
+    def profile(slope: float) -> np.ndarray:  # each line's share that is thin and dark
         rows = np.round(ys - (xs - width / 2) * slope).astype(int) + reach
         return np.bincount(rows, minlength=height + 2 * reach) / width
 
@@ -277,7 +277,7 @@ class Page:
     corners: np.ndarray  # (4, 2) float: its outline's corners (x, y)
 
 
-def find_page(image):
+def find_page(image: np.ndarray) -> "Page | None":
     """The sheet of paper lying wholly inside the picture, or None: a region that edges
     (Canny's) close around, nearly a rectangle, lighter than the desk around it. What can be
     reached from the border without crossing an edge is desk; a shadow's soft edge crosses the
@@ -310,7 +310,7 @@ def find_page(image):
     return Page(mask, cv2.boxPoints(rectangle))
 
 
-def band(mask, inward):
+def band(mask: np.ndarray, inward: bool) -> np.ndarray:
     """The pixels PAGE_BAND[0] to PAGE_BAND[1] px inside a mask's edge (or outside it)."""
     near, far = (cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
                  for r in PAGE_BAND)
@@ -320,7 +320,7 @@ def band(mask, inward):
         (grow(region, far) & ~grow(region, near)).astype(bool)
 
 
-def search_page(image, page):
+def search_page(image: np.ndarray, page: "Page") -> Found | str:
     """The digit written on `page` in dark ink, as a Found with soft ink, or why none (a string)."""
     ys, xs = np.nonzero(page.mask)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
@@ -339,7 +339,7 @@ def search_page(image, page):
 
 # --- MNIST's own steps ----------------------------------------------------------------------------
 
-def fit_and_centre(ink):
+def fit_and_centre(ink: np.ndarray) -> np.ndarray:
     """Ink (float 0-255) -> 28x28 uint8: cropped to the ink, the longer side scaled to 20
     pixels, the centre of mass on pixel (14, 14), the whole digit kept inside the field."""
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
@@ -356,7 +356,7 @@ def fit_and_centre(ink):
     return field.round().astype(np.uint8)
 
 
-def centre_of_mass(pixels):
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
     """(row, column) of the intensity-weighted mean position, in pixel indices."""
     total = pixels.sum()
     rows, cols = np.indices(pixels.shape)

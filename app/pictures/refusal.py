@@ -80,7 +80,7 @@ def ink_shape(pixels: np.ndarray) -> InkShape | None:
         pixels=len(xs))
 
 
-def holes(ink):
+def holes(ink: np.ndarray) -> int:
     """Regions of paper (2 px or more) that the ink encloses: cut off from the image's edge."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(1 - ink, connectivity=4)
     edge = set(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist())
@@ -88,7 +88,7 @@ def holes(ink):
                if label not in edge and stats[label, cv2.CC_STAT_AREA] >= 2)
 
 
-def runs(ink):
+def runs(ink: np.ndarray) -> np.ndarray:
     """For each row, how many separate runs of ink it crosses."""
     return (np.diff(ink.astype(np.int8), axis=1, prepend=0) == 1).sum(axis=1)
 

@@ -111,7 +111,7 @@ class Sandbox:
             pipe.close()
 
 
-def serve(pipe, memory_bytes: int, cpu_s: float) -> None:
+def serve(pipe: connection.Connection, memory_bytes: int, cpu_s: float) -> None:
     """A decode process: jobs from `pipe` until its server has gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which ends us
     hard = resource.getrlimit(resource.RLIMIT_DATA)[1]

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import multiprocessing
 import signal
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -76,7 +77,7 @@ router = APIRouter()
 
 
 @router.get("/", include_in_schema=False)
-async def page():
+async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
     classifier = load_classifier(settings.model)
 
     @asynccontextmanager
-    async def lifespan(api):
+    async def lifespan(api: FastAPIOffline) -> AsyncIterator[dict]:
         api.state.sandbox = sandbox = Sandbox(limits.decode_processes, limits.decode_deadline_s)
         parent = multiprocessing.parent_process()
         if parent:  # a worker of mnist-serve: it stops when its server ends, even killed

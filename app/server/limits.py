@@ -9,6 +9,7 @@ import json
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+from starlette.types import Message, Receive, Scope, Send
 
 
 class UploadRefused(HTTPException):
@@ -21,17 +22,17 @@ def problem(detail: str) -> bytes:
     return json.dumps({"detail": detail}).encode()
 
 
-def headers_too_large(limits) -> str:
+def headers_too_large(limits) -> str:  # settings.Limits
     return f"the request's headers are over the {limits.max_header_bytes // 1024} KB limit"
 
 
-async def refuse(scope, send, status, detail):
+async def refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
     await JSONResponse({"detail": detail}, status)(scope, None, send)
 
 
-def without_body(send):
+def without_body(send: Send) -> Send:
     """`send` for a HEAD request: GET's status and headers (Content-Length included), no body."""
-    async def send_head(message):
+    async def send_head(message: Message) -> None:
         if message["type"] == "http.response.body":
             message = {**message, "body": b""}
         await send(message)
@@ -68,13 +69,13 @@ class RequestLimits:
         finally:
             self.uploads -= 1
 
-    def bounded(self, receive):
+    def bounded(self, receive: Receive) -> Receive:
         """`receive` that refuses a body that grows too large, stalls or drags on."""
         limits, loop = self.limits, asyncio.get_running_loop()
         deadline = loop.time() + limits.upload_deadline_s
         received, complete = 0, False
 
-        async def receive_within_limits():
+        async def receive_within_limits() -> Message:
             nonlocal received, complete
             if complete:  # what comes after the body (a disconnect) may take its time
                 return await receive()

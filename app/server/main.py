@@ -125,7 +125,7 @@ class LimitedH11Protocol(H11Protocol):
         self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def server_config(app, settings: Settings, limits: Limits, **options) -> uvicorn.Config:
+def server_config(app: object, settings: Settings, limits: Limits, **options) -> uvicorn.Config:
     """No access log: it would keep every client's address (a reverse proxy logs what a
     deployment needs), for a tenth of the CPU of a small upload."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, http=LimitedH11Protocol,

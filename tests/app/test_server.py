@@ -272,3 +272,24 @@ def test_answers_never_read_are_dropped(quick):
     finally:
         for sock in held:
             sock.close()
+
+
+def test_held_answers_count_against_the_cap_until_they_are_dropped(model_dir):
+    """Eight connections holding answers they do not read fill a cap of eight: the next gets a
+    503, until the held ones are dropped (send_timeout_s, 1 s here)."""
+    limits = Limits(max_connections=8, send_timeout_s=1)
+    ask = b"GET /redoc.js HTTP/1.1\r\nHost: test\r\n\r\n" * 8
+    with ServedApp(model_dir / "model.onnx", limits) as url:
+        held = [connect(url) for _ in range(limits.max_connections)]
+        try:
+            for sock in held:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(ask)
+            with connect(url) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+                _, received = until_closed(sock)
+            assert status_and_detail(received)[0] == 503
+            wait_for(lambda: request(f"{url}/health").status == 200, "the held were kept")
+        finally:
+            for sock in held:
+                sock.close()
