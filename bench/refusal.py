@@ -22,7 +22,7 @@ from app.classifier import load_classifier
 from app.pictures import refusal as rules
 from app.pictures.digit import to_mnist_form
 from tests.drawings import page_digits, scrawls
-from tests.photos import photo_set
+from tests.photos import mnist_on_paper, photo_set
 from tests.readings import (
     AT_LEAST,
     GOALS,
@@ -31,6 +31,7 @@ from tests.readings import (
     answers,
     from_png,
     mnist_test_digits,
+    read_right,
     share,
 )
 
@@ -54,11 +55,13 @@ class Sample:
     answers: list
 
 
-def measure(classifier, per_kind=100, scrawl_seeds=5):
-    """The four Samples: MNIST's test digits, the photo set (`per_kind` of each kind), digits
-    drawn as the page draws them (as many), and scrawls: the test's 30 of each kind (seed 0),
-    and as many again from each further seed, up to `scrawl_seeds`."""
+def measure(classifier, per_kind=100, scrawl_seeds=5, on_paper=300):
+    """The five Samples: MNIST's test digits, the first `on_paper` of them written 150 px tall on
+    lined and on squared paper, the photo set (`per_kind` of each kind), digits drawn as the
+    page draws them (as many), and scrawls: the test's 30 of each kind (seed 0), and as many
+    again from each further seed, up to `scrawl_seeds`."""
     pixels, labels = mnist_test_digits()
+    ruled = [("lined", False), ("squared", True)]
     photos = photo_set(per_kind)
     digits = page_digits(per_kind)
     drawings = [d for seed in range(scrawl_seeds) for d in scrawls(per_kind=30, seed=seed)]
@@ -66,6 +69,12 @@ def measure(classifier, per_kind=100, scrawl_seeds=5):
         "mnist": Sample("real MNIST test digits (28x28, as a .npy gives them)",
                         ["test"] * len(labels), [str(y) for y in labels],
                         answers(classifier, pixels, lambda x: x)),
+        "paper": Sample(f"the first {on_paper} real MNIST test digits, 150 px tall on ruled "
+                        "paper (tests/photos.py)", [k for k, _ in ruled for _ in range(on_paper)],
+                        [str(y) for _ in ruled for y in labels[:on_paper]],
+                        answers(classifier, [mnist_on_paper(pixels[i], i, squared)
+                                             for _, squared in ruled for i in range(on_paper)],
+                                to_mnist_form)),
         "photos": Sample("the photo set (tests/photos.py)", [p.kind for p in photos],
                          [str(p.digit) for p in photos],
                          answers(classifier, [p.image for p in photos], to_mnist_form)),
@@ -82,7 +91,8 @@ def table(results):
     """A markdown table: for each sample (and each kind of photo and scrawl), how many, how
     many read right (digits), how many refused."""
     rows = ["| pictures | how many | read right | refused | goal |", "|---|---:|---:|---:|---|"]
-    goals = {key: f"refused: {goal_text(key)}" for key in GOALS}
+    goals = {key: f"{'read right' if key == 'paper' else 'refused'}: {goal_text(key)}"
+             for key in GOALS}
 
     def row(name, picked, goal=""):
         truths = [truth for truth, _ in picked]
@@ -109,7 +119,7 @@ def table(results):
 
 
 def goals(results):
-    """(goal, measured, met) for the three figures of issue 18."""
+    """(goal, measured, met) for the three figures of issue 18 and the two of issue 30."""
     rows = []
     for key, what in (("mnist", "real MNIST test digits"),
                       ("photos", "photos of digits (tests/photos.py)"),
@@ -118,6 +128,12 @@ def goals(results):
         refused = share(sample)
         rows.append((f"{what} refused {goal_text(key, '>=', '<=')}",
                      f"{refused:.2%} of {len(sample):,}", goal_met(key, refused)))
+    paper = results["paper"]
+    for kind in ("lined", "squared"):
+        picked = [(t, a) for k, t, a in zip(paper.kinds, paper.truths, paper.answers) if k == kind]
+        right = read_right([a for _, a in picked], [t for t, _ in picked])
+        rows.append((f"real MNIST digits on {kind} paper read right {goal_text('paper', '>=')}",
+                     f"{right:.1%} of {len(picked)}", goal_met("paper", right)))
     return rows
 
 

@@ -113,6 +113,32 @@ def memory_mb(pid, field="VmRSS"):
                  if line.startswith(field + ":")), 0.0)
 
 
+class PeakMemory:
+    """The most the processes of a tree held at once while in the `with`, sampled every 10 ms:
+    `pss`, the sum of their proportional set sizes (what they add to the machine: a decode
+    process shares most of its pages with its fork server), and `rss`, the sum of their RSS
+    (shared pages counted in each); then `top`, the peak RSS (VmHWM) of the tree's root."""
+
+    def __init__(self, pid):
+        self.pid, self.pss, self.rss, self.done = pid, 0.0, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self.watch)
+
+    def watch(self):
+        while not self.done.wait(0.01):
+            tree = process_tree(self.pid)
+            self.pss = max(self.pss, sum(memory_mb(pid, "Pss") for pid in tree))
+            self.rss = max(self.rss, sum(memory_mb(pid) for pid in tree))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.top = memory_mb(self.pid, "VmHWM")
+
+
 class Response:
     def __init__(self, status, headers, body):
         self.status, self.headers, self.body = status, headers, body

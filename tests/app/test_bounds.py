@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,9 +20,9 @@ from app.pictures.sandbox import CPU_S
 from tests.conftest import REPO
 from tests.hostile_pictures import WORST
 from tests.serving import (
+    PeakMemory,
     cpu_seconds,
     free_port,
-    memory_mb,
     post_file,
     process_tree,
     request,
@@ -33,7 +32,7 @@ from tests.serving import (
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 MAX_MB = 500  # the server's processes together, with two costly uploads at once
-CPU_S = CPU_S + 0.5  # what a picture stopped at its bound may cost, the request's own included
+PICTURE_CPU_S = CPU_S + 0.5  # a picture stopped at its bound, with the request's own work
 
 
 def serve(model_dir, port, workers, **environ):
@@ -79,29 +78,6 @@ def one_worker(model_dir):
     assert "Traceback" not in output, output
 
 
-class PeakMemory:
-    """The most the processes of a tree held at once, sampled every 10 ms: the sum of their
-    proportional set sizes (the decode processes share most of their pages with their fork
-    server; the sum of RSS would count those once per process)."""
-
-    def __init__(self, pid):
-        self.pid, self.peak_mb, self.done = pid, 0.0, threading.Event()
-        self.thread = threading.Thread(target=self.watch)
-
-    def watch(self):
-        while not self.done.wait(0.01):
-            self.peak_mb = max(self.peak_mb, sum(memory_mb(pid, "Pss")
-                                                 for pid in process_tree(self.pid)))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
-
-
 HOSTILE = [name for name in WORST if not name.startswith(("20-scan", "grey PNG, 6300",
                                                           "baseline", "dot grid"))]
 
@@ -120,8 +96,8 @@ def test_a_costly_picture_is_stopped_at_its_bound_whatever_its_header_says(one_w
     spent = cpu_seconds(tree) - spent
 
     assert [a.status for a in answers] == [413, 413], [a.body for a in answers]
-    assert spent < 2 * CPU_S
-    assert memory.peak_mb < MAX_MB and memory_mb(process.pid, "VmHWM") < MAX_MB
+    assert spent < 2 * PICTURE_CPU_S
+    assert memory.pss < MAX_MB and memory.top < MAX_MB
     spent = cpu_seconds(tree)
     time.sleep(1)
     assert cpu_seconds(tree) - spent < 0.1
@@ -136,7 +112,7 @@ def test_the_dearest_pictures_within_the_bounds_are_read(one_worker, name):
 
     assert {a.status for a in answers} <= {200, 422}, [a.body for a in answers]
     assert all("no digit" in a.json()["detail"] for a in answers if a.status == 422)
-    assert memory.peak_mb < MAX_MB
+    assert memory.pss < MAX_MB
 
 
 def listening_on(port):
