@@ -123,7 +123,7 @@ def picture_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def problem(error: Exception) -> str:
+def reason(error: Exception) -> str:
     """What went wrong, in a few words, without repeating the file name."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
@@ -172,7 +172,7 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
         try:
             args.debug.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            say(f"--debug {args.debug}: {problem(error)}")
+            say(f"--debug {args.debug}: {reason(error)}")
             return 2
 
     results, pixels = [], []  # results in the order given; pixels of those that can be predicted
@@ -180,8 +180,8 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
         try:
             inputs = read_input(path, classifier.dataset, sandbox)
         except INPUT_ERRORS as error:
-            say(f"{path}: {problem(error)}")
-            results.append({"file": str(path), "error": problem(error)})
+            say(f"{path}: {reason(error)}")
+            results.append({"file": str(path), "error": reason(error)})
             continue
         for name, image in inputs:
             results.append({"file": name})

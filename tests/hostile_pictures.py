@@ -166,7 +166,7 @@ WORST = {
     "palette PNG with transparency, 5,000,000x8": lambda: png(5_000_000, 8, 3, 8, palette=True),
     "JPEG behind 9.9 MB of APP0 segments": app0_flood_jpeg,
     "RLE8 BMP, 6000x6500": rle8_bmp,
-    "20-scan progressive grey JPEG, 5600x5600": lambda: progressive_jpeg(5600, 20),
+    "10-scan progressive grey JPEG, 5600x5600": lambda: progressive_jpeg(5600, 10),
     "grey PNG, 6300x6300": lambda: png(6300, 6300, 0, 8),
     "baseline colour JPEG, 6300x6300": lambda: baseline_jpeg(6300),
     "dot grid, 400x400": dot_grid,

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from app.pictures.decode import MEMORY_BYTES, InputError, TooCostly
 
-CPU_S = 1.0  # twice what the dearest picture within the bounds takes here (bench/results.md)
+CPU_S = 1.0  # 3 to 5 times what a 40-megapixel picture takes here (docs/serving.md)
 # glibc keeps what a large picture freed for later; handed back, a process at rest stays small.
 MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
 

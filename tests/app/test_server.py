@@ -228,7 +228,7 @@ def test_health_answers_while_costly_pictures_decode(capped):
     """Two of the dearest pictures the bounds let through, decoding in their processes, while
     /health is asked again and again: each answer within a second (under a millisecond when
     idle). bench/hostile.py measures the p99 under a flood."""
-    pictures = [progressive_jpeg(5600, 20), png(6300, 6300, 0, 8)]
+    pictures = [progressive_jpeg(5600, 10), png(6300, 6300, 0, 8)]
     latencies, done = [], threading.Event()
 
     def ask_health():
@@ -243,7 +243,7 @@ def test_health_answers_while_costly_pictures_decode(capped):
         done.set()
         asking.result()
 
-    assert [a.status for a in answers] == [422, 422]  # decoded whole, and blank
+    assert [a.status for a in answers] == [422, 422], [a.body for a in answers]  # blank
     assert latencies and max(latencies) < 1, latencies
 
 
