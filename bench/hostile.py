@@ -1,21 +1,26 @@
 """The server under hostile uploads: `python -m app.server.main` (one worker, its real limits) on a
-free port of 127.0.0.1, while `clients` threads send the dearest pictures there are
-(bench/hostile_images.py: the refused ones, and the worst the limits let through) as fast as
-they are answered, and another thread asks `/health` every 50 ms. Reports `/health`'s latency
-(p50, p99, max) before and under the flood, what the uploads got, and the worker's memory: its
-RSS at rest and its peak (VmHWM) under the flood."""
+free port of 127.0.0.1.
+
+1. Each of the dearest pictures there are (tests/hostile_pictures.py: built to cost more than
+   their headers show, and the dearest that are read) sent twice at once: the answers, the time
+   to answer, the CPU the server's processes spent on the two (the decode processes that were
+   ended included), the CPU they spent in the 2 s after the answers, and the most memory the
+   worker and its decode processes held together (the sum of their proportional set sizes,
+   sampled every 10 ms; the sum of RSS counts the pages they share once per process).
+2. A flood: `clients` threads send all of them in turn as fast as they are answered, while
+   another thread asks `/health` every 50 ms: `/health`'s latency (p50, p99, max) before and
+   under the flood, what the uploads got, and the memory, as above, at rest and at its peak.
+"""
 
 import itertools
 import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
-from bench.hostile_images import WORST
 from bench.load import (
     CONTENT_TYPE,
-    free_port,
     multipart_body,
     percentile,
     request,
@@ -23,21 +28,16 @@ from bench.load import (
     stop_server,
     wait_ready,
 )
+from tests.hostile_pictures import WORST
+from tests.serving import PeakMemory, cpu_seconds, free_port, memory_mb, process_tree
 
 HEALTH_EVERY_S = 0.05
+AFTER_S = 2  # how long the CPU is watched after the answers
 
 
 def upload(port, data):
     return request(port, "POST", "/predict", multipart_body(data, filename="x"),
                    {"Content-Type": CONTENT_TYPE}, timeout=60)[0]
-
-
-def memory_mb(pid, field):
-    """VmRSS (now) or VmHWM (the peak so far) of a process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise ValueError(f"no {field} for process {pid}")
 
 
 def health_latencies(port, stop, seconds=None):
@@ -58,6 +58,21 @@ def summary(latencies):
             "p99_ms": percentile(latencies, 99) * 1000, "max_ms": max(latencies) * 1000}
 
 
+def two_at_once(server, port, picture):
+    """What one picture sent twice at once costs the server (section 1)."""
+    spent = cpu_seconds(process_tree(server.pid))
+    started = time.monotonic()
+    with PeakMemory(server.pid) as memory, ThreadPoolExecutor(2) as clients:
+        statuses = list(clients.map(lambda _: upload(port, picture), range(2)))
+    seconds = time.monotonic() - started
+    tree = process_tree(server.pid)
+    spent, answered = cpu_seconds(tree) - spent, cpu_seconds(tree)
+    time.sleep(AFTER_S)
+    return {"statuses": statuses, "seconds": seconds, "cpu_s": spent,
+            "cpu_after_s": cpu_seconds(tree) - answered, "pss_mb": memory.pss,
+            "rss_mb": memory.rss, "worker_mb": memory.top}
+
+
 def measure(model, clients=4, seconds=30):
     pictures = {name: make() for name, make in WORST.items()}  # made before the clock starts
     port = free_port()
@@ -65,9 +80,11 @@ def measure(model, clients=4, seconds=30):
     server = start_server(model, port, 1, log)
     try:
         wait_ready(server, port, log.name)
-        upload(port, pictures[next(iter(pictures))])  # the pool's threads started
+        upload(port, pictures["dot grid, 400x400"])  # the decode processes have read one
         quiet = summary(health_latencies(port, threading.Event(), seconds=5))
-        rest_mb = memory_mb(server.pid, "VmRSS")
+        rest = {"pss_mb": sum(memory_mb(pid, "Pss") for pid in process_tree(server.pid)),
+                "worker_mb": memory_mb(server.pid)}
+        each = {name: two_at_once(server, port, picture) for name, picture in pictures.items()}
         stop, answers, times = threading.Event(), Counter(), defaultdict(list)
 
         def flood(offset):
@@ -79,18 +96,19 @@ def measure(model, clients=4, seconds=30):
                 times[name].append(time.monotonic() - started)
 
         threads = [threading.Thread(target=flood, args=(i,)) for i in range(clients)]
-        for thread in threads:
-            thread.start()
-        under_flood = health_latencies(port, stop, seconds)
-        stop.set()
-        for thread in threads:
-            thread.join()
-        peak_mb = memory_mb(server.pid, "VmHWM")
+        with PeakMemory(server.pid) as memory:
+            for thread in threads:
+                thread.start()
+            under_flood = health_latencies(port, stop, seconds)
+            stop.set()
+            for thread in threads:
+                thread.join()
     finally:
         stop_server(server)
         log.close()
-    return {"clients": clients, "seconds": seconds, "quiet": quiet,
-            "flood": summary(under_flood), "rest_mb": rest_mb, "peak_mb": peak_mb,
+    return {"clients": clients, "seconds": seconds, "quiet": quiet, "each": each,
+            "flood": summary(under_flood), "rest": rest,
+            "peak": {"pss_mb": memory.pss, "rss_mb": memory.rss, "worker_mb": memory.top},
             "answers": {name: {str(status): count for (n, status), count in answers.items()
                                if n == name} for name in pictures},
             "median_s": {name: percentile(t, 50) for name, t in times.items() if t}}
@@ -100,9 +118,26 @@ def table(result, model_label):
     lines = [
         "## The server under hostile uploads",
         "",
-        f"`python -m app.server.main` (1 worker, the default limits) with {model_label}: "
-        f"{result['clients']} clients send the pictures below in turn, each as soon as the last "
-        f"was answered, for {result['seconds']} s, while `/health` is asked every "
+        f"`python -m app.server.main` (1 worker, the default limits) with {model_label}. Each "
+        "picture is sent twice at once: the answers, the wall time until both came, the CPU the "
+        "server's processes spent on them (decode processes ended at a bound included), the CPU "
+        f"they spent in the {AFTER_S} s after the answers, and the most memory the worker and "
+        "its decode processes held together (PSS: the pages they share counted once; RSS "
+        "summed counts them in every process), sampled every 10 ms.",
+        "",
+        "| picture | answers | seconds | CPU (s) | CPU after (s) | memory, PSS (MB) | "
+        "RSS summed (MB) | the worker (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in result["each"].items():
+        lines.append(f"| {name} | {', '.join(map(str, r['statuses']))} | {r['seconds']:.2f} | "
+                     f"{r['cpu_s']:.2f} | {r['cpu_after_s']:.2f} | {r['pss_mb']:.0f} | "
+                     f"{r['rss_mb']:.0f} | {r['worker_mb']:.0f} |")
+    rest, peak = result["rest"], result["peak"]
+    lines += [
+        "",
+        f"Then a flood: {result['clients']} clients send all of them in turn, each as soon as "
+        f"the last was answered, for {result['seconds']} s, while `/health` is asked every "
         f"{HEALTH_EVERY_S * 1000:.0f} ms.",
         "",
         "| /health | answers | p50 (ms) | p99 (ms) | max (ms) |",
@@ -112,8 +147,10 @@ def table(result, model_label):
         r = result[when]
         lines.append(f"| {'at rest' if when == 'quiet' else 'under the flood'} | {r['count']} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |")
-    lines += ["", f"The worker's memory: {result['rest_mb']:.0f} MB at rest, a peak of "
-                  f"{result['peak_mb']:.0f} MB under the flood.", "",
+    lines += ["", f"Memory: the worker and its decode processes {rest['pss_mb']:.0f} MB at rest "
+                  f"(PSS; the worker alone {rest['worker_mb']:.0f} MB RSS), at most "
+                  f"{peak['pss_mb']:.0f} MB under the flood ({peak['rss_mb']:.0f} MB of RSS "
+                  f"summed; the worker's own peak {peak['worker_mb']:.0f} MB).", "",
               "| picture | answers (status: count) | median answer (s) |", "|---|---|---:|"]
     for name, statuses in result["answers"].items():
         shown = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items()))

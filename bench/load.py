@@ -9,13 +9,14 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from tests.serving import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BOUNDARY = "bench-boundary-5f1e0c2a"
@@ -41,12 +42,6 @@ def multipart_body(png, field="file", filename="digit.png"):
     return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; "
             f"filename=\"{filename}\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + \
         f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model, port, workers, log_file):

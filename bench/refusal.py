@@ -12,25 +12,30 @@ refused. The calibration reads the validation split only.
 """
 
 import argparse
-import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from app.classifier import load_classifier, model_form
+from app.classifier import load_classifier
 from app.pictures import refusal as rules
-from app.pictures.digit import InputError, to_mnist_form
+from app.pictures.digit import to_mnist_form
 from tests.drawings import page_digits, scrawls
-from tests.photos import photo_set
+from tests.photos import mnist_on_paper, photo_set
+from tests.readings import (
+    AT_LEAST,
+    GOALS,
+    MODEL,
+    REPO,
+    answers,
+    from_png,
+    mnist_test_digits,
+    read_right,
+    share,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "model" / "model.onnx"
-MNIST = REPO / "data" / "raw.npz"  # download's output: MNIST, when the model is an MNIST one
 VALIDATION = REPO / "data" / "processed" / "val.npz"  # scaled to [0, 1] (params: scale)
-GOALS = {"mnist": 0.005, "photos": 0.02, "scrawls": 0.9}  # issue 18: at most, at most, at least
-AT_LEAST = {"scrawls"}  # the share refused must reach the goal; of the others, stay under it
 
 
 def goal_met(key, refused):
@@ -43,12 +48,6 @@ def goal_text(key, at_least="at least", at_most="at most"):
 
 
 @dataclass
-class Answer:
-    read: str       # the class the model reads, or "" when the transform found no digit
-    refusal: str    # why it is not a digit (pictures/refusal.py, or the transform's), or None
-
-
-@dataclass
 class Sample:
     name: str       # what the pictures are, in a few words
     kinds: list     # each picture's kind (one name for all when there is no kind)
@@ -56,44 +55,13 @@ class Sample:
     answers: list
 
 
-def answers(classifier, pictures, transform):
-    """An Answer for each picture, read as predict and the API read it: `transform(picture)`
-    brings it to MNIST form (or raises InputError), the model reads it, the rules judge it."""
-    seen, reasons = [], []
-    for picture in pictures:
-        try:
-            seen.append(transform(picture))
-            reasons.append(None)
-        except InputError as error:
-            reasons.append(str(error))
-    probabilities = iter(classifier.probabilities(np.stack(seen)) if seen else [])
-    pixels = iter(seen)
-    results = []
-    for reason in reasons:
-        if reason:
-            results.append(Answer("", reason))
-            continue
-        probs = next(probabilities)
-        results.append(Answer(classifier.class_names[int(np.argmax(probs))],
-                              rules.refusal(next(pixels), probs, classifier.dataset)))
-    return results
-
-
-def from_png(drawing):
-    return model_form(io.BytesIO(drawing.png), "mnist")  # as predict and the server read it
-
-
-def mnist_test_digits():
-    """(pixels, labels) of the 10,000 real MNIST test digits, grey levels 0-255."""
-    with np.load(MNIST) as data:
-        return data["x_test"].astype(np.float32), data["y_test"]
-
-
-def measure(classifier, per_kind=100, scrawl_seeds=5):
-    """The four Samples: MNIST's test digits, the photo set (`per_kind` of each kind), digits
-    drawn as the page draws them (as many), and scrawls: the test's 30 of each kind (seed 0),
-    and as many again from each further seed, up to `scrawl_seeds`."""
+def measure(classifier, per_kind=100, scrawl_seeds=5, on_paper=300):
+    """The five Samples: MNIST's test digits, the first `on_paper` of them written 150 px tall on
+    lined and on squared paper, the photo set (`per_kind` of each kind), digits drawn as the
+    page draws them (as many), and scrawls: the test's 30 of each kind (seed 0), and as many
+    again from each further seed, up to `scrawl_seeds`."""
     pixels, labels = mnist_test_digits()
+    ruled = [("lined", False), ("squared", True)]
     photos = photo_set(per_kind)
     digits = page_digits(per_kind)
     drawings = [d for seed in range(scrawl_seeds) for d in scrawls(per_kind=30, seed=seed)]
@@ -101,6 +69,12 @@ def measure(classifier, per_kind=100, scrawl_seeds=5):
         "mnist": Sample("real MNIST test digits (28x28, as a .npy gives them)",
                         ["test"] * len(labels), [str(y) for y in labels],
                         answers(classifier, pixels, lambda x: x)),
+        "paper": Sample(f"the first {on_paper} real MNIST test digits, 150 px tall on ruled "
+                        "paper (tests/photos.py)", [k for k, _ in ruled for _ in range(on_paper)],
+                        [str(y) for _ in ruled for y in labels[:on_paper]],
+                        answers(classifier, [mnist_on_paper(pixels[i], i, squared)
+                                             for _, squared in ruled for i in range(on_paper)],
+                                to_mnist_form)),
         "photos": Sample("the photo set (tests/photos.py)", [p.kind for p in photos],
                          [str(p.digit) for p in photos],
                          answers(classifier, [p.image for p in photos], to_mnist_form)),
@@ -113,16 +87,12 @@ def measure(classifier, per_kind=100, scrawl_seeds=5):
     }
 
 
-def share(answers):
-    """The share of `answers` that are refusals."""
-    return sum(a.refusal is not None for a in answers) / len(answers)
-
-
 def table(results):
     """A markdown table: for each sample (and each kind of photo and scrawl), how many, how
     many read right (digits), how many refused."""
     rows = ["| pictures | how many | read right | refused | goal |", "|---|---:|---:|---:|---|"]
-    goals = {key: f"refused: {goal_text(key)}" for key in GOALS}
+    goals = {key: f"{'read right' if key == 'paper' else 'refused'}: {goal_text(key)}"
+             for key in GOALS}
 
     def row(name, picked, goal=""):
         truths = [truth for truth, _ in picked]
@@ -149,7 +119,7 @@ def table(results):
 
 
 def goals(results):
-    """(goal, measured, met) for the three figures of issue 18."""
+    """(goal, measured, met) for the three figures of issue 18 and the two of issue 30."""
     rows = []
     for key, what in (("mnist", "real MNIST test digits"),
                       ("photos", "photos of digits (tests/photos.py)"),
@@ -158,6 +128,12 @@ def goals(results):
         refused = share(sample)
         rows.append((f"{what} refused {goal_text(key, '>=', '<=')}",
                      f"{refused:.2%} of {len(sample):,}", goal_met(key, refused)))
+    paper = results["paper"]
+    for kind in ("lined", "squared"):
+        picked = [(t, a) for k, t, a in zip(paper.kinds, paper.truths, paper.answers) if k == kind]
+        right = read_right([a for _, a in picked], [t for t, _ in picked])
+        rows.append((f"real MNIST digits on {kind} paper read right {goal_text('paper', '>=')}",
+                     f"{right:.1%} of {len(picked)}", goal_met("paper", right)))
     return rows
 
 

@@ -30,6 +30,7 @@ from app.server.settings import Settings
 from bench import coldstart, hostile, load, pipeline, refusal, training
 from bench.trainers import recipe
 from stages import params
+from tests.readings import mnist_available
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.md"
@@ -48,8 +49,9 @@ GOALS = {
     "predict": "`python -m app.cli one.png` cold: median <= 0.5 s, peak RSS <= 150 MB, "
                "no TensorFlow",
     "api": ">= 400 requests/s, p99 <= 100 ms, no errors (load generator on the same machine)",
-    "hostile": "4 clients sending the dearest pictures: /health p99 <= 1 s, the worker's peak "
-               "RSS < 500 MB",
+    "hostile": "each of the dearest pictures, two at once: 413 or an answer, at most 1 s of CPU "
+               "each past the answer's own, none after it; 4 clients sending them all: /health "
+               "p99 <= 1 s; the worker and its decode processes < 500 MB (PSS)",
 }
 
 
@@ -113,9 +115,14 @@ def pipeline_goals(stages_run):
 def serving_goals(cold, api, flood=None):
     rows = []
     if flood:
-        ok = flood["flood"]["p99_ms"] <= 1000 and flood["peak_mb"] < 500
-        rows.append(f"| hostile: {GOALS['hostile']} | p99 {flood['flood']['p99_ms']:.0f} ms, "
-                    f"peak {flood['peak_mb']:.0f} MB | {verdict(ok)} |")
+        each = flood["each"].values()
+        cpu, after = max(r["cpu_s"] for r in each) / 2, max(r["cpu_after_s"] for r in each)
+        memory = max([flood["peak"]["pss_mb"]] + [r["pss_mb"] for r in each])
+        ok = (flood["flood"]["p99_ms"] <= 1000 and memory < 500 and cpu <= 1.5 and after < 0.1
+              and all(set(r["statuses"]) <= {200, 413, 422} for r in each))
+        rows.append(f"| hostile: {GOALS['hostile']} | CPU at most {cpu:.2f} s a picture, "
+                    f"{after:.2f} s after; p99 {flood['flood']['p99_ms']:.0f} ms; peak "
+                    f"{memory:.0f} MB | {verdict(ok)} |")
     if cold:
         ok = cold["median_s"] <= 0.5 and cold["peak_rss_mb"] <= 150 and not cold["heavy_imports"]
         rows.append(f"| predict: {GOALS['predict']} | median {cold['median_s']:.3f} s (max "
@@ -240,8 +247,9 @@ def measure_serving(args, parts, tmp):
 
 def measure_refusal(model):
     """"Not a digit" on both sides (bench/refusal.py), with the repository's model and data."""
-    if not (model.is_file() and refusal.MNIST.is_file()):
-        return [["## Not a digit", "", f"Not measured: needs {model} and {refusal.MNIST}."]], []
+    if not (model.is_file() and mnist_available()):
+        return [["## Not a digit", "", f"Not measured: needs {model}, and {refusal.MNIST} or "
+                 "MNIST_MIRROR."]], []
     log.info("not a digit: real digits and scrawls ...")
     results = refusal.measure(load_classifier(model))
     return ([["## Not a digit", "", refusal.table(results)]],

@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.coldstart import digit_png
-from bench.load import REPO, free_port, multipart_body, run_wrk, stop_server, wait_ready
+from bench.load import REPO, multipart_body, run_wrk, stop_server, wait_ready
+from tests.serving import free_port, until_closed
 
 BIN = Path(sys.executable).parent
 FACTORY = "app.server.api:create_app"
@@ -66,29 +67,6 @@ def cpu_seconds(session):
         if int(fields[3]) == session:  # the process group: start_new_session made it the pid
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
-
-
-def until_closed(sock, drip=None, limit_s=PROBE_LIMIT_S, every_s=0.2):
-    """(seconds until the server closed the connection, or None if it was still open after
-    `limit_s`; all it sent). With `drip`, those bytes are sent every `every_s` until the
-    server stops taking them."""
-    started, received = time.monotonic(), b""
-    sock.settimeout(every_s)
-    while time.monotonic() - started < limit_s:
-        try:
-            if drip:
-                sock.sendall(drip)
-            data = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except OSError:  # reset, or refused to take more
-            break
-        if not data:
-            break
-        received += data
-    else:
-        return None, received
-    return time.monotonic() - started, received
 
 
 def probe(port, send=b"", drip=None):

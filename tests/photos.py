@@ -4,9 +4,11 @@ Each picture is made here, from a seed, with no download: a digit drawn as strok
 jittered hand), on paper, then what phones do to it: sensor noise and JPEG at low quality, light
 that falls off across the page, a vignette, the sheet lying on a darker desk, the digit small and
 off-centre; chalk on a board (light ink); a sheet wholly inside the picture, turned a little, on
-desks of several colours and grains, with a shadow across it; and clean scans as controls. Every
-picture comes with its truth: the digit, where its ink is, whether the ink is darker or lighter
-than the paper, and for a sheet inside the picture, where the sheet is.
+desks of several colours and grains, with a shadow across it; digits on the ruled paper of a
+school notebook, lined or squared, scanned clean or photographed; and clean scans as controls.
+Every picture comes with its truth: the digit, where its ink is, whether the ink is darker or
+lighter than the paper, and for a sheet inside the picture, where the sheet is. Real MNIST
+digits are put on ruled paper the same way (mnist_on_paper).
 
     python -m tests.photos OUT_DIR      # writes the set as PNG/JPEG files to look at
 """
@@ -46,7 +48,9 @@ STROKES = {
 }
 
 KINDS = ("clean", "clean-inverse", "noise-jpeg", "uneven-light", "sheet-on-desk",
-         "small-off-centre", "chalk", "sheet-in-frame")
+         "small-off-centre", "chalk", "sheet-in-frame", "lined", "squared", "lined-photo",
+         "squared-photo")
+RULED = ("lined", "squared", "lined-photo", "squared-photo")
 CONTROLS = ("clean", "clean-inverse")
 
 
@@ -132,6 +136,13 @@ def make_photo(digit, kind, seed):
     elif kind == "chalk":
         paper = 45 + texture(shape, rng, 6) + rng.uniform(-10, 10)
         ink = rng.uniform(170, 220)
+    elif kind in ("lined", "squared"):  # scanned: white paper, straight rules
+        paper = ruled(np.full(shape, 255.0, np.float32), rng, kind == "squared")
+        ink = rng.uniform(20, 60)
+    elif kind in RULED:  # photographed: the rules turned a little, light falling off, JPEG
+        paper = ruled(rng.uniform(200, 235) + texture(shape, rng, 4), rng,
+                      kind == "squared-photo", angle=rng.uniform(-3, 3))
+        ink = rng.uniform(25, 70)
     else:
         paper = rng.uniform(200, 235) + texture(shape, rng, 4)
         ink = rng.uniform(25, 70)
@@ -146,12 +157,13 @@ def make_photo(digit, kind, seed):
         cv2.fillConvexPoly(sheet, corners.astype(np.int32), 255)
         sheet = cv2.GaussianBlur(sheet, (5, 5), 0).astype(np.float32) / 255
         image = desk * (1 - sheet) + image * sheet
-    if kind in ("uneven-light", "sheet-on-desk", "small-off-centre", "chalk"):
+    photographed = kind.endswith("-photo")
+    if kind in ("uneven-light", "sheet-on-desk", "small-off-centre", "chalk") or photographed:
         image = image * lighting(shape, rng, rng.uniform(0.3, 0.55))
-    if kind != "clean" and kind != "clean-inverse":
+    if kind not in ("clean", "clean-inverse", "lined", "squared"):
         image = image + rng.normal(0, rng.uniform(5, 12), shape)
     image = np.clip(image, 0, 255).round().astype(np.uint8)
-    if kind in ("noise-jpeg", "sheet-on-desk", "small-off-centre", "chalk"):
+    if kind in ("noise-jpeg", "sheet-on-desk", "small-off-centre", "chalk") or photographed:
         image = jpeg(image, int(rng.integers(15, 40)))
     if kind == "clean-inverse":
         image = 255 - image
@@ -159,6 +171,41 @@ def make_photo(digit, kind, seed):
     rows, cols = np.flatnonzero(mask.max(axis=1) > 0.5), np.flatnonzero(mask.max(axis=0) > 0.5)
     truth = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
     return Photo(image, digit, truth, polarity, kind, f"{kind}-{digit}-{seed}")
+
+
+def ruled(paper, rng, squared, angle=0.0):
+    """`paper` with a notebook's rules: lines 1-2 px wide, grey 190-230, every 22-28 px, at a
+    random phase and turned by `angle` degrees; columns of them too on squared paper."""
+    height, width = paper.shape
+    grey, spacing, thickness = rng.uniform(190, 230), rng.uniform(22, 28), int(rng.integers(1, 3))
+    rules = np.zeros(paper.shape, np.uint8)
+    slope = math.tan(math.radians(angle))
+    for start in np.arange(rng.uniform(0, spacing), 2 * max(height, width), spacing) - \
+            max(height, width) / 2:
+        lines = [((0, start), (width, start + slope * width))]
+        if squared:
+            lines.append(((start, 0), (start - slope * height, height)))
+        for (x0, y0), (x1, y1) in lines:
+            cv2.line(rules, (round(x0 * 8), round(y0 * 8)), (round(x1 * 8), round(y1 * 8)), 255,
+                     thickness, cv2.LINE_AA, shift=3)
+    darker = rules.astype(np.float32) / 255
+    return np.minimum(paper, paper * (1 - darker) + grey * darker)
+
+
+def mnist_on_paper(pixels, seed, squared):
+    """A real MNIST digit (28x28, white on black) written about 150 px tall in dark ink on
+    ruled paper (`squared` or lined), as a scan: grey levels, uint8."""
+    rng = np.random.default_rng(seed)
+    side = 28 * 150 // 20  # MNIST's digits fill 20 of its 28 pixels
+    ink = np.asarray(Image.fromarray(np.asarray(pixels, np.uint8)).resize(
+        (side, side), Image.Resampling.BICUBIC), np.float32).clip(0, 255) / 255
+    height, width = int(rng.integers(240, 360)), int(rng.integers(240, 360))
+    top, left = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
+    mask = np.zeros((height, width), np.float32)
+    mask[top:top + side, left:left + side] = ink
+    paper = ruled(np.full(mask.shape, 255.0, np.float32), rng, squared)
+    image = paper * (1 - mask) + rng.uniform(20, 60) * mask
+    return np.clip(image, 0, 255).round().astype(np.uint8)
 
 
 # Desks as the camera's grey levels (ITU-R 601 luma of their colour, as read_image converts):

@@ -1,15 +1,15 @@
 """The API served for real: app/server/main.py on 127.0.0.1 on a free port, in a thread of the test
-process; standard-library HTTP helpers that return 4xx/5xx answers instead of raising; and
-headless Chromium under Selenium, which can reach no other host and counts the requests its
-pages make, with a pen to draw on the page's pad.
+process; standard-library HTTP helpers that return 4xx/5xx answers instead of raising, and raw
+sockets that watch when the server closes; and headless Chromium under Selenium, which can reach
+no other host and counts the requests its pages make, with a pen to draw on the page's pad.
 
-Used by tests/app/test_api.py, test_server.py, test_page.py, test_offline.py and
-docs/screenshot_page.py.
+Used by tests/app/, docs/screenshot_page.py and bench/.
 """
 
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -43,6 +44,99 @@ CHROMIUM_FLAGS = (
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
 BROWSER_WAIT_S = 60  # generous: Chromium and a training run may share two cores
 PAD_SIDE = 280  # the page's pad in CSS pixels; strokes are in those units, (0, 0) top left
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def until_closed(sock, drip=None, limit_s=15, every_s=0.2):
+    """(seconds until the server closed the connection, or None if it was still open after
+    `limit_s`; all it sent). With `drip`, those bytes are sent every `every_s` until the
+    server stops taking them."""
+    started, received = time.monotonic(), b""
+    sock.settimeout(every_s)
+    while time.monotonic() - started < limit_s:
+        try:
+            if drip:
+                sock.sendall(drip)
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:  # reset, or refused to take more
+            break
+        if not data:
+            break
+        received += data
+    else:
+        return None, received
+    return time.monotonic() - started, received
+
+
+def process_tree(pid):
+    """`pid` and all its descendants alive now (Linux: /proc's children lists)."""
+    found, todo = [], [int(pid)]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += map(int, (task / "children").read_text().split())
+        except OSError:  # ended meanwhile
+            pass
+    return found
+
+
+def cpu_seconds(pids):
+    """User + system CPU time spent so far by the processes `pids` that are alive, and by
+    their children that have ended and been waited for."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def memory_mb(pid, field="VmRSS"):
+    """A process's memory in MB, 0 if it has ended: VmRSS (now), VmHWM (its peak so far), or
+    Pss (now, the pages it shares with others divided among them: what it adds to a tree)."""
+    try:
+        text = Path(f"/proc/{pid}/{'smaps_rollup' if field == 'Pss' else 'status'}").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in text.splitlines()
+                 if line.startswith(field + ":")), 0.0)
+
+
+class PeakMemory:
+    """The most the processes of a tree held at once while in the `with`, sampled every 10 ms:
+    `pss`, the sum of their proportional set sizes (what they add to the machine: a decode
+    process shares most of its pages with its fork server), and `rss`, the sum of their RSS
+    (shared pages counted in each); then `top`, the peak RSS (VmHWM) of the tree's root."""
+
+    def __init__(self, pid):
+        self.pid, self.pss, self.rss, self.done = pid, 0.0, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self.watch)
+
+    def watch(self):
+        while not self.done.wait(0.01):
+            tree = process_tree(self.pid)
+            self.pss = max(self.pss, sum(memory_mb(pid, "Pss") for pid in tree))
+            self.rss = max(self.rss, sum(memory_mb(pid) for pid in tree))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.top = memory_mb(self.pid, "VmHWM")
 
 
 class Response:
@@ -105,8 +199,8 @@ class ServedApp:
     limits), on 127.0.0.1, on a port the OS picks, in a thread of the test process."""
 
     def __init__(self, model_file, limits=None):
-        settings = Settings(model=model_file, port=0, limits=limits or Limits())
-        config = server_config(create_app(settings), settings, log_level="warning")
+        settings, limits = Settings(model=model_file, host="127.0.0.1", port=0), limits or Limits()
+        config = server_config(create_app(settings, limits), settings, limits, log_level="warning")
         self.server = uvicorn.Server(config)
         # Not the main thread, so uvicorn leaves the test process's signal handlers alone.
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -163,8 +257,8 @@ def chromium(window=(1000, 800), timeout_s=START_TIMEOUT_S):
         for flag in (*CHROMIUM_FLAGS, f"--window-size={window[0]},{window[1]}",
                      f"--user-data-dir={profile}"):
             options.add_argument(flag)
-        # The DevTools network events, for requests_elsewhere.
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+        # The DevTools network events, for requests_elsewhere; the console, for what it says.
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
         try:
             driver.set_page_load_timeout(timeout_s)

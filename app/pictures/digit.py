@@ -1,64 +1,34 @@
-"""Bring a picture of a digit to MNIST form: the one transform predict, the API and the page use.
-
-MNIST was made this way: grey levels, white ink on black, cropped to the ink, scaled to fit a
-20x20 box keeping the aspect ratio, then placed in a 28x28 field with the ink's centre of mass
-at the centre. A clean scan gets exactly that. A phone photo first needs the digit found, which
-OpenCV does (find_digit), in a work copy at most 400 px on its long side (a long strip keeps 56
-px across, so a digit in a 30000x30 picture is still there to find):
-
-0. A sheet of paper lying wholly inside the picture is found first (find_page): a region that
-   a sharp outline closes around, nearly a rectangle, lighter than the desk around it. If there
-   is one, it is the paper and the digit is the dark ink written on it: the steps below run on
-   the sheet alone, its edge taken for the picture's border. (Otherwise the bright sheet, seen
-   against the desk, would be the biggest "light ink" in the picture.)
-1. The paper's own level is estimated around every pixel (a median over a window a third of the
-   picture wide), so light that falls off across the page is not taken for ink; a median also
-   follows a darker desk around a sheet of paper, where a mean would see the desk as ink.
-2. Ink is what stands out from that level by more than a threshold chosen from the picture
-   (Otsu's), and more than its noise. Dark ink's strength is taken relative to its paper's
-   brightness: in a shadow, paper and ink are dimmer alike.
-3. Its connected regions are sorted: specks, and regions touching the picture's border (a desk,
-   the page's edge), are set aside; the digit is the main region near the middle, with the
-   pieces close to it (the bar of a 5).
-4. Both polarities are tried, dark ink on light paper and light on dark; the one whose digit
-   stands out more wins.
-A picture with no such region, or with several of a size, is refused with a message that says so.
+"""Bring a picture of a digit to MNIST form, as MNIST was made: grey levels, white ink on black,
+cropped to the ink, scaled into a 20x20 box, its centre of mass at the centre of 28x28. In a
+photo the digit is found first (find_digit, docs/photos.md), in a copy at most 400 px on its
+long side: a notebook's rules are painted over; a sheet of paper inside the picture is found,
+and its dark ink is the digit; else the paper's level around every pixel (a median over a third
+of the picture), the ink what stands out from it (Otsu's threshold, the noise), the digit its
+main region near the middle with the pieces close to it, in either polarity. A picture with no
+such region, or several of a size, is refused in a line that says so.
 """
 
-import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-# OpenCV's own thread pool spins its threads for longer than the work on pictures of at most
-# WORK_SIDE takes. One thread each: the server's CPU per small upload went from 6.5-6.9 to
-# 4.2-4.9 ms on 2 cores (a 3000x4000 photo takes the same 20 ms), where the server's pool
-# threads (app/server/pool.py) and its workers already keep every core busy.
-cv2.setNumThreads(1)
+from app.pictures.decode import MIN_SIDE, InputError, read_grey
 
-FORMATS = ("PNG", "JPEG", "BMP")
-MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding
+cv2.setNumThreads(1)  # its pool costs more than it saves at WORK_SIDE; processes use the cores
+
 FIELD, BOX = 28, 20      # MNIST digits fit a 20x20 box, centred by mass in a 28x28 field
 WORK_SIDE = 400          # photos are searched at most this large: plenty for a digit
 WORK_SHORT_SIDE = 56     # but a strip keeps this much across, twice MNIST's field, for its digit
 WORK_PIXELS = 1_200_000  # a strip searched at that size may hold this many pixels (30000x40)
-MIN_SIDE = 8             # narrower than this, a picture cannot hold a readable digit
 SMALL = 64               # a picture narrower than this is a drawing or a crop, not a photo
 MIN_CONTRAST = 32        # grey levels between paper and ink; less is no ink at all
 NOISE_MARGIN = 4         # ink must stand out by this many times the paper's noise
 INK_LEVEL = 0.1          # of the darkest ink; fainter pixels are paper (noise, texture, JPEG)
 MIN_SHARE = 0.1          # pieces with less than this share of the digit's ink are specks
 RIVAL_SHARE = 0.35       # another region with this share of the digit's ink: several digits
-
-
-class InputError(ValueError):
-    """An input that cannot be predicted; the message says why."""
-
-
-class TooManyPixels(InputError):
-    """An image over MAX_PIXELS, refused from its header before it is decoded."""
+FASHION_TRIM = 0.05 * 255  # Fashion-MNIST trimmed edges within 5 % of the corner colour
 
 
 @dataclass
@@ -67,50 +37,26 @@ class Found:
     ink: np.ndarray     # float32 0-255, the digit's ink cropped to `box`, white on black
     box: tuple          # (x0, y0, x1, y1), x1 and y1 exclusive
     polarity: str       # "dark" ink on light paper, or "light" ink on a dark ground
-    page: np.ndarray = None  # the sheet the digit is written on, lying wholly inside the
-    #                          picture: its outline's four corners (x, y); None when there is none
+    page: np.ndarray = None  # the corners (x, y) of the sheet it is written on, if any
 
 
-def read_image(source):
-    """Decode an image (a path or a binary file object) into 2-D float32 grey levels 0-255,
-    refusing huge ones from their header, unread."""
-    with warnings.catch_warnings():
-        # Pillow only warns between its own limit and twice that; refuse those too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        # Pillow warns of damaged EXIF data; that costs us the orientation only.
-        warnings.simplefilter("ignore", UserWarning)
-        with Image.open(source, formats=FORMATS) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise TooManyPixels(f"{image.width}x{image.height} pixels is over the "
-                                    f"{MAX_PIXELS // 1_000_000}-megapixel limit")
-            image.load()
-            return grey_levels(ImageOps.exif_transpose(image))
+def model_form(picture: bytes, dataset: str) -> np.ndarray:
+    """A picture file's bytes -> 28x28 uint8 in the form of `dataset`'s images, or an InputError
+    that says why not: what predict and the server run in a decode process (sandbox.py)."""
+    grey = read_grey(picture)
+    return to_fashion_form(grey) if dataset == "fashion-mnist" else to_mnist_form(grey)
 
 
-def grey_levels(image):
-    """Any Pillow image -> 2-D float32 grey levels 0-255; transparent parts become white paper."""
-    if image.mode.startswith("I"):  # 16-bit greyscale PNG, 0-65535
-        return np.asarray(image, dtype=np.float32) / 257
-    if image.has_transparency_data:
-        paper = Image.new("RGBA", image.size, "white")
-        image = Image.alpha_composite(paper, image.convert("RGBA"))
-    return np.asarray(image.convert("L"), dtype=np.float32)
-
-
-def to_mnist_form(grey):
+def to_mnist_form(grey: np.ndarray) -> np.ndarray:
     """2-D grey levels (0-255, any size) -> 28x28 uint8 white digit on black, as MNIST was made.
     Raises InputError when there is no digit, or no single one, to read."""
     return fit_and_centre(find_digit(grey).ink)
 
 
-FASHION_TRIM = 0.05 * 255  # Fashion-MNIST trimmed edges within 5 % of the corner colour
-
-
-def to_fashion_form(grey):
-    """2-D grey levels -> 28x28 uint8 the way Fashion-MNIST was made from product photos: the
-    edges that are the background's colour trimmed, the longer side scaled to 28 (the whole
-    item, not a 20x20 box, and no centring by mass), centred, and negated so that the
-    background is black. A picture on a dark background is taken as already negated."""
+def to_fashion_form(grey: np.ndarray) -> np.ndarray:
+    """2-D grey levels -> 28x28 uint8 as Fashion-MNIST was made from product photos: trimmed to
+    the item, its longer side scaled to 28, centred, negated (a dark background is taken as
+    already negated)."""
     grey = np.asarray(grey, dtype=np.float32)
     background = float(np.median(border(grey)))
     item = np.abs(grey - background) > FASHION_TRIM
@@ -129,34 +75,30 @@ def to_fashion_form(grey):
     return field.clip(0, 255).round().astype(np.uint8)
 
 
-def to_model_form(grey, dataset):
-    """The transform for the data the model was trained on (its metadata's `dataset`)."""
-    return to_fashion_form(grey) if dataset == "fashion-mnist" else to_mnist_form(grey)
-
-
 # --- finding the digit ----------------------------------------------------------------------------
 
-def find_digit(grey):
-    """The digit in a picture: its ink (white on black), its box, its polarity and the sheet of
-    paper it was found on, if any."""
+def find_digit(grey: np.ndarray) -> Found:
+    """The digit in a picture (2-D grey levels): its ink, its box, its polarity and its sheet."""
     grey = np.asarray(grey, dtype=np.float32)
     height, width = grey.shape
     if min(height, width) < MIN_SIDE:
         raise InputError(f"{width}x{height} pixels is too small to hold a digit")
-    small = work_image(grey)
+    small = without_rules(work_image(grey))
     page = find_page(small)
     if page is not None:  # a sheet of paper lies in the picture: the digit is written on it
         found = search_page(small, page)
         if not isinstance(found, Found):
             raise InputError(found)
     else:
-        uniform = plain_paper(small)
+        # A clean scan or drawing (small, or its border all one level) has one paper level.
+        edge = border(small)
+        uniform = min(small.shape) < SMALL or np.percentile(edge, 95) - np.percentile(edge, 5) < 16
         tries = [search(small, polarity, uniform) for polarity in ("dark", "light")]
         found = [t for t in tries if isinstance(t, Found)]
         if not found:
             raise InputError(tries[0])
         found = max(found, key=lambda f: f.ink.sum())
-        found.ink = soft_ink(crop(found.ink, found.box), uniform)
+        found.ink = soft_ink(found, uniform)
     x_scale, y_scale = small.shape[1] / width, small.shape[0] / height
     found.box = tuple(min(round(v / s), limit) for v, s, limit in
                       zip(found.box, (x_scale, y_scale) * 2, (width, height) * 2))
@@ -165,16 +107,9 @@ def find_digit(grey):
     return found
 
 
-def crop(image, box):
-    x0, y0, x1, y1 = box
-    return image[y0:y1, x0:x1]
-
-
-def work_image(grey):
-    """The picture at the size the digit is searched in: at most WORK_SIDE on its long side,
-    but a long strip keeps WORK_SHORT_SIDE on its short side, where the digit must fit. A strip
-    that would then be over WORK_PIXELS is refused rather than searched at a size where its
-    digit would vanish."""
+def work_image(grey: np.ndarray) -> np.ndarray:
+    """The picture at most WORK_SIDE on its long side, but WORK_SHORT_SIDE on its short side; a
+    strip then over WORK_PIXELS is refused rather than searched where its digit would vanish."""
     height, width = grey.shape
     scale = min(1.0, max(WORK_SIDE / max(height, width), WORK_SHORT_SIDE / min(height, width)))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -184,42 +119,27 @@ def work_image(grey):
     return grey if scale == 1 else cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
 
-def border(image):
+def border(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
-def plain_paper(image):
-    """Whether the picture is a clean scan or drawing: small, or its border all one level. Its
-    paper then has one level everywhere, as MNIST's own digits were found."""
-    edge = border(image)
-    return min(image.shape) < SMALL or float(np.percentile(edge, 95) - np.percentile(edge, 5)) < 16
-
-
-def paper_level(image, plain):
-    """The paper's level around every pixel: one level (the border's median) for plain paper;
-    for a photo, a median over a window a third of the picture wide, which strokes never fill
-    to half."""
-    if plain:
-        return np.full(image.shape, np.median(border(image)), np.float32)
-    side = max(3, min(255, (min(image.shape) // 3) | 1))  # odd, and what medianBlur takes
-    return cv2.medianBlur(np.clip(image, 0, 255).astype(np.uint8), side).astype(np.float32)
-
-
-def search(image, polarity, plain, page=None):
-    """The digit in `image` for one polarity, as a Found whose ink is the contrast of its
-    regions (the whole picture's size), or the reason there is none (a string). With a `page`
-    (a mask), only the page is paper: its edge is a border, what lies outside it is no ink."""
+def search(image: np.ndarray, polarity: str, plain: bool, page=None) -> Found | str:
+    """The digit in `image` for one polarity, as a Found whose ink is its regions' contrast, or
+    why there is none (a string). With a `page` (a mask), only the page is paper."""
     dark_ink = image if polarity == "dark" else 255 - image
     if page is not None:  # around the page, its own level: the desk is neither paper nor ink
         dark_ink = np.where(page, dark_ink, np.median(dark_ink[page]))
-    level = paper_level(dark_ink, plain)
+    # The paper's level around every pixel: the border's median for plain paper; in a photo, a
+    # median over a window a third of the picture wide, which strokes never fill to half.
+    side = max(3, min(255, (min(image.shape) // 3) | 1))  # odd, and what medianBlur takes
+    level = np.full(image.shape, np.median(border(dark_ink)), np.float32) if plain else \
+        cv2.medianBlur(np.clip(dark_ink, 0, 255).astype(np.uint8), side).astype(np.float32)
     contrast = np.clip(level - dark_ink, 0, None)
     if page is not None:
         contrast[~page] = 0
     otsu, _ = cv2.threshold(contrast.astype(np.uint8), 0, 255,
                             cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    # The paper's grain and the camera's noise, from how far pixels stray from their
-    # neighbourhood (a robust deviation); plain paper has none worth counting.
+    # The paper's grain and the camera's noise: how far pixels stray from their neighbourhood.
     noise = 0.0 if plain else 1.4826 * float(
         np.median(np.abs(dark_ink - cv2.GaussianBlur(dark_ink, (0, 0), 2))))
     threshold = max(otsu, MIN_CONTRAST, NOISE_MARGIN * noise)
@@ -229,8 +149,7 @@ def search(image, polarity, plain, page=None):
     # A region touching the page's edge is the desk showing through, or a shadow's edge.
     rim = set() if page is None else set(np.unique(labels[page & ~cv2.erode(
         page.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)]))
-    # Each region's ink in one pass: a picture of thousands of specks (a dot grid) would cost
-    # seconds region by region.
+    # Each region's ink in one pass: thousands of specks (a dot grid) cost seconds one by one.
     inks = np.bincount(labels.ravel(), weights=contrast.ravel(), minlength=count)
     regions = []
     for label in range(1, count):
@@ -246,19 +165,17 @@ def search(image, polarity, plain, page=None):
     if not regions:
         return "no digit found: the image is blank"
 
-    middle = np.array([width / 2, height / 2])
-
-    def weight(region):  # much ink, near the middle
-        off = float((np.abs(region["centre"] - middle) / middle).max())
-        return region["ink"] / (1 + 2 * off)
-
-    regions.sort(key=weight, reverse=True)
+    middle = np.array([width / 2, height / 2])  # much ink near the middle first
+    regions.sort(key=lambda r: r["ink"] / (1 + 2 * float((np.abs(r["centre"] - middle)
+                                                          / middle).max())), reverse=True)
     digit, box = [regions[0]], regions[0]["box"]
     reach = 0.25 * max(box[2] - box[0], box[3] - box[1])
     for region in regions[1:]:  # the pieces close to it: the bar of a 5, a broken stroke
-        if region["ink"] >= MIN_SHARE * digit[0]["ink"] and near(region["box"], box, reach):
+        x0, y0, x1, y1 = region["box"]
+        if region["ink"] >= MIN_SHARE * digit[0]["ink"] and x0 < box[2] + reach \
+                and box[0] < x1 + reach and y0 < box[3] + reach and box[1] < y1 + reach:
             digit.append(region)
-            box = union(box, region["box"])
+            box = (min(box[0], x0), min(box[1], y0), max(box[2], x1), max(box[3], y1))
     ink = sum(r["ink"] for r in digit)
     rivals = [r for r in regions if r not in digit and r["ink"] >= RIVAL_SHARE * ink]
     if rivals:
@@ -268,35 +185,23 @@ def search(image, polarity, plain, page=None):
     if len(digit) > 1 and (x1 - x0) > 1.6 * (y1 - y0):
         return "several digits side by side? crop the image to one digit"
     core = np.isin(labels, [r["label"] for r in digit])
-    # Hysteresis: the faint edges of the strokes (anti-aliasing, blur) joined to the strong
-    # core are ink too, down to INK_LEVEL of the strongest ink or the noise, whichever is more.
+    # Hysteresis: the faint edges of the strokes joined to the strong core are ink too.
     low = max(INK_LEVEL * float(contrast[core].max()), 3 * noise)
     _, edges = cv2.connectedComponents((contrast > low).astype(np.uint8), connectivity=8)
     mask = np.isin(edges, np.unique(edges[core]))
     ys, xs = np.nonzero(mask)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     if polarity == "dark" and not plain:
-        # Light falling off and a shadow dim ink and paper alike: the ink's contrast is taken
-        # relative to its paper's own brightness, so a stroke in the shade is as strong as one
-        # in the light.
+        # Light falling off and a shadow dim ink and paper alike: contrast relative to the paper.
         contrast = contrast * (float(np.median(level[mask])) / np.maximum(level, 1))
     return Found(np.where(mask, contrast, 0).astype(np.float32), box, polarity)
 
 
-def near(a, b, reach):
-    """Whether boxes a and b, each (x0, y0, x1, y1), come within `reach` of each other."""
-    return (a[0] < b[2] + reach and b[0] < a[2] + reach
-            and a[1] < b[3] + reach and b[1] < a[3] + reach)
-
-
-def union(a, b):
-    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-
-
-def soft_ink(contrast, plain):
-    """Contrast -> ink 0-255 as MNIST shows it: the strongest ink 255, anything fainter than
-    INK_LEVEL of it 0 (paper texture, noise, JPEG), anti-aliased edges kept in between. In a
-    photo the strongest ink is the 99th percentile: a speck of noise does not set it."""
+def soft_ink(found: Found, plain: bool) -> np.ndarray:
+    """A Found's contrast, cropped to its box -> ink 0-255 as MNIST shows it: the strongest ink
+    (in a photo its 99th percentile) 255, fainter than INK_LEVEL of it 0, edges in between."""
+    x0, y0, x1, y1 = found.box
+    contrast = found.ink[y0:y1, x0:x1]
     if not contrast.any():
         raise InputError("no digit found: the image is blank")
     peak = float(contrast.max() if plain else np.percentile(contrast[contrast > 0], 99))
@@ -305,13 +210,63 @@ def soft_ink(contrast, plain):
     return np.clip((contrast / peak - INK_LEVEL) / (1 - INK_LEVEL), 0, 1).astype(np.float32) * 255
 
 
+# --- the rules of ruled paper ---------------------------------------------------------------------
+
+RULE_WIDTH = 5        # px: a dark line thinner than this may be a rule (1-2 px); ink is thicker
+RULE_CONTRAST = 12    # grey levels darker than the paper around it, for a pixel of a rule
+RULE_COVER = 0.4      # of a line across the picture: the rest may be hidden under ink
+RULE_SLOPES = np.tan(np.radians(np.arange(-4, 4.5, 0.5)))  # a page turned up to 4 degrees
+
+
+def without_rules(image: np.ndarray) -> np.ndarray:
+    """`image` with the rules of lined or squared paper painted over with the paper beside
+    them: thin dark lines, straight, evenly spaced, across most of the picture; rows first,
+    then columns. Where a rule crosses a stroke, the stroke is darker and stays."""
+    if min(image.shape) < SMALL:
+        return image
+    for turned in (False, True):
+        view = image.T if turned else image
+        closed = cv2.morphologyEx(view, cv2.MORPH_CLOSE, np.ones((RULE_WIDTH, 1), np.uint8))
+        band = rules(closed - view > RULE_CONTRAST)
+        image = view if band is None else np.where(band, closed, view)
+        image = np.ascontiguousarray(image.T if turned else image)
+    return image
+
+
+def rules(thin: np.ndarray) -> np.ndarray | None:
+    """Where the rules lie among the pixels of thin dark lines lying along the rows (`thin`, a
+    mask), a mask; None unless three or more lines, all at one slope, each covering RULE_COVER
+    of the width, lie a whole number of periods apart."""
+    height, width = thin.shape
+    reach = int(np.ceil(width / 2 * RULE_SLOPES.max())) + 2  # how far a slope moves a row
+    ys, xs = np.nonzero(thin)
+
+    def profile(slope: float) -> np.ndarray:  # each line's share that is thin and dark
+        rows = np.round(ys - (xs - width / 2) * slope).astype(int) + reach
+        return np.bincount(rows, minlength=height + 2 * reach) / width
+
+    # The slope at which the lines are sharpest; the smallest of equals.
+    slope, cover = max(((s, profile(s)) for s in sorted(RULE_SLOPES, key=abs)),
+                       key=lambda found: np.square(found[1]).sum())
+    lines = cover >= RULE_COVER
+    edges = np.diff(lines.astype(np.int8), prepend=0, append=0)
+    centres = (np.flatnonzero(edges == 1) + np.flatnonzero(edges == -1) - 1) / 2
+    if len(centres) < 3:
+        return None
+    periods = np.diff(centres) / np.median(np.diff(centres))
+    if np.median(np.diff(centres)) < 4 or (np.abs(periods - np.round(periods)) > 0.2).any():
+        return None
+    lines |= np.roll(lines, 1) | np.roll(lines, -1)  # and a pixel on either side
+    yy, xx = np.indices(thin.shape)
+    return lines[np.round(yy - (xx - width / 2) * slope).astype(int) + reach]
+
+
 # --- the sheet of paper ---------------------------------------------------------------------------
 
 PAGE_STEP = 25           # grey levels from desk to sheet at the least, for its outline to count
 PAGE_SMOOTH = 1.5        # the picture is smoothed this much (sigma, px) before edges are sought
 PAGE_MIN_AREA = 0.04     # of the picture: a smaller enclosed region is a digit's loop, not a sheet
-PAGE_RECTANGULAR = 0.9   # a sheet fills this much of its turned bounding rectangle; a digit's
-#                          enclosed outline (a 0, an 8, a filled blob) fills at most 0.83
+PAGE_RECTANGULAR = 0.9   # of its turned bounding rectangle, filled; a digit's loop fills 0.83
 PAGE_BAND = (4, 10)      # px inside and outside the outline where sheet and desk are compared
 
 
@@ -322,20 +277,15 @@ class Page:
     corners: np.ndarray  # (4, 2) float: its outline's corners (x, y)
 
 
-def find_page(image):
-    """The sheet of paper lying wholly inside the picture, if there is one (else None): a region
-    that a sharp outline encloses, that is nearly a rectangle and lighter than what is around
-    it.
-
-    Its outline is found as edges (Canny's) that close around it: what can be reached from the
-    picture's border without crossing an edge is the desk. A shadow's edge is soft, and crosses
-    the sheet from desk to desk, so it encloses nothing; the desk's grain encloses only small
-    pockets, cut away from the sheet by an opening."""
+def find_page(image: np.ndarray) -> "Page | None":
+    """The sheet of paper lying wholly inside the picture, or None: a region that edges
+    (Canny's) close around, nearly a rectangle, lighter than the desk around it. What can be
+    reached from the border without crossing an edge is desk; a shadow's soft edge crosses the
+    sheet and encloses nothing; the desk's grain encloses pockets an opening cuts away."""
     if min(image.shape) < SMALL:
         return None
     smooth = cv2.GaussianBlur(np.clip(image, 0, 255).astype(np.uint8), (0, 0), PAGE_SMOOTH)
-    # Canny's thresholds are on the Sobel gradient, which at this smoothing is about twice
-    # the height of the step it crosses.
+    # Canny's thresholds are on the gradient, here about twice the height of the step.
     edges = cv2.Canny(smooth, 0.8 * PAGE_STEP, 2 * PAGE_STEP, L2gradient=True)
     edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))  # an outline with one-pixel gaps closes
     _, open_ground = cv2.connectedComponents((edges == 0).astype(np.uint8), connectivity=4)
@@ -360,7 +310,7 @@ def find_page(image):
     return Page(mask, cv2.boxPoints(rectangle))
 
 
-def band(mask, inward):
+def band(mask: np.ndarray, inward: bool) -> np.ndarray:
     """The pixels PAGE_BAND[0] to PAGE_BAND[1] px inside a mask's edge (or outside it)."""
     near, far = (cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
                  for r in PAGE_BAND)
@@ -370,20 +320,18 @@ def band(mask, inward):
         (grow(region, far) & ~grow(region, near)).astype(bool)
 
 
-def search_page(image, page):
-    """The digit written on `page` in dark ink, as a Found with its ink already soft (see
-    soft_ink), or the reason there is none (a string)."""
+def search_page(image: np.ndarray, page: "Page") -> Found | str:
+    """The digit written on `page` in dark ink, as a Found with soft ink, or why none (a string)."""
     ys, xs = np.nonzero(page.mask)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
     region, mask = image[y0:y1, x0:x1], page.mask[y0:y1, x0:x1]
-    # A clean sheet (its paper all one level along its edge) is paper of one level, as a clean
-    # picture's is; a photographed one has light falling off and shadows across it.
+    # A clean sheet is of one level along its edge; a photographed one is not.
     near_edge = region[band(mask, True)]
     plain = float(np.percentile(near_edge, 95) - np.percentile(near_edge, 5)) < 16
     found = search(region, "dark", plain, mask)
     if not isinstance(found, Found):
         return found
-    found.ink = soft_ink(crop(found.ink, found.box), plain)
+    found.ink = soft_ink(found, plain)
     bx0, by0, bx1, by1 = found.box
     found.box = (bx0 + x0, by0 + y0, bx1 + x0, by1 + y0)
     return found
@@ -391,7 +339,7 @@ def search_page(image, page):
 
 # --- MNIST's own steps ----------------------------------------------------------------------------
 
-def fit_and_centre(ink):
+def fit_and_centre(ink: np.ndarray) -> np.ndarray:
     """Ink (float 0-255) -> 28x28 uint8: cropped to the ink, the longer side scaled to 20
     pixels, the centre of mass on pixel (14, 14), the whole digit kept inside the field."""
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
@@ -408,7 +356,7 @@ def fit_and_centre(ink):
     return field.round().astype(np.uint8)
 
 
-def centre_of_mass(pixels):
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
     """(row, column) of the intensity-weighted mean position, in pixel indices."""
     total = pixels.sum()
     rows, cols = np.indices(pixels.shape)

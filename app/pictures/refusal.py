@@ -1,25 +1,11 @@
-"""Whether a picture holds a digit at all: the answer "not a digit", and why, in one line.
-
-A classifier always names a class: a tap on the page reads "0", a dash "4", a scribble "3" at
-95 %. `refusal` weighs two kinds of evidence instead:
-- the shape of the ink in the 28x28 image the model saw (MNIST form: white ink on black, scaled
-  into a 20x20 box). Every input has one, a photo, a drawing from the page or a 28x28 `.npy`
-  array alike. Pen strokes have a width and a course: a dot, a dash, a blot and a scribble are
-  shaped unlike any digit;
-- the model's uncertainty: the entropy of its probabilities, 0 when it is sure of one class,
-  ln 10 = 2.3 when it cannot choose among the ten.
-
-Shape alone refuses what no digit looks like: a blot, a straight line lying flat, a short thick
-stroke, a thick smear lying flat, more loops or more strokes across than any digit has. A shape
-only unusual for a digit (a stub, a block of ink, thick strokes, three loops, much ink) is
-refused when the model is unsure of it too; any other picture only when the model is very
-unsure. Every threshold comes from the 5,999
-digits of MNIST's validation split (data/processed/val.npz, read by the default MLP), set where
-it refuses almost none of them, never from the test set: `python -m bench.refusal --calibrate`
-prints where each number comes from.
-
-Only digits are judged. A Fashion-MNIST model is not asked whether a picture shows clothing:
-there is no such check, and its predictions are never refused.
+"""Whether a picture holds a digit at all: "not a digit", and why, in one line. A classifier
+always names a class (a tap reads "0"); `refusal` weighs the shape of the ink in the 28x28 the
+model saw (a dot, a dash, a blot, a scribble are shaped unlike any digit) and the model's
+uncertainty (the entropy of its probabilities: 0 when sure, ln 10 when it cannot choose). Shape
+alone refuses what no digit looks like; a shape unusual for a digit is refused when the model
+is unsure too; any picture when it is very unsure. Every threshold comes from MNIST's 5,999
+validation digits (`python -m bench.refusal --calibrate`). Fashion-MNIST answers are never
+refused.
 """
 
 from dataclasses import dataclass
@@ -30,26 +16,18 @@ import numpy as np
 INK = 128  # of 255: a pixel at least half inked is ink (MNIST's strokes are soft-edged)
 
 # What no digit looks like. Each of these refuses at most 2 of the 5,999 validation digits.
-BLOT_WIDTH = 11     # px of 28: the thickest ink of 99.9 % of validation digits spans at most 10
-#                     px; a dot or a filled shape scaled into the 20x20 box spans 12 to 20
-STRAIGHT = 0.25     # a straight stroke's ink spreads across its axis at most a quarter as far as
-#                     along it (626 of the 633 validation digits that straight are 1s) ...
-CONVEX_STROKE = (0.8, 2.0)  # ... or it fills this share of its convex hull and is at least
-#                     this many times longer than wide (a short dash drawn with a wide pen)
-MAX_LEAN = 60       # degrees from upright: validation's straight strokes lean at most 49 (a
-#                     slanted 1); a dash lies flatter than 60
-SHORT_STROKE = (0.85, 9, 3.0)  # convex (this share of its hull), this thick (px) and less
-#                     than this many times longer than wide: a short dash, a stub (2 validation
-#                     digits: 0s inked into blobs)
-FLAT_SMEAR = (8, 1.2)  # ink this thick (px) in a box this many times wider than tall: a thick
-#                     scrawl lying flat (1 validation digit); digits stand
+BLOT_WIDTH = 11     # px of 28: 99.9 % of digits' ink is at most 10 thick; a dot, 12 to 20
+STRAIGHT = 0.25     # ink spread across its axis / along it (626 of 633 that straight are 1s),
+CONVEX_STROKE = (0.8, 2.0)  # or this share of its convex hull, this many times longer than wide
+MAX_LEAN = 60       # degrees from upright: straight digits lean at most 49 (a slanted 1)
+SHORT_STROKE = (0.85, 9, 3.0)  # convex, this thick (px), less elongated: a short dash, a stub
+FLAT_SMEAR = (8, 1.2)  # ink this thick (px) in a box this many times wider than tall
 MAX_LOOPS = 4       # holes of 2 px or more: at most 4 in validation; a chain of loops has more
 MAX_CROSSINGS = 5   # ink runs along one row or column: at most 5 in validation; a zigzag has more
 
 # What is unusual for a digit, yet shared by 0.1 to 3 % of validation digits: refused only when
 # the model is unsure too (UNSURE_IF_ODD).
-STUB = (0.75, 2.0)  # fills this share of its convex hull and is less than twice as long as wide:
-#                     a stub or a block of ink, where a digit's strokes leave gaps (1.6 %)
+STUB = (0.75, 2.0)  # this share of its convex hull, less elongated: a block of ink (1.6 %)
 THICK = 8           # px: ink this thick is a smudge or a short, fat stroke (1.3 %)
 ODD_LOOPS = 3       # holes (0.3 %)
 ODD_CROSSINGS = 5   # ink runs along one row or column (0.1 %)
@@ -75,7 +53,7 @@ class InkShape:
     pixels: int         # px of ink
 
 
-def ink_shape(pixels):
+def ink_shape(pixels: np.ndarray) -> InkShape | None:
     """The InkShape of a 28x28 image of grey levels 0-255 (white ink on black), or None when
     it holds no ink."""
     ink = (np.asarray(pixels, dtype=np.float32) >= INK).astype(np.uint8)
@@ -102,7 +80,7 @@ def ink_shape(pixels):
         pixels=len(xs))
 
 
-def holes(ink):
+def holes(ink: np.ndarray) -> int:
     """Regions of paper (2 px or more) that the ink encloses: cut off from the image's edge."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(1 - ink, connectivity=4)
     edge = set(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist())
@@ -110,12 +88,12 @@ def holes(ink):
                if label not in edge and stats[label, cv2.CC_STAT_AREA] >= 2)
 
 
-def runs(ink):
+def runs(ink: np.ndarray) -> np.ndarray:
     """For each row, how many separate runs of ink it crosses."""
     return (np.diff(ink.astype(np.int8), axis=1, prepend=0) == 1).sum(axis=1)
 
 
-def unlike_any_digit(shape):
+def unlike_any_digit(shape: InkShape) -> str | None:
     """What the shape is (a few words) when no digit is shaped so, else None."""
     convex, long = CONVEX_STROKE
     straight = shape.spread < STRAIGHT or (shape.solidity >= convex and shape.elongation >= long)
@@ -134,7 +112,7 @@ def unlike_any_digit(shape):
     return None
 
 
-def unusual_for_a_digit(shape):
+def unusual_for_a_digit(shape: InkShape) -> str | None:
     """What makes the shape unusual for a digit (a few words), else None."""
     convex, long = STUB
     if shape.solidity >= convex and shape.elongation < long:
@@ -148,16 +126,15 @@ def unusual_for_a_digit(shape):
     return None
 
 
-def uncertainty(probabilities):
+def uncertainty(probabilities: np.ndarray) -> float:
     """The entropy of the model's probabilities, in nats."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1)
     return float(-(p * np.log(p)).sum())
 
 
-def refusal(pixels, probabilities, dataset="mnist"):
-    """None when the 28x28 image `pixels` (MNIST form: grey levels 0-255, white on black)
-    holds a digit, else why not, in one line: "not a digit: a dash". `probabilities` are the
-    model's for that image; `dataset` is the model's (only "mnist" is judged)."""
+def refusal(pixels: np.ndarray, probabilities: np.ndarray, dataset: str = "mnist") -> str | None:
+    """None when the 28x28 image `pixels` (MNIST form) holds a digit, else why not in a line
+    ("not a digit: a dash"), from the model's `probabilities` for it. Only "mnist" is judged."""
     if dataset != "mnist":
         return None  # clothing is not asked to look like clothing
     shape = ink_shape(pixels)

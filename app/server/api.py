@@ -1,45 +1,46 @@
-"""The HTTP API and the draw-a-digit page: the routes, and the FastAPI app that holds them.
-
-    mnist-serve                                 # http://127.0.0.1:8000 (app/server/main.py)
-    curl -F file=@digit.png http://127.0.0.1:8000/predict
-
-Routes: `POST /predict` (a picture in the multipart field `file`), `GET /health` (which model
-is loaded), `GET /` (the page), `/docs` and `/redoc` (served from the app itself: they work
-offline and ask no other host for anything). HEAD works wherever GET does.
-
-Bad input never costs a 500: each kind gets a 4xx whose JSON `detail` is a string naming it,
-and nothing of the upload is echoed back. Decoding and classifying run in a bounded pool of
-threads (pool.py), within the limits of app/pictures/decode.py; the limits on requests are in
-app/server/limits.py and app/server/settings.py.
+"""The HTTP API and the draw-a-digit page: `POST /predict` (a picture in the multipart field
+`file`: curl -F file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the
+page), `/docs` and `/redoc` (offline); HEAD wherever GET. Bad input gets a 4xx whose JSON
+`detail` names it, never a 500, nothing of the upload echoed. Pictures are read in decode
+processes (pictures/sandbox.py); the limits on requests are in limits.py and settings.py.
 """
 
+import asyncio
 import hashlib
+import multiprocessing
+import signal
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
 import fastapi_offline
-from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+import numpy as np
+from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from app.classifier import Classifier, ModelError, classify, load_classifier
-from app.pictures.decode import Damaged, NotAnImage, PastDeadline, TooCostly
-from app.pictures.digit import InputError, TooManyPixels
+from app.classifier import ModelError, answer, load_classifier
+from app.pictures.decode import Damaged, InputError, NotAnImage, TooCostly
+from app.pictures.digit import model_form
+from app.pictures.sandbox import Sandbox
 from app.server.limits import RequestLimits
-from app.server.pool import Pool
-from app.server.settings import settings_from_env
+from app.server.settings import Limits, Settings
 
 STATIC = Path(__file__).parent / "static"
-OFFLINE_DOCS = "/static-offline-docs"  # where fastapi-offline serves Swagger UI's and ReDoc's files
-# ReDoc's sidebar shows Redocly's logo from their CDN, whatever its options say: the bundle
-# is served with that address pointed at the app's own icon.
+OFFLINE_DOCS = "/static-offline-docs"  # where fastapi-offline serves Swagger UI's and ReDoc's
+# ReDoc's sidebar shows Redocly's logo from their CDN whatever its options say: pointed home.
 REDOC_BUNDLE = Path(fastapi_offline.__file__).parent / "static" / "redoc.standalone.js"
 REDOC_CDN_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+# The page runs its own script and style only, and tells no other site where it was.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                           "object-src 'none'; base-uri 'none'; "
+                                           "frame-ancestors 'none'; form-action 'self'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 class Ranked(BaseModel):
@@ -48,9 +49,9 @@ class Ranked(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The same object `mnist-predict --json` prints for one image, without `file`. A picture
-    that holds no digit gets a 200 with `refusal` saying so ("not a digit: a dash") and no
-    `digit` or `probability`: the model answered, and that is its answer."""
+    """What `mnist-predict --json` prints for one image, without `file`. A picture that holds no
+    digit gets a 200 with `refusal` saying so ("not a digit: a dash"), no `digit` or
+    `probability`: the model answered, and that is its answer."""
     digit: str | None
     probability: float | None
     refusal: str | None
@@ -71,26 +72,13 @@ class Problem(BaseModel):
     detail: str
 
 
-# What each kind of bad picture gets: the first that matches.
-REFUSALS = (((NotAnImage, Damaged), 400), ((TooManyPixels, TooCostly), 413), (InputError, 422))
-
-
-# Dependencies, async so that FastAPI calls them in the event loop (a plain function would be
-# sent to a thread, two thread hops per request for an attribute lookup).
-async def get_classifier(request: Request) -> Classifier:
-    return request.app.state.classifier
-
-
-async def get_pool(request: Request) -> Pool:
-    return request.app.state.pool
-
-
+REFUSALS = (((NotAnImage, Damaged), 400), (TooCostly, 413), (InputError, 422))  # first match
 router = APIRouter()
 
 
 @router.get("/", include_in_schema=False)
-async def page():
-    return FileResponse(STATIC / "index.html")
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
 @router.get("/health")
@@ -103,29 +91,31 @@ async def health(request: Request) -> Health:
 PREDICT_PROBLEMS = {code: {"model": Problem, "description": why} for code, why in (
     (400, "not a PNG, JPEG or BMP picture, or a damaged one"),
     (408, "the upload stalled, or took over a minute"),
-    (413, "an upload over 10 MB, or a picture over the decoding limits"),
+    (413, "an upload over 10 MB, or a picture over its limits of size, memory or CPU time"),
     (422, "no digit found in the picture, or no file in the form"),
     (500, "the model gave no probabilities for this picture"),
     (503, "the server is busy: try again in a few seconds"))}
 
 
 @router.post("/predict", responses=PREDICT_PROBLEMS)
-async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG or BMP")],
-                  classifier: Annotated[Classifier, Depends(get_classifier)],
-                  pool: Annotated[Pool, Depends(get_pool)]) -> Prediction:
+async def predict(request: Request,
+                  file: Annotated[UploadFile, File(description="PNG, JPEG or BMP")]) -> Prediction:
     """The most likely class of the picture in `file`, and every class ranked."""
+    classifier, sandbox = request.app.state.classifier, request.app.state.sandbox
     if not file.size:
         raise HTTPException(400, "the upload is empty")
     try:
-        return Prediction(**await pool.run(classify, file.file, classifier))
+        pixels = await sandbox.run(model_form, file.file, classifier.dataset)
+        probabilities = classifier.probabilities(pixels[np.newaxis])[0]
     except InputError as error:
         status = next(code for kinds, code in REFUSALS if isinstance(error, kinds))
         raise HTTPException(status, str(error)) from None
-    except PastDeadline:  # noticed by the job or by the pool, whichever came first
-        raise HTTPException(503, f"the picture was not read within {pool.deadline_s:g} s: "
+    except TimeoutError:  # the server is busy, or its clients are
+        raise HTTPException(503, f"the picture was not read within {sandbox.deadline_s:g} s: "
                                  "the server is busy; try again in a few seconds") from None
-    except ModelError as error:  # NaN, say: never served as an answer
+    except (ModelError, ChildProcessError) as error:  # NaN, say, or a crash: no answer
         raise HTTPException(500, str(error)) from None
+    return Prediction(**answer(pixels, probabilities, classifier, len(classifier.class_names)))
 
 
 @router.get("/redoc", include_in_schema=False)
@@ -138,13 +128,17 @@ async def redoc(request: Request) -> HTMLResponse:
 
 
 @router.get("/redoc.js", include_in_schema=False)
-async def redoc_js(request: Request) -> Response:
-    return Response(request.app.state.redoc_bundle, media_type="text/javascript")
+async def redoc_js(request: Request) -> StreamingResponse:
+    """In pieces, so that a client that does not read holds 64 KB of it, not the whole MB."""
+    bundle = request.app.state.redoc_bundle
+    return StreamingResponse((bundle[i:i + 2**16] for i in range(0, len(bundle), 2**16)),
+                             media_type="text/javascript",
+                             headers={"content-length": str(len(bundle))})
 
 
 async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-    """FastAPI's own 422 lists each error with the input it got, which echoed a text field of
-    1 MB back as 6 MB; this says what is wrong in one string, and echoes nothing."""
+    """What is wrong in one string, echoing nothing (FastAPI's own 422 lists every error with its
+    input: a text field of 1 MB came back as 6 MB)."""
     first = error.errors()[0]
     if tuple(first["loc"]) == ("body", "file"):
         detail = ("no picture: send it in the multipart field `file` (curl -F file=@digit.png)"
@@ -155,32 +149,37 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def create_app(settings=None):
+def create_app(settings: Settings | None = None, limits: Limits | None = None) -> FastAPIOffline:
     """The app, with the model loaded and checked once (ModelError if it cannot be), from
-    `settings` or else from the environment (app/server/settings.py)."""
-    settings = settings or settings_from_env()
+    `settings` or else from the environment (settings.py); its decode processes start with it."""
+    settings, limits = settings or Settings(), limits or Limits()
     classifier = load_classifier(settings.model)
-    pool = Pool(settings.limits.pool_threads, settings.limits.decode_deadline_s)
 
     @asynccontextmanager
-    async def lifespan(api):
-        yield
-        pool.shutdown()
+    async def lifespan(api: FastAPIOffline) -> AsyncIterator[dict]:
+        api.state.sandbox = sandbox = Sandbox(limits.decode_processes, limits.decode_deadline_s)
+        parent = multiprocessing.parent_process()
+        if parent:  # a worker of mnist-serve: it stops when its server ends, even killed
+            loop = asyncio.get_running_loop()
+            loop.add_reader(parent.sentinel, lambda: (loop.remove_reader(parent.sentinel),
+                                                      signal.raise_signal(signal.SIGTERM)))
+        yield {"limits": limits}  # for the server's protocol (main.py)
+        sandbox.close()
 
     api = FastAPIOffline(title="MNIST classifier", version="1", redoc_url=None,
                          static_url=OFFLINE_DOCS, lifespan=lifespan,
                          description="Predicts the class of an image with the pipeline's "
                                      "exported ONNX model.")
-    api.state.classifier, api.state.pool = classifier, pool
+    api.state.classifier = classifier
     api.state.health = Health(status="ok", model=classifier.path.name,  # no paths of the host
                               sha256=hashlib.sha256(classifier.path.read_bytes()).hexdigest(),
                               dataset=classifier.dataset, family=classifier.family,
                               class_names=classifier.class_names)
     api.state.redoc_bundle = REDOC_BUNDLE.read_text(encoding="utf-8").replace(
-        REDOC_CDN_LOGO, f"{OFFLINE_DOCS}/favicon.png")
+        REDOC_CDN_LOGO, f"{OFFLINE_DOCS}/favicon.png").encode()
     api.include_router(router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     api.add_exception_handler(RequestValidationError, invalid_request)
-    api.add_middleware(RequestLimits, limits=settings.limits)
+    api.add_middleware(RequestLimits, limits=limits)
     return api
 

@@ -1,71 +1,44 @@
-"""Serve the app: uvicorn with its h11 parser, and the connection limits uvicorn leaves out.
+"""`mnist-serve` (python -m app.server.main): the app on uvicorn with its h11 parser.
 
-    mnist-serve                       # or python -m app.server.main; HOST, PORT, WORKERS, MODEL
-
-uvicorn closes an idle connection only after a first answer; it never times out a request's
-head, so a client that sends one byte a second holds a connection forever (slowloris); it
-answers a head over h11's size limit with a plain-text 400; and past `limit_concurrency` it
-keeps accepting connections that never send a request. LimitedH11Protocol adds:
-
-- a head deadline: a request's head must arrive whole within `head_timeout_s` of the
-  connection opening or of the previous answer, else the connection is closed (with a 408 if
-  part of a head came);
-- 431 for a head over `max_header_bytes` that arrives in pieces (app/server/limits.py refuses one
-  that arrives whole);
-- a cap of `max_connections`: the next one gets a 503 and is closed;
-- an end to a connection whose request was answered before its body was all read (a refused
-  upload): it cannot carry another request.
-Every refusal is JSON with a string `detail`, sent before a lingering close (the client's
-unread bytes are drained for a second, so that it reads the answer rather than a reset).
-docs/serving.md says why uvicorn and h11, with the measurements.
-
-With several workers (WORKERS, one per core by default), each listens on a socket of its own,
-bound to the same port (SO_REUSEPORT), and the kernel spreads new connections among them.
-uvicorn would give them one socket to share, from which the worker that wakes first takes a
-whole burst of new connections: one benchmark run of two workers served 211 requests/s where
-the next served 824, all of the load generator's connections having gone to one worker. The
-price (docs/serving.md): connections waiting in a worker's queue when it exits are reset, and
-until the first worker listens, another program may take the port (the workers then stop the
-server with one line) or a second mnist-serve share it.
+uvicorn's own settings: h11's limit on a head, keep-alive, a grace period after a stop signal,
+no `server` banner, and its workers, sharing one socket bound here (no other program can bind
+the port beside them). LimitedH11Protocol adds what uvicorn has no setting for: a deadline for
+a whole head (408); a send timeout (an answer that has not moved for send_timeout_s: reset);
+431 for a head too large that arrives in pieces; a cap on connections, held answers among them
+(503); an end to a connection whose upload was refused, or still arrives at a stop signal.
 """
 
 import logging
+import os
 import socket
+import struct
 import sys
 from http import HTTPStatus
 
 import h11
 import uvicorn
+from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
-from app.classifier import ModelError
-from app.server.api import create_app
+from app.classifier import ModelError, load_classifier
 from app.server.limits import headers_too_large, problem
-from app.server.settings import SettingsError, settings_from_env
+from app.server.settings import Limits, Settings
 
 LINGER_S = 1  # how long a refused client has to read its answer before the socket is closed
 log = logging.getLogger("uvicorn.error")
 
 
-class ServerConfig(uvicorn.Config):
-    """uvicorn's Config with the app's Limits, which each connection's protocol reads."""
-
-    def __init__(self, app, limits, **options):
-        super().__init__(app, http=LimitedH11Protocol, ws="none",  # the app has no WebSocket
-                         timeout_keep_alive=limits.keep_alive_s,
-                         h11_max_incomplete_event_size=limits.max_header_bytes, **options)
-        self.limits = limits
-
-
 class LimitedH11Protocol(H11Protocol):
-    head_timer = None
+    """uvicorn's h11 protocol with the limits uvicorn has no setting for (above)."""
+    head_timer = send_timer = None
     refused = False
 
     def connection_made(self, transport):
         super().connection_made(transport)
-        if len(self.connections) > self.config.limits.max_connections:
+        self.limits = self.app_state.get("limits") or Limits()  # what the app's lifespan gives
+        if len(self.connections) > self.limits.max_connections:
             self.refuse(503, "the server has too many connections open; try again in a few "
                              "seconds")
         else:
@@ -75,7 +48,7 @@ class LimitedH11Protocol(H11Protocol):
         """From now, the next request's head must arrive whole within head_timeout_s."""
         if self.head_timer:
             self.head_timer.cancel()
-        self.head_timer = self.loop.call_later(self.config.limits.head_timeout_s,
+        self.head_timer = self.loop.call_later(self.limits.head_timeout_s,
                                                self.head_overdue, self.cycle)
 
     def head_overdue(self, cycle):
@@ -83,9 +56,25 @@ class LimitedH11Protocol(H11Protocol):
             return  # a request came in time
         if self.conn.trailing_data[0]:  # part of a head
             self.refuse(408, "the request's head did not arrive within "
-                             f"{self.config.limits.head_timeout_s:g} s")
+                             f"{self.limits.head_timeout_s:g} s")
         else:
             self.transport.close()
+
+    def pause_writing(self):
+        """The client has stopped reading: unless it starts again within send_timeout_s, the
+        connection is reset, and what it has not read (in the kernel too) dropped."""
+        super().pause_writing()
+        self.send_timer = self.loop.call_later(self.limits.send_timeout_s, self.reset)
+
+    def reset(self):
+        sock = self.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+
+    def resume_writing(self):
+        super().resume_writing()
+        if self.send_timer:
+            self.send_timer.cancel()
 
     def data_received(self, data):
         if not self.refused:  # a refused client's bytes are read and dropped (linger)
@@ -95,21 +84,28 @@ class LimitedH11Protocol(H11Protocol):
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        if self.conn.their_state is h11.SEND_BODY:  # answered before the body was all read
-            self.linger()  # (a refused upload): the connection cannot carry another request
+        if self.conn.their_state is h11.SEND_BODY:  # a refused upload: no further request
+            self.linger()
         elif self.cycle.response_complete:  # unless a pipelined request has already started
             self.expect_head()
 
+    def shutdown(self):
+        """At a stop signal: an upload still arriving is refused now, not waited for."""
+        if self.cycle and not self.cycle.response_started and \
+                self.conn.their_state is h11.SEND_BODY:
+            self.refuse(503, "the server is stopping; try again in a few seconds")
+        super().shutdown()
+
     def connection_lost(self, exc):
-        if self.head_timer:
-            self.head_timer.cancel()
+        for timer in (self.head_timer, self.send_timer):
+            if timer:
+                timer.cancel()
         super().connection_lost(exc)
 
     def send_400_response(self, msg):
-        """What uvicorn sends for every head h11 cannot parse; one left longer than h11's
-        limit in its buffer is a head too large rather than a malformed one."""
+        """For every head h11 cannot parse: one longer than its limit is a head too large."""
         if len(self.conn.trailing_data[0]) > self.config.h11_max_incomplete_event_size:
-            self.refuse(431, headers_too_large(self.config.limits))
+            self.refuse(431, headers_too_large(self.limits))
         else:
             self.refuse(400, "not a valid HTTP/1.1 request")
 
@@ -122,92 +118,51 @@ class LimitedH11Protocol(H11Protocol):
         self.linger()
 
     def linger(self):
-        """Close once the client has had time to read the answer: end our side, drop what it
-        still sends, close when it ends its side or after LINGER_S. Closing a socket with
-        unread bytes in it would send a reset, which can reach the client before the answer."""
+        """End our side, drop what the client still sends, close after LINGER_S: closing a
+        socket with unread bytes would send a reset, which can overtake the answer."""
         self.refused = True
         self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def server_config(app, settings, **options):
-    """No access log: it would keep every client's address, and took about a tenth of the
-    CPU of a small upload; a reverse proxy in front logs what a deployment needs."""
-    return ServerConfig(app, settings.limits, host=settings.host, port=settings.port,
-                        access_log=False, **options)
+def server_config(app: object, settings: Settings, limits: Limits, **options) -> uvicorn.Config:
+    """No access log: it would keep every client's address (a reverse proxy logs what a
+    deployment needs), for a tenth of the CPU of a small upload."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port, http=LimitedH11Protocol,
+                          ws="none", access_log=False, server_header=False,
+                          timeout_keep_alive=limits.keep_alive_s,
+                          timeout_graceful_shutdown=limits.stop_grace_s,
+                          h11_max_incomplete_event_size=limits.max_header_bytes, **options)
 
 
-def bound_socket(host, port, shared=False):
-    """A TCP socket bound to host:port (port 0: a free one), not listening yet: uvicorn makes
-    it listen. `shared`: others bound so too may listen on the port beside it (SO_REUSEPORT)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if shared:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+def main() -> None:
+    """Serve on $HOST:$PORT with $WORKERS processes, once the model loads and the port is
+    free (else a line that says why)."""
     try:
-        sock.bind((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class WorkersOwnSocket:
-    """What uvicorn hands each worker in place of a socket to share: it pickles the sockets
-    for the worker processes, and this one unpickles there as a new socket of the worker's own,
-    bound to the same address with SO_REUSEPORT. The parent's socket stays bound and never
-    listens: the port stays ours (another server's bind fails once a worker listens), and
-    the kernel gives it no connections."""
-
-    def __init__(self, sock):
-        self.address = sock.getsockname()[:2]
-
-    def __reduce__(self):
-        return workers_socket, self.address
-
-
-def workers_socket(host, port):
-    """The socket a worker binds as it starts; if it cannot (another program took the port
-    while no worker listened yet), one line, and the exit status that makes uvicorn's
-    supervisor stop the server rather than start the worker again and again."""
-    try:
-        return bound_socket(host, port, shared=True)
-    except OSError as error:
-        print(f"error: a worker cannot listen on {host}:{port}: {error.strerror or error}",
-              file=sys.stderr)
-        sys.exit(STARTUP_FAILURE)
-
-
-def main():
-    """`mnist-serve`: serve on $HOST:$PORT (default 127.0.0.1:8000) with $WORKERS processes
-    (default: one per core, up to 4), after checking the model loads and the port is free (a
-    clear line if not)."""
-    try:
-        settings = settings_from_env()
-        app = create_app(settings)
-    except (SettingsError, ModelError) as error:
+        settings = Settings()
+        load_classifier(settings.model)  # each worker loads its own; a bad one stops us here
+    except ValidationError as e:
+        error = e.errors()[0]
+        sys.exit(f"error: {str(error['loc'][0]).upper()}={error['input']!r}: "
+                 f"{error['msg'].lower()}")
+    except ModelError as error:
         sys.exit(f"error: {error}")
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
-        sock = bound_socket(settings.host, settings.port)
+        sock = socket.create_server((settings.host, settings.port), family=family)
     except OSError as error:
         sys.exit(f"error: cannot listen on {settings.host}:{settings.port}: "
-                 f"{error.strerror or error}")
-    alone = settings.workers == 1
-    # Several worker processes each build their own app from the environment: the factory.
-    config = server_config(app if alone else "app.server.api:create_app", settings,
-                           factory=not alone, workers=settings.workers, log_level="info")
+                 f"{os.strerror(error.errno) if error.errno else error}")
+    config = server_config("app.server.api:create_app", settings, Limits(), factory=True,
+                           workers=settings.workers, log_level="info")
     host, port = sock.getsockname()[:2]
     log.info("serving on http://%s:%d with %d worker%s (Ctrl-C to stop)",
              f"[{host}]" if ":" in host else host, port, settings.workers,
              "s" * (settings.workers > 1))
-    if alone:
+    if settings.workers == 1:
         uvicorn.Server(config).run(sockets=[sock])
         return
-    del app  # the parent only supervises: each worker loads its own
-    # Linux spreads connections among SO_REUSEPORT sockets; elsewhere one of them would get
-    # them all, so there the workers share the parent's.
-    on_linux = sys.platform.startswith("linux")
-    supervisor = Multiprocess(config, sockets=[WorkersOwnSocket(sock) if on_linux else sock])
+    supervisor = Multiprocess(config, sockets=[sock])
     supervisor.run()
     if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         sys.exit(STARTUP_FAILURE)

@@ -5,7 +5,9 @@
 - batch-of-32: fixed at 32, which one picture cannot fill;
 - logits: the same model without its final softmax, giving scores, not probabilities;
 - nan-for-digits: the same model, plus NaN in every output for a picture whose ink adds up like
-  a digit's (10,000 to 90,000): the probe pictures a model is checked on at load pass.
+  a digit's (10,000 to 90,000): the probe pictures a model is checked on at load pass;
+- fails-alone: the same model, its input first reshaped to rows of three pictures and back: it
+  runs on the three probe pictures at load, and fails in ONNX Runtime on a picture alone.
 """
 
 import pytest
@@ -53,8 +55,24 @@ def nan_for_digits(model):
     model.graph.initializer.append(helper.make_tensor("column", TensorProto.INT64, [2], [-1, 1]))
 
 
+def fails_alone(model):
+    from onnx import TensorProto, helper
+
+    picture = model.graph.input[0].name
+    for node in model.graph.node:
+        node.input[:] = ["regrouped" if name == picture else name for name in node.input]
+    model.graph.initializer.append(helper.make_tensor("rows_of_three", TensorProto.INT64, [2],
+                                                      [-1, 3 * 28 * 28]))
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend([helper.make_node("Shape", [picture], ["shape"]),
+                             helper.make_node("Reshape", [picture, "rows_of_three"], ["rows"]),
+                             helper.make_node("Reshape", ["rows", "shape"], ["regrouped"]),
+                             *nodes])
+
+
 EDITS = {"fixed-batch": fixed_batch(1), "batch-of-32": fixed_batch(32), "logits": without_softmax,
-         "nan-for-digits": nan_for_digits}
+         "nan-for-digits": nan_for_digits, "fails-alone": fails_alone}
 
 
 @pytest.fixture(scope="session")

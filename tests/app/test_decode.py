@@ -1,18 +1,24 @@
-"""Decoding within bounds (app/pictures/decode.py): a small picture comes out exactly as the
-transform's own reader gives it, in every colour mode and EXIF orientation; a large one, averaged
-down or decoded in draft mode, gives the transform what the full picture would; a costly one is
-refused from its header (test_predict.py and test_api.py send those)."""
+"""Decoding (app/pictures/decode.py): a small picture comes out exactly as a plain reading of it
+(Pillow, upright, in grey) gives it, in every colour mode and EXIF orientation; a large one,
+averaged down or decoded in draft mode, gives the transform what the full picture would. The
+bounds on costly pictures are tested against the real server and CLI (test_server.py,
+test_predict.py)."""
 
 import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from app.pictures.decode import TooCostly, count_scans, read_grey, reduction
-from app.pictures.digit import read_image, to_mnist_form
-from bench.hostile_images import progressive_jpeg
+from app.pictures.decode import grey_levels, read_grey, read_picture, reduction
+from app.pictures.digit import to_mnist_form
 from tests.digits import draw_digit
+
+
+def read_image(source):
+    """A picture decoded whole, upright, in grey: what read_grey must give for a small one."""
+    with Image.open(source) as image:
+        return grey_levels(ImageOps.exif_transpose(image))
 
 
 def digit(size, shape):
@@ -80,13 +86,12 @@ def test_a_picture_is_averaged_down_as_far_as_the_transform_allows(width, height
     assert reduction(width, height) == factor
 
 
-def test_scans_are_counted_from_the_markers_not_the_thumbnail():
-    thumbnail = saved(SMALL.convert("RGB"), "JPEG").getvalue()  # its own scan inside APP1
-    exif = Image.Exif()
-    exif[0x0112] = 1
-    data = saved(SMALL.convert("RGB"), "JPEG", exif=exif.tobytes() + thumbnail).getvalue()
+@pytest.mark.parametrize("name", ["RGBA PNG", "JPEG, orientation 6"])
+def test_read_picture_gives_the_whole_picture_upright_in_its_own_mode(name, tmp_path):
+    path = tmp_path / "picture"
+    path.write_bytes(SMALL_FILES[name]().getvalue())
 
-    assert count_scans(data) == 1
-    assert count_scans(progressive_jpeg(64, 25)) == 25
-    with pytest.raises(TooCostly, match="25 scans, over the limit of 20"):
-        read_grey(io.BytesIO(progressive_jpeg(64, 25)))
+    picture = read_picture(path)
+
+    np.testing.assert_array_equal(grey_levels(picture), read_image(path))
+    assert picture.mode == ("RGBA" if name == "RGBA PNG" else "RGB")

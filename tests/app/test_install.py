@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.load import free_port
 from tests.conftest import REPO
 from tests.digits import draw_digit
-from tests.serving import post_file, wait_until_answering
+from tests.serving import free_port, post_file, wait_until_answering
 
 pytestmark = pytest.mark.slow
 

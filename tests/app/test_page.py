@@ -116,7 +116,8 @@ def test_clear_starts_over(page):
     assert_reads(page, "1", requests=3)
 
 
-def test_page_asks_only_the_app(page, base_url):
+def test_page_asks_only_the_app_and_keeps_to_its_security_policy(page, base_url):
+    """Its Content-Security-Policy allows its own files only: the page breaks none of it."""
     draw(page, DRAWINGS["0"])
     assert_reads(page, "0", requests=1)
 
@@ -125,6 +126,8 @@ def test_page_asks_only_the_app(page, base_url):
 
     assert any(name.endswith("/static/app.js") for name in names)
     assert [name for name in names if not name.startswith(base_url + "/")] == []
+    messages = [entry["message"] for entry in page.get_log("browser")]
+    assert [m for m in messages if "Content Security Policy" in m] == []
 
 
 def test_a_dash_is_not_a_digit_and_shows_no_bars(page):

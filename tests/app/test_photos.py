@@ -1,10 +1,11 @@
 """Digits in photos (tests/photos.py makes them): the transform finds each digit (its box and
 whether the ink is dark or light), refuses honestly when there is none or several, reads clean
 pictures as it always did, and the trained model reads the photos right and does not refuse
-them as "not a digit".
+them as "not a digit"; nor real MNIST digits on lined or squared paper.
 
-The last test needs the model `dvc repro` trains on real MNIST (model/model.onnx): it is skipped
-where that is missing, and `.ci/run` runs it after `make repro` with REQUIRE_TRAINED_MODEL=1.
+The trained_model tests need the model `dvc repro` trains on real MNIST (model/model.onnx), and
+real MNIST for its digits: they are skipped where those are missing, and `.ci/run` runs them
+after `make repro` with REQUIRE_TRAINED_MODEL=1.
 """
 
 import os
@@ -15,11 +16,13 @@ import pytest
 from PIL import Image
 
 from app.classifier import load_classifier
-from app.pictures.digit import InputError, find_digit, fit_and_centre, to_mnist_form
+from app.pictures.decode import InputError
+from app.pictures.digit import find_digit, fit_and_centre, to_mnist_form
 from app.pictures.refusal import refusal
 from tests.conftest import REPO
 from tests.digits import draw_digit, mnist_form_digits
-from tests.photos import CONTROLS, KINDS, make_photo, photo_set
+from tests.photos import CONTROLS, KINDS, make_photo, mnist_on_paper, photo_set
+from tests.readings import GOALS, MNIST, answers, mnist_available, mnist_test_digits, read_right
 
 TRAINED_MODEL = REPO / "model/model.onnx"
 
@@ -108,6 +111,32 @@ def trained_model():
             pytest.fail(f"{TRAINED_MODEL} is missing: run `make repro` first")
         pytest.skip(f"needs the model trained on real MNIST: {TRAINED_MODEL} (make repro)")
     return load_classifier(TRAINED_MODEL)
+
+
+def real_mnist_model():
+    classifier = trained_model()
+    if classifier.dataset != "mnist" or not mnist_available():
+        reason = (f"needs real MNIST ({MNIST}, or MNIST_MIRROR) and an MNIST model "
+                  "(make repro)")
+        if os.environ.get("REQUIRE_TRAINED_MODEL"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return classifier
+
+
+@pytest.mark.parametrize("squared", [False, True], ids=["lined", "squared"])
+def test_the_trained_model_reads_real_digits_on_ruled_paper(squared):
+    """300 real MNIST test digits written 150 px tall on a notebook's rules (grey 190-230,
+    1-2 px, every 22-28 px): read right 95 % of the time or more, as on plain paper (98 %)."""
+    classifier = real_mnist_model()
+    pixels, labels = mnist_test_digits()
+    pictures = [mnist_on_paper(pixels[i], i, squared) for i in range(300)]
+
+    read = answers(classifier, pictures, to_mnist_form)
+
+    right = read_right(read, [str(label) for label in labels[:300]])
+    print(f"{'squared' if squared else 'lined'} paper: {right:.1%} read right")
+    assert right >= GOALS["paper"]
 
 
 def test_the_trained_model_reads_the_photos(photos):

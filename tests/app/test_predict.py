@@ -19,12 +19,19 @@ import pytest
 from PIL import Image
 
 from app import cli
-from app.pictures.decode import read_grey
-from app.pictures.digit import InputError, centre_of_mass, read_image, to_mnist_form
-from bench.hostile_images import bad_checksum_png, png, progressive_jpeg
+from app.pictures.decode import InputError, read_grey
+from app.pictures.digit import centre_of_mass, to_mnist_form
 from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES, built_once
 from tests.digits import draw_digit, mnist_form_digits, png_bytes
 from tests.drawings import canvas_png
+from tests.hostile_pictures import (
+    app0_flood_jpeg,
+    bad_checksum_png,
+    png,
+    progressive_jpeg,
+    rle8_bmp,
+    scan_per_channel_cmyk_jpeg,
+)
 from tests.photos import make_photo
 
 DIGITS = [str(d) for d in range(10)]
@@ -259,6 +266,12 @@ def write_npy_header(path, shape):
         f.write(bytes(1024))
 
 
+def write_sparse(path, size):
+    """A file of `size` bytes that starts as a JPEG does and takes no room on disk."""
+    path.write_bytes(b"\xff\xd8\xff")
+    os.truncate(path, size)
+
+
 # file name -> (how to make it, what its stderr line must say)
 BAD_INPUTS = {
     "missing.png": (None, "no such file"),
@@ -273,9 +286,20 @@ BAD_INPUTS = {
     "225mp.png": (lambda p: write_png_1bit(p, 15000, 15000), "over the 40-megapixel limit"),
     "bad-crc.png": (lambda p: p.write_bytes(bad_checksum_png()), "a damaged PNG image"),
     "16-bit-rgba.png": (lambda p: p.write_bytes(png(6300, 6300, 6, 16)),
-                        "over the 64 MB limit"),
-    "1000-scans.jpg": (lambda p: p.write_bytes(progressive_jpeg(6000, 1000)),
-                       "1000 scans, over the limit of 20"),
+                        "takes over the 128 MB allowed"),
+    # Costly in ways no header shows: stopped by the decode process's bounds.
+    "1000-scans.jpg": (lambda p: p.write_bytes(progressive_jpeg(6000, 1000, hidden=True)),
+                       "took over 1 s of CPU time"),
+    "rle8.bmp": (lambda p: p.write_bytes(rle8_bmp()), "took over 1 s of CPU time"),
+    "scan-per-channel.jpg": (lambda p: p.write_bytes(scan_per_channel_cmyk_jpeg(6320)),
+                             "cannot be decoded within the memory a picture may take"),
+    "wide-palette.png": (lambda p: p.write_bytes(png(5_000_000, 8, 3, 8, palette=True)),
+                         "takes over the 128 MB allowed"),
+    "app0-flood.jpg": (lambda p: p.write_bytes(app0_flood_jpeg()),
+                       "took over 1 s of CPU time|takes over the 128 MB allowed"),
+    # Refused from its size, before a byte of it is read: a gigabyte of nothing (sparse).
+    "1-gib.jpg": (lambda p: write_sparse(p, 2**30),
+                  "1,024 MB is over the 10 MB limit for a picture"),
     "wrong-shape.npy": (lambda p: np.save(p, np.zeros((3, 32, 32), np.uint8)),
                         r"shape \(3, 32, 32\)"),
     "objects.npy": (lambda p: np.save(p, np.array([1, "a", None], dtype=object), allow_pickle=True),
@@ -327,13 +351,28 @@ def test_stderr_holds_nothing_but_the_bad_inputs(mixed_run):
     assert len(mixed_run.stderr.splitlines()) == len(BAD_INPUTS), mixed_run.stderr
 
 
-@pytest.mark.parametrize("name", ["49mp.png", "100mp.png", "225mp.png", "16-bit-rgba.png",
-                                  "1000-scans.jpg"])
+@pytest.mark.parametrize("name", ["49mp.png", "100mp.png", "225mp.png"])
 def test_costly_images_are_refused_from_their_header(name, bad_files):
     started = time.perf_counter()
     with open(bad_files[name], "rb") as f, pytest.raises(InputError, match="limit"):
         read_grey(f)
     assert time.perf_counter() - started < 0.5
+
+
+def test_a_huge_file_is_refused_by_its_size_under_a_memory_limit(tmp_path, model_file):
+    """3 GiB (sparse) read whole would end in a MemoryError under a limit of 1 GiB."""
+    huge = tmp_path / "huge.jpg"
+    write_sparse(huge, 3 * 2**30)
+    code = ("import resource, runpy, sys\n"
+            "resource.setrlimit(resource.RLIMIT_DATA, (2**30, resource.RLIM_INFINITY))\n"
+            "runpy.run_module('app.cli', run_name='__main__', alter_sys=True)\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code, "--model", str(model_file), str(huge)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"error: {huge}: 3,072 MB is over the 10 MB limit for a picture\n"
+    assert time.monotonic() - started < 30
 
 
 def test_a_bad_input_among_good_ones_costs_no_time(model_file, bad_files, good_png):
@@ -521,7 +560,7 @@ def test_debug_writes_the_28x28_image_the_model_saw(tmp_path, capsys, model_file
     assert status == 0 and out.startswith(f"{good_png}: ")
     for number, path in enumerate([good_png, other], start=1):
         seen = np.asarray(Image.open(tmp_path / "seen" / f"{number:03d}-{path.name}.28x28.png"))
-        np.testing.assert_array_equal(seen, to_mnist_form(read_image(path)))
+        np.testing.assert_array_equal(seen, to_mnist_form(read_grey(path.read_bytes())))
 
 
 def test_a_picture_with_no_digit_is_answered_not_a_digit(tmp_path, capsys, model_file, good_png):

@@ -9,7 +9,6 @@ MNIST, and are skipped where it is missing (REQUIRE_TRAINED_MODEL=1 makes that a
 """
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -22,10 +21,16 @@ from app.pictures.refusal import (
     unlike_any_digit,
     unusual_for_a_digit,
 )
-from bench.refusal import GOALS, MNIST, answers, from_png, mnist_test_digits, share
-from tests.app.test_photos import trained_model
+from tests.app.test_photos import real_mnist_model
 from tests.drawings import page_digits, scrawls
 from tests.photos import KINDS, make_photo
+from tests.readings import (
+    GOALS,
+    answers,
+    from_png,
+    mnist_test_digits,
+    share,
+)
 
 SURE = np.eye(10)[3]  # a model that is certain it sees a 3
 
@@ -83,16 +88,6 @@ def test_a_blank_image_is_refused_as_blank():
 
 
 # --- the figures of issue 18, with the model trained on real MNIST ------------------------------
-
-def real_mnist_model():
-    classifier = trained_model()
-    if classifier.dataset != "mnist" or not MNIST.is_file():
-        reason = f"needs a real-MNIST run: {MNIST} and an MNIST model (make repro)"
-        if os.environ.get("REQUIRE_TRAINED_MODEL"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return classifier
-
 
 def test_the_trained_model_refuses_few_real_mnist_test_digits():
     classifier = real_mnist_model()

@@ -1,6 +1,7 @@
-"""The server against hostile clients, over real sockets on 127.0.0.1 (app/server/: main.py,
-limits.py, pool.py): every connection and every upload ends within its limits, with a
-JSON answer when one can be given, and `/health` keeps answering while costly pictures decode.
+"""The server against hostile clients, over real sockets on 127.0.0.1 (app/server/main.py and
+limits.py): every connection, upload and answer ends within its limits, with a JSON answer when
+one can be given, and `/health` keeps answering while costly pictures decode. (What the
+operating system bounds, pictures and processes, is in test_bounds.py.)
 
 The servers here run with short timeouts (a second or less instead of ten), so that each case
 takes about as long as its limit; docs/serving.md has the real values.
@@ -19,13 +20,20 @@ import pytest
 from PIL import Image
 
 from app.server.settings import Limits
-from bench.hostile_images import png, progressive_jpeg
-from bench.servers import until_closed as closed_after
-from tests.serving import ServedApp, multipart, post_file, request
+from tests.hostile_pictures import png, progressive_jpeg
+from tests.serving import (
+    ServedApp,
+    cpu_seconds,
+    multipart,
+    post_file,
+    process_tree,
+    request,
+)
+from tests.serving import until_closed as closed_after
 
 # An upload that drags on sends a byte every 0.2 s: its body_progress_s leaves a margin of five.
 QUICK = Limits(head_timeout_s=0.5, keep_alive_s=0.5, body_progress_s=1, upload_deadline_s=2,
-               decode_deadline_s=0.1)
+               send_timeout_s=1, decode_deadline_s=0.1)
 CAPPED = Limits(max_connections=8, max_uploads=2)
 WAIT_S = 10  # for what must happen within about a second; generous for a busy machine
 # The server's clock for a limit may start a moment before the client's: after the connect,
@@ -51,7 +59,7 @@ def connect(url):
 
 
 def until_closed(sock, drip=None):
-    """(seconds until the server closed the connection, all it sent); see bench/servers.py."""
+    """(seconds until the server closed the connection, all it sent); see tests/serving.py."""
     seconds, received = closed_after(sock, drip, limit_s=WAIT_S)
     assert seconds is not None, f"still open after {WAIT_S} s"
     return seconds, received
@@ -159,18 +167,26 @@ def test_an_aborted_upload_leaves_no_temporary_file(quick):
     wait_for(lambda: not open_temporary_files() - before, "the temporary file is still open")
 
 
-def test_a_picture_past_its_deadline_gets_503_and_frees_the_pool(quick):
-    costly = png(6300, 6300, 0, 8)  # a second of decoding here: far past the 0.1 s given
+def spent_after(seconds):
+    """CPU seconds this process's children (the decode processes) spend in the next `seconds`."""
+    children = process_tree(os.getpid())[1:]
+    before = cpu_seconds(children)
+    time.sleep(seconds)
+    return cpu_seconds(children) - before
+
+
+def test_a_picture_past_its_deadline_gets_503_and_costs_nothing_after(quick):
+    costly = png(6300, 6300, 0, 8)  # a third of a second of decoding: past the 0.1 s given
 
     answer = post_file(quick, costly)
 
     assert answer.status == 503
     assert answer.json()["detail"] == ("the picture was not read within 0.1 s: the server is "
                                        "busy; try again in a few seconds")
-    # The decode stops at its next check: the one thread is free again for the next picture.
+    assert spent_after(0.5) < 0.05  # its decode process was killed, not left to finish
     digit = io.BytesIO()
     Image.new("L", (28, 28), 0).save(digit, "PNG")
-    wait_for(lambda: post_file(quick, digit.getvalue()).status == 422, "the pool is still busy")
+    assert post_file(quick, digit.getvalue()).status == 422  # a new process reads the next
 
 
 def test_connections_past_the_cap_get_503(capped):
@@ -209,10 +225,10 @@ def test_uploads_past_the_cap_get_503(capped):
 
 
 def test_health_answers_while_costly_pictures_decode(capped):
-    """Two of the dearest pictures the limits let through, decoding in the pool, while
+    """Two of the dearest pictures the bounds let through, decoding in their processes, while
     /health is asked again and again: each answer within a second (under a millisecond when
     idle). bench/hostile.py measures the p99 under a flood."""
-    pictures = [progressive_jpeg(5600, 20), png(6300, 6300, 0, 8)]
+    pictures = [progressive_jpeg(5600, 10), png(6300, 6300, 0, 8)]
     latencies, done = [], threading.Event()
 
     def ask_health():
@@ -227,5 +243,53 @@ def test_health_answers_while_costly_pictures_decode(capped):
         done.set()
         asking.result()
 
-    assert [a.status for a in answers] == [422, 422]  # decoded whole, and blank
-    assert len(latencies) >= 5 and max(latencies) < 1, latencies
+    assert [a.status for a in answers] == [422, 422], [a.body for a in answers]  # blank
+    assert latencies and max(latencies) < 1, latencies
+
+
+def test_answers_never_read_are_dropped(quick):
+    """Clients that ask for ReDoc's bundle (1 MB) eight times over and read nothing: each
+    connection is closed once its answer has not moved for send_timeout_s (1 s here), and the
+    others are served meanwhile."""
+    ask = b"GET /redoc.js HTTP/1.1\r\nHost: test\r\n\r\n" * 8
+    held = [connect(quick) for _ in range(20)]
+    try:
+        for sock in held:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(ask)
+        assert request(f"{quick}/health").status == 200
+        time.sleep(QUICK.send_timeout_s + 1)
+        for sock in held:  # read now: what was sent before the close, then its end
+            sock.settimeout(WAIT_S)
+            received, chunk = 0, b"x"
+            try:
+                while chunk:
+                    chunk = sock.recv(2**20)
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert received < 8 * 2**20, "all eight answers came: the connection was held"
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_held_answers_count_against_the_cap_until_they_are_dropped(model_dir):
+    """Eight connections holding answers they do not read fill a cap of eight: the next gets a
+    503, until the held ones are dropped (send_timeout_s, 1 s here)."""
+    limits = Limits(max_connections=8, send_timeout_s=1)
+    ask = b"GET /redoc.js HTTP/1.1\r\nHost: test\r\n\r\n" * 8
+    with ServedApp(model_dir / "model.onnx", limits) as url:
+        held = [connect(url) for _ in range(limits.max_connections)]
+        try:
+            for sock in held:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(ask)
+            with connect(url) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+                _, received = until_closed(sock)
+            assert status_and_detail(received)[0] == 503
+            wait_for(lambda: request(f"{url}/health").status == 200, "the held were kept")
+        finally:
+            for sock in held:
+                sock.close()

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from app.pictures.debug_view import INK, PAGE, debug_view
-from app.pictures.digit import InputError, find_digit, to_mnist_form
+from app.pictures.decode import InputError
+from app.pictures.digit import find_digit, to_mnist_form
 from tests.app.test_photos import overlap
 from tests.digits import draw_digit
 from tests.photos import KINDS, desk, make_photo, shadow, texture
