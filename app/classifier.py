@@ -1,29 +1,31 @@
-"""The exported model as the app runs it (ONNX Runtime and the metadata inside the file), and
-the answer for a picture, the same for `mnist-predict --json` and for HTTP. A model is served
-right or refused at load, in one line: its metadata must fit it, its input be [N, 28, 28]
-floats (N free, or 1: run one picture at a time), its outputs probabilities on probe pictures
-(not scores: "7 (1161.0%)"). Every answer is checked again: NaN is never served.
+"""The exported model as the app runs it (ONNX Runtime and the metadata inside the file,
+app/metadata.py), and the answer for a picture, the same for `mnist-predict --json` and for
+HTTP. A model is served right or refused at load, in one line: its metadata must fit it, its
+input be [N, H, W, C] floats as its metadata says (N free, or 1: run one picture at a time), its
+outputs probabilities on probe pictures (not scores: "7 (1161.0%)"). Every answer is checked
+again: NaN is never served.
 """
 
-import json
+import io
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
-from app.pictures.digit import FIELD
-from app.pictures.refusal import refusal
+from app.metadata import METADATA_KEY, ModelInfo
+from app.pictures.decode import read_grey
+from app.pictures.digit import to_fashion_form, to_mnist_form
+from app.pictures.fit import fit, resized
+from app.pictures.refusal import refusal, uncertainty
 
 # ONNX Runtime records an event with a device id under ~/.cache/Microsoft/ in every process that
 # imports it, for an uploader; this, set before the import (in load_classifier), stops it.
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 MODEL_FILE = Path("model/model.onnx")  # where the pipeline's export stage writes it
-METADATA_KEY = "pipeline_metadata"  # as stages/export.py writes it
-PIXEL_RANGE = [0, 255]  # what the graph takes, as stages/export.py says in the metadata
-DATASETS, FAMILIES = ("mnist", "fashion-mnist"), ("mlp", "cnn")
 # How far a row of probabilities may stray from summing to 1: float32 softmax is within 1e-6.
 SUM_TOLERANCE = 1e-3
 
@@ -53,15 +55,17 @@ def ort_cause(error: Exception) -> str:
 class Classifier:
     session: object
     input_name: str
-    class_names: list
-    dataset: str
-    family: str
+    info: ModelInfo
     path: Path
     one_at_a_time: bool  # the graph's batch size is fixed at 1
 
+    @property
+    def class_names(self) -> list[str]:
+        return self.info.class_names
+
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, classes) probabilities for N 28x28 pictures in MNIST form; ModelError if the
-        model gives anything else for any of them."""
+        """(N, classes) probabilities for N pictures in the model's input form; ModelError if
+        the model gives anything else for any of them."""
         out = self.outputs(pixels)
         bad = ~is_probabilities(out)
         if bad.any():
@@ -93,49 +97,32 @@ def describe_outputs(row: np.ndarray) -> str:
     return f"outputs from {row.min():.3g} to {row.max():.3g}, summing to {row.sum():.4g}"
 
 
-def read_metadata(session, path: Path) -> dict:
-    """The metadata the model carries, as train writes it and export embeds it; else
-    ModelError."""
-    def bad(what: str) -> ModelError:
-        return ModelError(f"{path}: its metadata's {what}; export it with `dvc repro`")
-
+def read_metadata(session: object, path: Path) -> ModelInfo:
+    """What the model says of itself (app/metadata.py); else ModelError."""
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if text is None:
-        raise ModelError(f"{path}: the model carries no metadata (class names, "
-                         "normalisation): export it with `dvc repro`")
+        raise ModelError(f"{path}: the model carries no metadata (class names, input): export "
+                         "it with `dvc repro`")
     try:
-        metadata = json.loads(text)
-    except ValueError as e:
-        raise ModelError(f"{path}: its metadata is not JSON ({e})") from e
-    if not isinstance(metadata, dict):
-        raise ModelError(f"{path}: its metadata is not a JSON object; export it with "
-                         "`dvc repro`")
-    for key, allowed in (("dataset", DATASETS), ("family", FAMILIES)):
-        if metadata.get(key) not in allowed:
-            raise bad(f"{key} is {metadata.get(key)!r}, not one of {', '.join(allowed)}")
-    names = metadata.get("class_names")
-    if not (isinstance(names, list) and len(names) >= 2
-            and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
-        raise bad("class_names is not a list of two or more different names")
-    if metadata.get("input_shape") != [FIELD, FIELD]:
-        raise bad(f"input_shape is {metadata.get('input_shape')!r}, not [{FIELD}, {FIELD}]")
-    if metadata.get("pixel_range") != PIXEL_RANGE:
-        raise bad(f"pixel_range is {metadata.get('pixel_range')!r}, not {PIXEL_RANGE} (an "
-                  "export from before the graph normalised its input)")
-    return metadata
+        return ModelInfo.model_validate_json(text)
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(map(str, error["loc"])) or "it"
+        raise ModelError(f"{path}: its metadata's {where}: {error['msg'].lower()}; export it "
+                         "with `dvc repro`") from None
 
 
-def check_signature(session, model_file: Path, names: list) -> bool:
+def check_signature(session: object, model_file: Path, info: ModelInfo) -> bool:
     """Whether the graph takes one batch of pictures and gives one score per class; returns
     whether its batch size is fixed at 1."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelError(f"{model_file}: the model has {len(inputs)} inputs and {len(outputs)} "
                          "outputs; expected one of each")
-    shape = inputs[0].shape
-    if len(shape) != 3 or list(shape[1:]) != [FIELD, FIELD] or inputs[0].type != "tensor(float)":
-        raise ModelError(f"{model_file}: the model takes {inputs[0].type} of shape "
-                         f"{shape}; expected float images of [N, {FIELD}, {FIELD}]")
+    shape, expected = inputs[0].shape, ["N", *info.input_shape]
+    if shape[1:] != expected[1:] or inputs[0].type != "tensor(float)":
+        raise ModelError(f"{model_file}: the model takes {inputs[0].type} of shape {shape}; its "
+                         f"metadata says float pictures of {expected}")
     batch = shape[0]  # a name (or None) when free, a number when fixed
     if isinstance(batch, int) and batch != 1:
         raise ModelError(f"{model_file}: the model takes batches of exactly {batch} pictures; "
@@ -143,9 +130,9 @@ def check_signature(session, model_file: Path, names: list) -> bool:
     if len(outputs[0].shape) != 2:
         raise ModelError(f"{model_file}: the model gives outputs of shape {outputs[0].shape}; "
                          "expected one score per class for each picture, [N, classes]")
-    if outputs[0].shape[-1] != len(names):
+    if outputs[0].shape[-1] != len(info.class_names):
         raise ModelError(f"{model_file}: the model gives {outputs[0].shape[-1]} outputs but "
-                         f"its metadata names {len(names)} classes")
+                         f"its metadata names {len(info.class_names)} classes")
     return batch == 1
 
 
@@ -170,11 +157,11 @@ def load_classifier(model_file: str | Path) -> Classifier:
                                                providers=["CPUExecutionProvider"])
     except ort_errors() as e:
         raise ModelError(f"{model_file}: cannot load the model ({ort_cause(e)})") from e
-    metadata = read_metadata(session, model_file)
-    one_at_a_time = check_signature(session, model_file, metadata["class_names"])
-    classifier = Classifier(session, session.get_inputs()[0].name, metadata["class_names"],
-                            metadata["dataset"], metadata["family"], model_file, one_at_a_time)
-    noise = np.random.default_rng(0).uniform(0, 255, (FIELD, FIELD))
+    info = read_metadata(session, model_file)
+    one_at_a_time = check_signature(session, model_file, info)
+    classifier = Classifier(session, session.get_inputs()[0].name, info, model_file,
+                            one_at_a_time)
+    noise = np.random.default_rng(0).uniform(0, 255, info.input_shape)
     out = classifier.outputs(np.stack([np.zeros_like(noise), np.full_like(noise, 255), noise]))
     bad = ~is_probabilities(out)
     if bad.any():
@@ -184,14 +171,33 @@ def load_classifier(model_file: str | Path) -> Classifier:
     return classifier
 
 
+def model_input(picture: bytes, info: ModelInfo) -> np.ndarray:
+    """A picture file's bytes as the model takes it, uint8 (H, W, C), made as its data were
+    (`prepare`): a digit found and fitted as MNIST's were, a garment as Fashion-MNIST's, any
+    other picture as download read a folder of them. What predict and the server run in a
+    decode process (pictures/sandbox.py); an InputError says why it cannot be."""
+    size, _, channels = info.input_shape
+    if info.prepare == "picture":
+        return fit(io.BytesIO(picture), size, channels)
+    form = to_mnist_form if info.prepare == "digit" else to_fashion_form
+    return resized(form(read_grey(picture)), size, channels)
+
+
 def answer(pixels: np.ndarray, probs: np.ndarray, classifier: Classifier, k: int) -> dict:
-    """{"digit", "probability", "refusal", "top"} for the 28x28 `pixels` the model read as
-    `probs`: the best class and the k best, most likely first; or, when the picture holds no
-    digit (pictures/refusal.py), "refusal" says why, "digit" and "probability" None (`top`
+    """{"label", "probability", "refusal", "top"} for the picture the model read as `probs`
+    (`pixels`, its input): the best class and the k best, most likely first; or, when the
+    picture is refused (app/metadata.py: what no digit looks like, or an answer less sure than
+    the model's threshold), "refusal" says why and "label" and "probability" are None (`top`
     stays: what the model would have guessed)."""
-    top = [{"digit": classifier.class_names[i], "probability": round(float(probs[i]), 6)}
+    top = [{"label": classifier.class_names[i], "probability": round(float(probs[i]), 6)}
            for i in np.argsort(-probs, kind="stable")[:k]]
-    why = refusal(pixels, probs, classifier.dataset)
+    check = classifier.info.refusal
+    if check.kind == "digit":
+        why = refusal(np.asarray(pixels).reshape(pixels.shape[:2]), probs)
+    else:
+        unsure = uncertainty(probs)
+        why = (f"not recognised: unsure of every class ({unsure:.2f} nats of uncertainty, over "
+               f"its {check.threshold:.2f})") if unsure > check.threshold else None
     if why:
-        return {"digit": None, "probability": None, "refusal": why, "top": top}
+        return {"label": None, "probability": None, "refusal": why, "top": top}
     return {**top[0], "refusal": None, "top": top}

@@ -1,11 +1,13 @@
-"""Predict which digit is in each image with the exported model (ONNX Runtime, no TensorFlow).
+"""Predict the class of each picture with the exported model (ONNX Runtime, no TensorFlow).
 
     mnist-predict digit.png [more.png ...] [--top K] [--json] [--debug DIR] [--model PATH]
 
-Pictures (PNG, JPEG or BMP, up to 10 MB) are read within the server's bounds (sandbox.py);
-`.npy` arrays of (28, 28) or (N, 28, 28) in MNIST form are taken as they are. A line per image:
-its class or "not a digit (a dash)" on stdout, or what is wrong on stderr. Exit status 0 if
-every image was predicted, 1 if any was not (or the model failed), 2 for a usage error.
+Pictures (PNG, JPEG, BMP, GIF, WebP or TIFF, up to 10 MB) are read within the server's bounds
+(sandbox.py) and made as the model's data were (app/metadata.py); `.npy` arrays already in the
+model's input form, (H, W, C) or (N, H, W, C) (or without C for a grey model), are taken as they
+are. A line per picture: its class, or why it was refused ("not a digit (a dash)"), on stdout,
+or what is wrong on stderr. Exit status 0 if every picture was predicted, 1 if any was not (or
+the model failed), 2 for a usage error.
 """
 
 import argparse
@@ -19,13 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.classifier import MODEL_FILE, ModelError, answer, load_classifier
+from app.classifier import MODEL_FILE, Classifier, ModelError, answer, load_classifier, model_input
 from app.pictures.debug_view import debug_png
 from app.pictures.decode import MAX_FILE_BYTES, InputError
-from app.pictures.digit import FIELD, model_form
 from app.pictures.sandbox import Sandbox
 
-MAX_NPY_BYTES = 64 * 2**20  # an (N, 28, 28) batch: 80,000 images of float32 at most
+MAX_NPY_BYTES = 64 * 2**20  # 20,000 MNIST-form pictures of float32
 
 # What one bad file raises: OSError (the file system, a decoder that crashed); InputError (a
 # ValueError); for a damaged .npy, NumPy's errors and those of the literal parser it reads with.
@@ -40,16 +41,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     installed = Path(sys.argv[0]).name == "mnist-predict"  # the command pip installs
     parser = argparse.ArgumentParser(
         prog="mnist-predict" if installed else "python -m app.cli",
-        description="Predict the class of each image with the trained model (ONNX Runtime).")
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
-                        help="PNG, JPEG or BMP image, or .npy array of shape (28, 28) or "
-                             "(N, 28, 28) already in MNIST form (white on black)")
+        description="Predict the class of each picture with the trained model (ONNX Runtime).")
+    parser.add_argument("images", nargs="+", type=Path, metavar="PICTURE",
+                        help="a picture (PNG, JPEG, BMP, GIF, WebP, TIFF), or an .npy array "
+                             "already in the model's input form, (H, W, C) or (N, H, W, C)")
     parser.add_argument("--top", type=int, default=1, metavar="K",
                         help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     parser.add_argument("--debug", type=Path, metavar="DIR",
-                        help="write into DIR the 28x28 the model saw of each input, and for a "
-                             "picture what was taken as the page and the ink (why it was read so)")
+                        help="write into DIR what the model saw of each input, and for a picture "
+                             "a view of it (for a digit, what was taken as the page and the ink)")
     parser.add_argument("--model", type=Path, default=MODEL_FILE,
                         help=f"ONNX model exported by the pipeline (default: {MODEL_FILE})")
     args = parser.parse_args(argv)
@@ -58,9 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_array(path: Path) -> np.ndarray:
-    """An .npy file -> float32 grey levels 0-255 of (28, 28) or (N, 28, 28), as they are.
-    The header is checked against the file's size before anything is allocated."""
+def read_array(path: Path, input_shape: tuple) -> np.ndarray:
+    """An .npy file of pictures in the input form (H, W, C), one or N of them, without C
+    when it is 1 -> float32 levels 0-255 of (N, H, W, C), as they are. The header is checked
+    against the file's size before anything is allocated."""
     with open(path, "rb") as f:
         head = f.read(6)
         if head != b"\x93NUMPY":
@@ -84,25 +86,28 @@ def read_array(path: Path) -> np.ndarray:
             raise InputError(f"shape {shape} is over the {MAX_NPY_BYTES // 2**20} MiB limit")
         f.seek(0)
         array = np.load(f, allow_pickle=False)
-    if array.ndim not in (2, 3) or array.shape[-2:] != (FIELD, FIELD) or array.size == 0:
-        raise InputError(f"array of shape {array.shape}; expected ({FIELD}, {FIELD}) or "
-                         f"(N, {FIELD}, {FIELD}) in MNIST form")
+    forms = [tuple(input_shape)] + [tuple(input_shape[:2])] * (input_shape[2] == 1)  # C if 1
+    form = next((f for f in forms if array.shape[-len(f):] == f and array.ndim - len(f) in (0, 1)),
+                None)
+    if form is None or array.size == 0:
+        raise InputError(f"array of shape {array.shape}; the model takes "
+                         f"{tuple(input_shape)}, one or N of them")
     if array.dtype.kind not in "uif":
         raise InputError(f"array of {array.dtype}; expected integer or float pixels")
     if not (np.isfinite(array).all() and 0 <= array.min() and array.max() <= 255):
         raise InputError("pixel values outside 0-255")
-    pixels = array.astype(np.float32)
+    pixels = array.astype(np.float32).reshape(-1, *input_shape)
     return pixels * 255 if array.dtype.kind == "f" and pixels.max() <= 1 else pixels
 
 
-def read_input(path: Path, dataset: str, sandbox: Sandbox) -> list[tuple[str, np.ndarray]]:
-    """One file -> [(name, pixels in MNIST form)]: an (N, 28, 28) array gives N named file[i];
-    a picture is brought to the form of `dataset`'s images in a decode process."""
+def read_input(path: Path, classifier: Classifier, sandbox: Sandbox) -> list[tuple]:
+    """One file -> [(name, pixels in the model's input form)]: an array of N gives N named
+    file[i]; a picture is made as the model's data were, in a decode process."""
     if path.suffix.lower() != ".npy":
-        return [(str(path), sandbox.call(model_form, picture_bytes(path), dataset))]
+        return [(str(path), sandbox.call(model_input, picture_bytes(path), classifier.info))]
     size_of(path)
-    pixels = read_array(path)
-    return [(str(path), pixels)] if pixels.ndim == 2 else \
+    pixels = read_array(path, classifier.info.input_shape)
+    return [(str(path), pixels[0])] if len(pixels) == 1 else \
         [(f"{path}[{i}]", p) for i, p in enumerate(pixels)]
 
 
@@ -145,7 +150,7 @@ def text_line(result: dict) -> str:
     if result["refusal"]:  # "not a digit: a dash" -> "not a digit (a dash)"
         what, _, why = result["refusal"].partition(": ")
         return f"{printable(result['file'])}: {what} ({why})"
-    best = ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in result["top"])
+    best = ", ".join(f"{t['label']} ({t['probability']:.1%})" for t in result["top"])
     return f"{printable(result['file'])}: {best}"
 
 
@@ -178,7 +183,7 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
     results, pixels = [], []  # results in the order given; pixels of those that can be predicted
     for number, path in enumerate(args.images, 1):
         try:
-            inputs = read_input(path, classifier.dataset, sandbox)
+            inputs = read_input(path, classifier, sandbox)
         except INPUT_ERRORS as error:
             say(f"{path}: {reason(error)}")
             results.append({"file": str(path), "error": reason(error)})
@@ -187,8 +192,9 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
             results.append({"file": name})
             pixels.append(image)
             if args.debug:  # the input as the model saw it, before normalisation
-                Image.fromarray(np.asarray(image).round().clip(0, 255).astype(np.uint8)).save(
-                    debug_name(args.debug, number, name, "28x28"))
+                seen = np.asarray(image).round().clip(0, 255).astype(np.uint8)
+                Image.fromarray(seen.squeeze(axis=2) if seen.shape[2] == 1 else seen).save(
+                    debug_name(args.debug, number, name, "input"))
 
     good = [r for r in results if "error" not in r]
     if good:
@@ -210,7 +216,7 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
                 result = next(r for r in results if r["file"] == str(path))
                 caption = f"error: {result['error']}" if "error" in result else text_line(result)
                 try:  # the picture with what was taken as the page and the ink (debug_view.py)
-                    view = sandbox.call(debug_png, picture_bytes(path), classifier.dataset, caption)
+                    view = sandbox.call(debug_png, picture_bytes(path), classifier.info, caption)
                 except INPUT_ERRORS:  # no picture to draw: the error line already says why
                     continue
                 debug_name(args.debug, number, str(path), "debug").write_bytes(view)

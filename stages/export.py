@@ -44,11 +44,11 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=1)
 
 
-def refusal(prepare: str, val_probs: np.ndarray) -> dict:
-    """When the app answers "not recognised": the digit checks for a digit model (app/pictures/
-    refusal.py, calibrated on MNIST's validation digits), else above this model's own
-    uncertainty threshold."""
-    if prepare == "digit":
+def refusal(prepare: str, input_shape: list, val_probs: np.ndarray) -> dict:
+    """When the app refuses a picture: the digit checks for a digit model of MNIST's form
+    (app/pictures/refusal.py, calibrated on MNIST's validation digits), else above this model's
+    own uncertainty threshold."""
+    if prepare == "digit" and list(input_shape) == [28, 28, 1]:
         return {"kind": "digit"}
     threshold = float(np.quantile(entropy(val_probs), 1 - REFUSED_SHARE))
     return {"kind": "uncertainty", "threshold": round(threshold, 6)}
@@ -75,7 +75,7 @@ def canonical(proto: object) -> object:
     graph, numbers = proto.graph, {}
 
     def renamed(name: str) -> str:
-        if not re.search(r"__\d+$", name):
+        if not re.search(r"__\d+(:\d+)?$", name):  # Const__44, Transpose__38:0
             return name
         return numbers.setdefault(name, f"tf2onnx_{len(numbers)}")
 
@@ -127,7 +127,7 @@ def main() -> None:
     keras_probs = model.predict(x_test, batch_size=layout.INFERENCE_BATCH, verbose=0)
     val_probs = model.predict(val["x"].astype(np.float32), batch_size=layout.INFERENCE_BATCH,
                               verbose=0)
-    metadata["refusal"] = refusal(metadata["prepare"], val_probs)
+    metadata["refusal"] = refusal(metadata["prepare"], metadata["input_shape"], val_probs)
     ModelInfo.model_validate(metadata)  # what the app will check it carries
     log.info("refusal: %s", metadata["refusal"])
 

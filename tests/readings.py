@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from app.classifier import model_input
+from app.metadata import ModelInfo
 from app.pictures import refusal as rules
 from app.pictures.decode import InputError
-from app.pictures.digit import model_form
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "model" / "model.onnx"
@@ -23,6 +24,9 @@ MNIST = REPO / "data" / "raw.npz"  # download's output: MNIST, when the model is
 # Shares refused (issue 18: at most, at most, at least) and read right (issue 30: at least).
 GOALS = {"mnist": 0.005, "photos": 0.02, "scrawls": 0.9, "paper": 0.95}
 AT_LEAST = {"scrawls", "paper"}
+# What an MNIST model says of itself: how predict and the server make its pictures.
+DIGIT_MODEL = ModelInfo(class_names=[str(d) for d in range(10)], dataset="mnist", family="mlp",
+                        input_shape=(28, 28, 1), prepare="digit", refusal={"kind": "digit"})
 
 
 @dataclass
@@ -37,7 +41,7 @@ def answers(classifier, pictures, transform):
     seen, reasons = [], []
     for picture in pictures:
         try:
-            seen.append(transform(picture))
+            seen.append(np.asarray(transform(picture)).reshape(28, 28, 1))
             reasons.append(None)
         except InputError as error:
             reasons.append(str(error))
@@ -50,12 +54,12 @@ def answers(classifier, pictures, transform):
             continue
         probs = next(probabilities)
         results.append(Answer(classifier.class_names[int(np.argmax(probs))],
-                              rules.refusal(next(pixels), probs, classifier.dataset)))
+                              rules.refusal(next(pixels)[..., 0], probs)))
     return results
 
 
 def from_png(drawing):
-    return model_form(drawing.png, "mnist")  # as predict and the server read it
+    return model_input(drawing.png, DIGIT_MODEL)  # as predict and the server read it
 
 
 def share(answers):
@@ -75,8 +79,8 @@ def mnist_available():
 def mnist_test_digits():
     """(pixels, labels) of the 10,000 real MNIST test digits, grey levels 0-255."""
     if MNIST.is_file():
-        with np.load(MNIST) as data:
-            return data["x_test"].astype(np.float32), data["y_test"]
+        with np.load(MNIST) as data:  # (N, 28, 28, 1), as download writes them
+            return data["x_test"][..., 0].astype(np.float32), data["y_test"]
     mirror = Path(os.environ["MNIST_MIRROR"])
     return (idx(mirror / "t10k-images-idx3-ubyte.gz").astype(np.float32),
             idx(mirror / "t10k-labels-idx1-ubyte.gz"))

@@ -1,15 +1,17 @@
-"""Decode a picture file into grey levels, as predict and the server read every picture, in a
-process the operating system bounds (sandbox.py). The header gives the fast first refusal: a
-PNG, JPEG or BMP of at most MAX_PIXELS. What else decoding costs (scans repeated a thousand
-times, coefficients kept for every scan, segments stored one by one) no header tells truly:
-the sandbox's bounds stop it. A large picture stays cheap: a JPEG is decoded at the scale
-needed, in grey (draft mode), and any picture becomes grey levels a strip at a time, each strip
-averaged down at once, keeping KEEP_SIDE on its longer side and MIN_SIDE on its shorter.
+"""Decode a picture file, as predict, the server and the pipeline's download read every picture,
+in a process the operating system bounds (sandbox.py). The header gives the fast first refusal:
+a PNG, JPEG, BMP, GIF, WebP or TIFF of at most MAX_PIXELS. What else decoding costs (scans
+repeated a thousand times, coefficients kept for every scan, segments stored one by one) no
+header tells truly: the sandbox's bounds stop it. A large picture stays cheap: a JPEG is decoded
+at the scale needed, in grey (draft mode), and any picture becomes grey levels a strip at a
+time, each strip averaged down at once, keeping KEEP_SIDE on its longer side and MIN_SIDE on its
+shorter.
 """
 
 import io
 import math
 import os
+import resource
 import struct
 import warnings
 from collections.abc import Iterator
@@ -27,8 +29,11 @@ MIN_SIDE = 8  # narrower than this, a picture cannot hold a readable digit
 STRIP_PIXELS = 2**18  # converted to float 1 MB at a time
 MAX_GREY_PIXELS = 4 * 2**20  # the float result: 16 MB, for the thinnest of pictures
 
-FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP"}
+FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"GIF8": "GIF",
+           b"RIFF": "WEBP", b"II*\0": "TIFF", b"MM\0*": "TIFF"}
 DAMAGE = (OSError, SyntaxError, ValueError, EOFError, struct.error)  # Pillow's, for bad files
+# Pillow's own limit refuses a picture before its size can be read: ours (MAX_PIXELS) says it.
+Image.MAX_IMAGE_PIXELS = None
 PILLOW_WORDS = {"MAX_TEXT_CHUNK": "a text chunk over the size allowed",  # names of its code
                 "MAX_TEXT_MEMORY": "more text than allowed"}
 
@@ -38,11 +43,11 @@ class InputError(ValueError):
 
 
 class NotAnImage(InputError):
-    """Not a PNG, JPEG or BMP file at all."""
+    """Not a picture in any of FORMATS."""
 
 
 class Damaged(InputError):
-    """A PNG, JPEG or BMP file that cannot be decoded: cut short, a bad checksum, ..."""
+    """A picture of a known format that cannot be decoded: cut short, a bad checksum, ..."""
 
 
 class TooCostly(InputError):
@@ -82,12 +87,10 @@ def opened(source: str | os.PathLike | BinaryIO) -> Iterator[tuple[Image.Image, 
         file.seek(0)
         kind = next((k for magic, k in FORMATS.items() if head.startswith(magic)), None)
         if kind is None:
-            raise NotAnImage("not a PNG, JPEG or BMP image" + ("" if head else
-                                                               " (the file is empty)"))
+            raise NotAnImage(f"not a picture ({', '.join(sorted(set(FORMATS.values())))})"
+                             if head else "an empty file")
         with warnings.catch_warnings():
-            # Pillow's own bomb warning starts at 89 megapixels, and it warns of damaged EXIF
-            # data (which costs the orientation only).
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns of damaged EXIF data, which costs the orientation only.
             warnings.simplefilter("ignore", UserWarning)
             coefficients = 0  # what libjpeg keeps of a JPEG of several scans
             try:
@@ -100,9 +103,6 @@ def opened(source: str | os.PathLike | BinaryIO) -> Iterator[tuple[Image.Image, 
                     yield image, kind
             except InputError:
                 raise
-            except Image.DecompressionBombError:  # over twice Pillow's limit: refused at open
-                raise TooCostly(f"the image is over the {MAX_PIXELS // 1_000_000}-megapixel "
-                                "limit") from None
             except DAMAGE as error:
                 # Every error of libjpeg reads "broken data stream", running out of memory
                 # among them: that, most likely, when its coefficients would fill the bound.
@@ -141,9 +141,27 @@ def reduced_grey(image: Image.Image, factor: int) -> np.ndarray:
 
 def grey_levels(image: Image.Image) -> np.ndarray:
     """Any Pillow image -> 2-D float32 grey levels 0-255; transparent parts become white paper."""
-    if image.mode.startswith("I"):  # 16-bit greyscale PNG, 0-65535
-        return np.asarray(image, dtype=np.float32) / 257
+    return np.asarray(flattened(image, "L"), dtype=np.float32)
+
+
+def flattened(image: Image.Image, mode: str) -> Image.Image:
+    """A decoded picture in mode L or RGB, as it shows: 16 bits per sample scaled to 8,
+    transparent parts white, CMYK and palettes as the colours they are."""
+    if image.mode.startswith("I") or image.mode == "F":  # 16-bit (or 32-bit) grey levels
+        levels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or levels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(levels * 255 / peak, 0, 255).round().astype(np.uint8))
     if image.has_transparency_data:
-        paper = Image.new("RGBA", image.size, "white")
-        image = Image.alpha_composite(paper, image.convert("RGBA"))
-    return np.asarray(image.convert("L"), dtype=np.float32)
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"),
+                                      image.convert("RGBA"))
+    return image.convert(mode)
+
+
+def limit_memory(extra_bytes: int) -> None:
+    """Cap this process's heap and private mappings (RLIMIT_DATA, where decoders allocate) at
+    what it holds now plus `extra_bytes`: a picture that needs more is a MemoryError.
+    (RLIMIT_AS would count what NumPy's and OpenCV's libraries reserve and never touch.)"""
+    with open("/proc/self/status") as status:  # VmData: Linux's count of the same
+        now = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+    resource.setrlimit(resource.RLIMIT_DATA, (now + extra_bytes, hard))

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from app.pictures.decode import MIN_SIDE, InputError, read_grey
+from app.pictures.decode import MIN_SIDE, InputError
 
 cv2.setNumThreads(1)  # its pool costs more than it saves at WORK_SIDE; processes use the cores
 
@@ -38,13 +38,6 @@ class Found:
     box: tuple          # (x0, y0, x1, y1), x1 and y1 exclusive
     polarity: str       # "dark" ink on light paper, or "light" ink on a dark ground
     page: np.ndarray = None  # the corners (x, y) of the sheet it is written on, if any
-
-
-def model_form(picture: bytes, dataset: str) -> np.ndarray:
-    """A picture file's bytes -> 28x28 uint8 in the form of `dataset`'s images, or an InputError
-    that says why not: what predict and the server run in a decode process (sandbox.py)."""
-    grey = read_grey(picture)
-    return to_fashion_form(grey) if dataset == "fashion-mnist" else to_mnist_form(grey)
 
 
 def to_mnist_form(grey: np.ndarray) -> np.ndarray:
@@ -123,7 +116,8 @@ def border(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
-def search(image: np.ndarray, polarity: str, plain: bool, page=None) -> Found | str:
+def search(image: np.ndarray, polarity: str, plain: bool,
+           page: np.ndarray | None = None) -> Found | str:
     """The digit in `image` for one polarity, as a Found whose ink is its regions' contrast, or
     why there is none (a string). With a `page` (a mask), only the page is paper."""
     dark_ink = image if polarity == "dark" else 255 - image

@@ -4,8 +4,8 @@ model saw (a dot, a dash, a blot, a scribble are shaped unlike any digit) and th
 uncertainty (the entropy of its probabilities: 0 when sure, ln 10 when it cannot choose). Shape
 alone refuses what no digit looks like; a shape unusual for a digit is refused when the model
 is unsure too; any picture when it is very unsure. Every threshold comes from MNIST's 5,999
-validation digits (`python -m bench.refusal --calibrate`). Fashion-MNIST answers are never
-refused.
+validation digits (`python -m bench.refusal --calibrate`): it judges digit models only, whose
+input is MNIST's form; any other model refuses by its own threshold (app/classifier.answer).
 """
 
 from dataclasses import dataclass
@@ -132,11 +132,9 @@ def uncertainty(probabilities: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def refusal(pixels: np.ndarray, probabilities: np.ndarray, dataset: str = "mnist") -> str | None:
+def refusal(pixels: np.ndarray, probabilities: np.ndarray) -> str | None:
     """None when the 28x28 image `pixels` (MNIST form) holds a digit, else why not in a line
-    ("not a digit: a dash"), from the model's `probabilities` for it. Only "mnist" is judged."""
-    if dataset != "mnist":
-        return None  # clothing is not asked to look like clothing
+    ("not a digit: a dash"), from the model's `probabilities` for it."""
     shape = ink_shape(pixels)
     if shape is None:
         return "not a digit: the image is blank"

@@ -1,10 +1,9 @@
 """Decode processes: where every picture is read, bounded by the operating system whatever its
 header says, and stopped once it is answered. Each runs one job at a time from a pipe (a
 function of app.pictures and a picture's bytes) and sends back its value or InputError. Memory:
-RLIMIT_DATA (the heap and every private writable mapping, where decoders allocate) at its size
-at rest plus memory_bytes (RLIMIT_AS would count what NumPy's and OpenCV's libraries reserve and
-never touch, hundreds of MB). CPU time: a timer of its own (ITIMER_PROF, where RLIMIT_CPU counts
-whole seconds of its life) whose SIGPROF ends it wherever it is, in libjpeg's loop or Pillow's.
+its size at rest plus memory_bytes (decode.limit_memory). CPU time: a timer of its own
+(ITIMER_PROF, where RLIMIT_CPU counts whole seconds of its life) whose SIGPROF ends it wherever
+it is, in libjpeg's loop or Pillow's.
 Time: the caller kills a process not back by the deadline. One that breached or was killed is
 replaced in milliseconds; one whose server has gone, even killed, exits.
 """
@@ -14,7 +13,6 @@ import ctypes
 import math
 import multiprocessing
 import queue
-import resource
 import signal
 import sys
 import time
@@ -23,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import connection
 from typing import Any, BinaryIO
 
-from app.pictures.decode import MEMORY_BYTES, InputError, TooCostly
+from app.pictures.decode import MEMORY_BYTES, InputError, TooCostly, limit_memory
 
 CPU_S = 1.0  # 3 to 5 times what a 40-megapixel picture takes here (docs/serving.md)
 # glibc keeps what a large picture freed for later; handed back, a process at rest stays small.
@@ -40,7 +38,7 @@ class Sandbox:
         self.context = multiprocessing.get_context(start)
         if start == "forkserver":  # each process imports the program's main module again:
             main = getattr(sys.modules["__main__"].__spec__, "name", "__main__")  # once, there
-            self.context.set_forkserver_preload(["__main__", main, "app.pictures.digit"])
+            self.context.set_forkserver_preload(["__main__", main, "app.classifier"])
         self.deadline_s, self.memory_bytes, self.cpu_s = deadline_s, memory_bytes, cpu_s
         self.idle = queue.SimpleQueue()
         for _ in range(processes):
@@ -114,8 +112,7 @@ class Sandbox:
 def serve(pipe: connection.Connection, memory_bytes: int, cpu_s: float) -> None:
     """A decode process: jobs from `pipe` until its server has gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which ends us
-    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
-    resource.setrlimit(resource.RLIMIT_DATA, (data_bytes() + memory_bytes, hard))
+    limit_memory(memory_bytes)
     parent = multiprocessing.parent_process().sentinel
     while parent not in connection.wait([pipe, parent]):
         job, picture, args = pipe.recv()
@@ -132,9 +129,3 @@ def serve(pipe: connection.Connection, memory_bytes: int, cpu_s: float) -> None:
         if MALLOC_TRIM:
             MALLOC_TRIM(0)
         pipe.send(reply)
-
-
-def data_bytes() -> int:
-    """This process's data segment, as RLIMIT_DATA counts it (VmData, Linux)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))

@@ -1,4 +1,4 @@
-"""The HTTP API and the draw-a-digit page: `POST /predict` (a picture in the multipart field
+"""The HTTP API and its page: `POST /predict` (a picture in the multipart field
 `file`: curl -F file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the
 page), `/docs` and `/redoc` (offline); HEAD wherever GET. Bad input gets a 4xx whose JSON
 `detail` names it, never a 500, nothing of the upload echoed. Pictures are read in decode
@@ -24,9 +24,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from app.classifier import ModelError, answer, load_classifier
+from app.classifier import ModelError, answer, load_classifier, model_input
 from app.pictures.decode import Damaged, InputError, NotAnImage, TooCostly
-from app.pictures.digit import model_form
 from app.pictures.sandbox import Sandbox
 from app.server.limits import RequestLimits
 from app.server.settings import Limits, Settings
@@ -44,27 +43,32 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' d
 
 
 class Ranked(BaseModel):
-    digit: str
+    label: str
     probability: float
 
 
 class Prediction(BaseModel):
-    """What `mnist-predict --json` prints for one image, without `file`. A picture that holds no
-    digit gets a 200 with `refusal` saying so ("not a digit: a dash"), no `digit` or
-    `probability`: the model answered, and that is its answer."""
-    digit: str | None
+    """What `mnist-predict --json` prints for one picture, without `file`. A picture the model
+    refuses (for a digit model, what no digit looks like: "not a digit: a dash") gets a 200 with
+    `refusal` saying why, no `label` or `probability`: the model answered, and that is its
+    answer."""
+    label: str | None
     probability: float | None
     refusal: str | None
     top: list[Ranked]
 
 
 class Health(BaseModel):
+    """Which model answers, and what it takes: enough for a client (the page) to follow it."""
     status: str
     model: str
     sha256: str
     dataset: str
     family: str
     class_names: list[str]
+    input_shape: tuple[int, int, int]
+    prepare: str  # digit, clothing or picture (app/metadata.py)
+    refusal: str  # digit or uncertainty
 
 
 class Problem(BaseModel):
@@ -89,23 +93,23 @@ async def health(request: Request) -> Health:
 
 # What /predict may answer instead of a Prediction, for the OpenAPI schema and /docs.
 PREDICT_PROBLEMS = {code: {"model": Problem, "description": why} for code, why in (
-    (400, "not a PNG, JPEG or BMP picture, or a damaged one"),
+    (400, "not a PNG, JPEG, BMP, GIF, WebP or TIFF picture, or a damaged one"),
     (408, "the upload stalled, or took over a minute"),
     (413, "an upload over 10 MB, or a picture over its limits of size, memory or CPU time"),
-    (422, "no digit found in the picture, or no file in the form"),
+    (422, "no digit found in the picture (a digit model), or no file in the form"),
     (500, "the model gave no probabilities for this picture"),
     (503, "the server is busy: try again in a few seconds"))}
 
 
 @router.post("/predict", responses=PREDICT_PROBLEMS)
 async def predict(request: Request,
-                  file: Annotated[UploadFile, File(description="PNG, JPEG or BMP")]) -> Prediction:
+                  file: Annotated[UploadFile, File(description="a picture")]) -> Prediction:
     """The most likely class of the picture in `file`, and every class ranked."""
     classifier, sandbox = request.app.state.classifier, request.app.state.sandbox
     if not file.size:
         raise HTTPException(400, "the upload is empty")
     try:
-        pixels = await sandbox.run(model_form, file.file, classifier.dataset)
+        pixels = await sandbox.run(model_input, file.file, classifier.info)
         probabilities = classifier.probabilities(pixels[np.newaxis])[0]
     except InputError as error:
         status = next(code for kinds, code in REFUSALS if isinstance(error, kinds))
@@ -171,10 +175,12 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
                          description="Predicts the class of an image with the pipeline's "
                                      "exported ONNX model.")
     api.state.classifier = classifier
+    info = classifier.info
     api.state.health = Health(status="ok", model=classifier.path.name,  # no paths of the host
                               sha256=hashlib.sha256(classifier.path.read_bytes()).hexdigest(),
-                              dataset=classifier.dataset, family=classifier.family,
-                              class_names=classifier.class_names)
+                              dataset=info.dataset, family=info.family,
+                              class_names=info.class_names, input_shape=info.input_shape,
+                              prepare=info.prepare, refusal=info.refusal.kind)
     api.state.redoc_bundle = REDOC_BUNDLE.read_text(encoding="utf-8").replace(
         REDOC_CDN_LOGO, f"{OFFLINE_DOCS}/favicon.png").encode()
     api.include_router(router)

@@ -9,7 +9,9 @@ import json
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.server.settings import Limits
 
 
 class UploadRefused(HTTPException):
@@ -22,7 +24,7 @@ def problem(detail: str) -> bytes:
     return json.dumps({"detail": detail}).encode()
 
 
-def headers_too_large(limits) -> str:  # settings.Limits
+def headers_too_large(limits: Limits) -> str:
     return f"the request's headers are over the {limits.max_header_bytes // 1024} KB limit"
 
 
@@ -40,12 +42,12 @@ def without_body(send: Send) -> Send:
 
 
 class RequestLimits:
-    def __init__(self, app, limits):
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
         self.app, self.limits = app, limits
         self.uploads = 0  # POST requests in progress in this process
         self.too_large = f"the upload is over the {limits.max_upload_bytes // 2**20} MB limit"
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         # The head as it came: request line, headers, CRLFs.

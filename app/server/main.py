@@ -8,6 +8,7 @@ a whole head (408); a send timeout (an answer that has not moved for send_timeou
 (503); an end to a connection whose upload was refused, or still arrives at a stop signal.
 """
 
+import asyncio
 import logging
 import os
 import socket
@@ -35,7 +36,7 @@ class LimitedH11Protocol(H11Protocol):
     head_timer = send_timer = None
     refused = False
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         self.limits = self.app_state.get("limits") or Limits()  # what the app's lifespan gives
         if len(self.connections) > self.limits.max_connections:
@@ -44,14 +45,14 @@ class LimitedH11Protocol(H11Protocol):
         else:
             self.expect_head()
 
-    def expect_head(self):
+    def expect_head(self) -> None:
         """From now, the next request's head must arrive whole within head_timeout_s."""
         if self.head_timer:
             self.head_timer.cancel()
         self.head_timer = self.loop.call_later(self.limits.head_timeout_s,
                                                self.head_overdue, self.cycle)
 
-    def head_overdue(self, cycle):
+    def head_overdue(self, cycle: object) -> None:
         if self.cycle is not cycle or self.transport.is_closing():
             return  # a request came in time
         if self.conn.trailing_data[0]:  # part of a head
@@ -60,27 +61,27 @@ class LimitedH11Protocol(H11Protocol):
         else:
             self.transport.close()
 
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         """The client has stopped reading: unless it starts again within send_timeout_s, the
         connection is reset, and what it has not read (in the kernel too) dropped."""
         super().pause_writing()
         self.send_timer = self.loop.call_later(self.limits.send_timeout_s, self.reset)
 
-    def reset(self):
+    def reset(self) -> None:
         sock = self.transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         super().resume_writing()
         if self.send_timer:
             self.send_timer.cancel()
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         if not self.refused:  # a refused client's bytes are read and dropped (linger)
             super().data_received(data)
 
-    def on_response_complete(self):
+    def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.transport.is_closing():
             return
@@ -89,27 +90,27 @@ class LimitedH11Protocol(H11Protocol):
         elif self.cycle.response_complete:  # unless a pipelined request has already started
             self.expect_head()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """At a stop signal: an upload still arriving is refused now, not waited for."""
         if self.cycle and not self.cycle.response_started and \
                 self.conn.their_state is h11.SEND_BODY:
             self.refuse(503, "the server is stopping; try again in a few seconds")
         super().shutdown()
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self.head_timer, self.send_timer):
             if timer:
                 timer.cancel()
         super().connection_lost(exc)
 
-    def send_400_response(self, msg):
+    def send_400_response(self, msg: str) -> None:
         """For every head h11 cannot parse: one longer than its limit is a head too large."""
         if len(self.conn.trailing_data[0]) > self.config.h11_max_incomplete_event_size:
             self.refuse(431, headers_too_large(self.limits))
         else:
             self.refuse(400, "not a valid HTTP/1.1 request")
 
-    def refuse(self, status, detail):
+    def refuse(self, status: int, detail: str) -> None:
         """Answer `status` with `detail`, then linger."""
         body = problem(detail)
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
@@ -117,7 +118,7 @@ class LimitedH11Protocol(H11Protocol):
                              % (status, HTTPStatus(status).phrase.encode(), len(body), body))
         self.linger()
 
-    def linger(self):
+    def linger(self) -> None:
         """End our side, drop what the client still sends, close after LINGER_S: closing a
         socket with unread bytes would send a reset, which can overtake the answer."""
         self.refused = True
@@ -125,7 +126,8 @@ class LimitedH11Protocol(H11Protocol):
         self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def server_config(app: object, settings: Settings, limits: Limits, **options) -> uvicorn.Config:
+def server_config(app: object, settings: Settings, limits: Limits,
+                  **options: object) -> uvicorn.Config:
     """No access log: it would keep every client's address (a reverse proxy logs what a
     deployment needs), for a tenth of the CPU of a small upload."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, http=LimitedH11Protocol,

@@ -1,18 +1,16 @@
 """A folder of labelled pictures as a dataset: datasets/NAME/<class>/<picture>, or with train/
 and test/ folders each holding the same class folders (the layout of torchvision's ImageFolder
 and Keras' image_dataset_from_directory). A class's name is its folder's; classes are sorted.
-
 Every picture is read by the app's own reader (app/pictures/fit.py), so the app prepares a
 picture for the model exactly as training saw it: in worker processes, one per core, each under
-a memory cap, within the app's limits. They all become one size and channel count: params, or
-chosen from the data. A bad entry (not a picture, a damaged one, one over the limits, a README
-beside the class folders, a folder inside a class folder, a broken link) is named in one line:
-the stage stops there, or with `data.on_bad_file: skip` leaves it out and counts it.
+a memory cap as the app's decode processes are. They all become one size and channel count:
+params, or chosen from the data. A bad entry (not a picture, a damaged one, one over the limits,
+a README beside the class folders, a folder inside a class folder, a broken link) is named in
+one line: the stage stops there, or with `data.on_bad_file: skip` leaves it out and counts it.
 """
 
 import logging
 import os
-import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -22,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.pictures.fit import EXTENSIONS, PictureError, fit, is_grey, open_picture
+from app.pictures import fit
+from app.pictures.decode import InputError, limit_memory
 from stages.common.params import Data
 from stages.common.runner import StageError
 
@@ -30,8 +29,8 @@ log = logging.getLogger("download")
 
 MAX_CLASSES = 1000
 AUTO_SIDES = (8, 64)  # image_size "auto": the pictures' median longer side, kept within these
-# What each worker may allocate on top of what it starts with: a 40-megapixel picture decoded
-# as RGBA is 160 MB, and scaling it takes a few copies of the result.
+# What each worker may allocate on top of what it starts with, for one picture: a 40-megapixel
+# picture decoded as RGBA is 160 MB, and scaling it takes a few copies of the result.
 WORKER_MEMORY = 2**30
 PROGRESS_EVERY_S = 10
 
@@ -70,8 +69,8 @@ def pictures_in(folder: Path, label: int, listing: Listing) -> list[tuple[Path, 
         if entry.is_dir():
             listing.bad.append((entry, "a folder inside a class folder: pictures go directly "
                                        "in their class's folder"))
-        elif entry.suffix.lower() not in EXTENSIONS:
-            listing.bad.append((entry, f"not a picture's name ({' '.join(EXTENSIONS)})"))
+        elif entry.suffix.lower() not in fit.EXTENSIONS:
+            listing.bad.append((entry, f"not a picture's name ({' '.join(fit.EXTENSIONS)})"))
         else:
             found.append((entry, label))
     if not found and not any(bad.parent == folder for bad, _ in listing.bad):
@@ -112,35 +111,32 @@ def list_folder(root: Path) -> Listing:
     return listing
 
 
-def limit_memory() -> None:
-    """In each worker: a cap on its memory, so a picture that lies about its size fails alone
-    (MemoryError) rather than taking the machine's memory."""
-    pages = int(Path("/proc/self/statm").read_text().split()[0])
-    limit = pages * os.sysconf("SC_PAGE_SIZE") + WORKER_MEMORY
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+def start_worker() -> None:
+    """In each worker: a cap on its memory, so that a picture that lies about its size fails
+    alone (MemoryError) rather than taking the machine's memory, as the app's decoding does."""
+    limit_memory(WORKER_MEMORY)
 
 
 def probe(path: Path) -> tuple[int, bool] | str:
     """(longer side, grey) of a picture from its header, or what is wrong with it."""
     try:
-        with open_picture(path) as image:
-            return max(image.size), is_grey(image)
-    except (PictureError, OSError, MemoryError) as error:
+        return fit.probe(path)
+    except (InputError, OSError, MemoryError) as error:
         return reason(error)
 
 
 def read(path: Path, size: int, channels: int) -> np.ndarray | str:
     """The picture as uint8 (size, size, channels), or what is wrong with it."""
     try:
-        return fit(path, size, channels)
-    except (PictureError, OSError, MemoryError) as error:
+        return fit.fit(path, size, channels)
+    except (InputError, OSError, MemoryError) as error:
         return reason(error)
 
 
 def reason(error: Exception) -> str:
     if isinstance(error, MemoryError):
         return f"needs more than {WORKER_MEMORY // 2**20} MB to decode"
-    return str(error) if isinstance(error, PictureError) else (error.strerror or str(error))
+    return str(error) if isinstance(error, InputError) else (error.strerror or str(error))
 
 
 def choose(probes: list[tuple[int, bool]], cfg: Data) -> tuple[int, int]:
@@ -179,7 +175,7 @@ def read_folder(root: Path, cfg: Data) -> dict[str, np.ndarray]:
     stop_on_bad(bad, cfg)
     workers = len(os.sched_getaffinity(0))
     with ProcessPoolExecutor(workers, mp_context=get_context("fork"),
-                             initializer=limit_memory) as pool:
+                             initializer=start_worker) as pool:
         if "auto" in (cfg.image_size, cfg.channels):
             probes = each(pool, probe, [path for path, _, _ in entries])
             bad = bad + [(e[0], p) for e, p in zip(entries, probes) if isinstance(p, str)]

@@ -59,13 +59,13 @@ def assert_still_serving(url):
 def assert_prediction(body):
     """The shape of a prediction: the best class, no refusal, then all ten ranked, summing
     to 1."""
-    assert set(body) == {"digit", "probability", "refusal", "top"} and body["refusal"] is None
+    assert set(body) == {"label", "probability", "refusal", "top"} and body["refusal"] is None
     top = body["top"]
-    assert sorted(t["digit"] for t in top) == CLASSES
+    assert sorted(t["label"] for t in top) == CLASSES
     probs = [t["probability"] for t in top]
     assert probs == sorted(probs, reverse=True)
     assert sum(probs) == pytest.approx(1, abs=1e-4)
-    assert top[0] == {"digit": body["digit"], "probability": body["probability"]}
+    assert top[0] == {"label": body["label"], "probability": body["probability"]}
 
 
 @pytest.mark.parametrize("digit", [2, 7])
@@ -79,7 +79,7 @@ def test_png_is_predicted_as_the_cli_predicts_it(base_url, model_dir, tmp_path, 
     assert answer.headers["content-type"] == "application/json"
     body = answer.json()
     assert_prediction(body)
-    assert body["digit"] == str(digit)
+    assert body["label"] == str(digit)
     cli = subprocess.run([sys.executable, "-m", "app.cli", "--json", "--top", "10",
                           "--model", str(model_dir / "model.onnx"), str(png)],
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
@@ -96,7 +96,7 @@ def test_a_dash_gets_not_a_digit_as_the_cli_says_it(base_url, model_dir, tmp_pat
     assert answer.status == 200, answer.body
     body = answer.json()
     assert body["refusal"] == "not a digit: a dash"
-    assert body["digit"] is None and body["probability"] is None and len(body["top"]) == 10
+    assert body["label"] is None and body["probability"] is None and len(body["top"]) == 10
     cli = subprocess.run([sys.executable, "-m", "app.cli", "--json", "--top", "10",
                           "--model", str(model_dir / "model.onnx"), str(dash)],
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
@@ -111,7 +111,7 @@ def test_jpeg_and_bmp_are_predicted(base_url, fmt, content_type):
 
     assert answer.status == 200, answer.body
     assert_prediction(answer.json())
-    assert answer.json()["digit"] == "5"
+    assert answer.json()["label"] == "5"
 
 
 def test_health_names_the_model(base_url, model_dir):
@@ -123,7 +123,8 @@ def test_health_names_the_model(base_url, model_dir):
     assert answer.json() == {
         "status": "ok", "model": model.name,
         "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-        "family": "mlp", "dataset": "mnist", "class_names": CLASSES}
+        "family": "mlp", "dataset": "mnist", "class_names": CLASSES,
+        "input_shape": [28, 28, 1], "prepare": "digit", "refusal": "digit"}
 
 
 def truncated_png():
@@ -140,7 +141,7 @@ def huge_png():
 BAD_UPLOADS = {
     # name: (a function making the upload's bytes; the expected status; words the detail
     # must contain)
-    "text": (lambda: b"hello, this is not an image\n", 400, "not a PNG, JPEG or BMP image"),
+    "text": (lambda: b"hello, this is not an image\n", 400, "not a picture (BMP, GIF, JPEG"),
     "empty": (lambda: b"", 400, "empty"),
     "truncated png": (truncated_png, 400, "a damaged PNG image"),
     "bad checksum": (bad_checksum_png, 400, "a damaged PNG image"),
@@ -266,7 +267,7 @@ def test_chunked_upload_within_the_limit_is_predicted(base_url):
     status, body = send_chunked(base_url, PART_HEAD + png, 0, b"\r\n--b--\r\n")
 
     assert status == 200, body
-    assert json.loads(body)["digit"] == "7"
+    assert json.loads(body)["label"] == "7"
 
 
 def test_chunked_upload_over_the_limit_is_refused(base_url):
@@ -382,7 +383,7 @@ def test_the_server_runs_without_tensorflow_and_writes_no_telemetry(model_dir, t
     try:
         wait_until_answering(url)
         answer = post_file(url, encoded(digit_image(7), "PNG"))
-        assert answer.status == 200 and answer.json()["digit"] == "7"
+        assert answer.status == 200 and answer.json()["label"] == "7"
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)

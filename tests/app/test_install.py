@@ -67,7 +67,7 @@ def assert_serves(command, cwd, model, picture, home):
     try:
         wait_until_answering(url)
         answer = post_file(url, picture.read_bytes())
-        assert answer.status == 200 and answer.json()["digit"] == "7", answer.body
+        assert answer.status == 200 and answer.json()["label"] == "7", answer.body
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)

@@ -115,7 +115,7 @@ def trained_model():
 
 def real_mnist_model():
     classifier = trained_model()
-    if classifier.dataset != "mnist" or not mnist_available():
+    if classifier.info.dataset != "mnist" or not mnist_available():
         reason = (f"needs real MNIST ({MNIST}, or MNIST_MIRROR) and an MNIST model "
                   "(make repro)")
         if os.environ.get("REQUIRE_TRAINED_MODEL"):
@@ -146,10 +146,10 @@ def test_the_trained_model_reads_the_photos(photos):
     right, refused, seen = Counter(), Counter(), Counter()
     for photo in photos:
         pixels = to_mnist_form(photo.image)
-        probs = classifier.probabilities(pixels[np.newaxis])[0]
+        probs = classifier.probabilities(pixels[np.newaxis, ..., np.newaxis])[0]
         seen[photo.kind] += 1
         right[photo.kind] += int(classifier.class_names[int(probs.argmax())] == str(photo.digit))
-        refused[photo.kind] += refusal(pixels, probs, classifier.dataset) is not None
+        refused[photo.kind] += refusal(pixels, probs) is not None
     print({kind: f"{right[kind]}/{seen[kind]} read, {refused[kind]} refused" for kind in KINDS})
     assert all(right[kind] == seen[kind] for kind in CONTROLS), "every clean control read right"
     assert all(right[kind] >= 0.95 * seen[kind] for kind in KINDS)

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from app import cli
+from app.metadata import METADATA_KEY
 from app.pictures.decode import InputError, read_grey
 from app.pictures.digit import centre_of_mass, to_mnist_form
 from tests.conftest import REPO, WITHOUT_TRAINING_PACKAGES, built_once
@@ -45,14 +46,12 @@ def model_file(model_dir):
 @pytest.fixture(scope="module")
 def model_says(model_dir):
     """The model's own digit for each array of MNIST-form pixels, without predict's code: the
-    Keras model on the pixels normalised as preprocess did."""
+    Keras model (which normalises its input itself) on them."""
     import keras
 
-    from stages.normalization import normalize
-
     model = keras.saving.load_model(model_dir / "model.keras")
-    constants = json.loads((model_dir / "metadata.json").read_text())["normalization"]
-    return lambda x: model.predict(normalize(x, constants), verbose=0).argmax(axis=1)
+    return lambda x: model.predict(np.asarray(x, np.float32).reshape(-1, 28, 28, 1),
+                                   verbose=0).argmax(axis=1)
 
 
 def run_main(capsys, *args):
@@ -190,7 +189,7 @@ def test_predictions_agree_with_the_model_on_the_original_arrays(tmp_path, capsy
     status, out, err = run_main(capsys, "--json", "--model", model_file, *paths)
     assert status == 0 and err == "", err
     # The model's best guess, refused or not: the transform is what is checked here.
-    digits = {r["file"]: int(r["top"][0]["digit"]) for r in json.loads(out)}
+    digits = {r["file"]: int(r["top"][0]["label"]) for r in json.loads(out)}
 
     rates = {kind: np.mean([digits[str(p)] for p in files] == expected)
              for kind, files in variants.items()}
@@ -224,8 +223,8 @@ def test_json_gives_file_digit_probability_and_top_list(capsys, model_file, good
                               good_png.parent / "missing.png")
     assert status == 1
     found, missing = json.loads(out)
-    assert found["file"] == str(good_png) and found["digit"] in DIGITS
-    assert [t["digit"] for t in found["top"]][0] == found["digit"]
+    assert found["file"] == str(good_png) and found["label"] in DIGITS
+    assert [t["label"] for t in found["top"]][0] == found["label"]
     assert found["top"][0]["probability"] == found["probability"]
     assert len(found["top"]) == 4 and 0 < sum(t["probability"] for t in found["top"]) <= 1.0001
     assert missing == {"file": str(good_png.parent / "missing.png"),
@@ -243,7 +242,7 @@ def test_npy_arrays_are_taken_as_mnist_form(tmp_path, capsys, model_file, model_
     assert [r["file"] for r in results] == [str(tmp_path / "one.npy")] + [
         f"{tmp_path / 'many.npy'}[{i}]" for i in range(12)]
     expected = model_says(x)
-    assert [int(r["digit"]) for r in results] == [expected[0], *expected]
+    assert [int(r["label"]) for r in results] == [expected[0], *expected]
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -275,7 +274,7 @@ def write_sparse(path, size):
 # file name -> (how to make it, what its stderr line must say)
 BAD_INPUTS = {
     "missing.png": (None, "no such file"),
-    "notes.png": (lambda p: p.write_text("not an image, only text\n"), "not a PNG, JPEG or BMP"),
+    "notes.png": (lambda p: p.write_text("not an image, only text\n"), "not a picture \\(BMP"),
     "cut.png": (lambda p: p.write_bytes(
         png_bytes(drawn(2, 150, (200, 200), (25, 25)))[:1500]), "truncated"),
     "blank.png": (lambda p: Image.new("RGB", (64, 64), "white").save(p), "blank"),
@@ -313,7 +312,7 @@ BAD_INPUTS = {
                         r"declares shape \(2147483648, 28, 28\)"),
     "fifo.npy": (lambda p: os.mkfifo(p), "not a regular file"),
     "folder.png": (lambda p: p.mkdir(), r"not a regular file \(a folder\)"),
-    "new\nline.png": (lambda p: p.write_text("text"), "not a PNG, JPEG or BMP"),
+    "new\nline.png": (lambda p: p.write_text("text"), "not a picture \\(BMP"),
     "thin.png": (lambda p: Image.new("L", (1000, 1), 0).save(p), "too small to hold a digit"),
 }
 
@@ -459,30 +458,23 @@ def test_missing_model_is_one_line(tmp_path, good_png):
 def copy_model(model_dir, target, metadata=None, model_bytes=None):
     """The fixture's ONNX model (or `model_bytes`) in `target`, its embedded metadata changed by
     `metadata(meta)` (None: no metadata at all)."""
-    from stages.export import embed_metadata
-    from stages.layout import ONNX_METADATA_KEY as METADATA_KEY
+    import onnx
 
     target.mkdir(exist_ok=True)
     path = target / "model.onnx"
-    path.write_bytes(model_bytes or (model_dir / "model.onnx").read_bytes())
+    proto = onnx.load_from_string(model_bytes or (model_dir / "model.onnx").read_bytes())
     meta = json.loads(onnx_metadata(model_dir / "model.onnx"))
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
     if metadata is not None:
-        embed_metadata(path, metadata(meta))
-    else:
-        import onnx
-
-        proto = onnx.load(str(path))
-        kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
-        del proto.metadata_props[:]
-        proto.metadata_props.extend(kept)
-        onnx.save(proto, str(path))
+        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata(meta)))
+    onnx.save(proto, str(path))
     return path
 
 
 def onnx_metadata(path):
     import onnx
-
-    from stages.layout import ONNX_METADATA_KEY as METADATA_KEY
 
     return next(p.value for p in onnx.load(str(path)).metadata_props if p.key == METADATA_KEY)
 
@@ -504,14 +496,16 @@ def changed(**changes):
 
 @pytest.mark.parametrize("metadata, message", [
     (None, "the model carries no metadata"),
-    (changed(dataset="cifar"), "dataset is 'cifar', not one of mnist, fashion-mnist"),
+    (changed(prepare="sketch"), "its metadata's prepare: input should be 'digit', 'clothing' or "
+                                "'picture'"),
     (changed(class_names=DIGITS[:3]), "gives 10 outputs but .* names 3 classes"),
-    (changed(pixel_range=None), r"pixel_range is None, not \[0, 255\] \(an export from before"),
-    (changed(pixel_range=[0, 1]), r"pixel_range is \[0, 1\], not \[0, 255\]"),
-    (changed(input_shape=[784]), r"input_shape is \[784\], not \[28, 28\]"),
-    (changed(class_names=["0", "0"] + DIGITS[2:]), "not a list of two or more different names"),
-], ids=["no-metadata", "unknown-dataset", "too-few-names", "unnormalised", "unit-range",
-        "flat-input", "duplicate-names"])
+    (changed(refusal=None), "its metadata's refusal: field required"),
+    (changed(refusal__kind="uncertainty"), "refusal.uncertainty.threshold: field required"),
+    (changed(input_shape=[28, 28, 3]), r"takes tensor\(float\) of shape .*28, 28, 1.*; its "
+                                       r"metadata says float pictures of \['N', 28, 28, 3\]"),
+    (changed(class_names=["0", "0"] + DIGITS[2:]), "holds the same name twice"),
+], ids=["no-metadata", "unknown-prepare", "too-few-names", "no-refusal", "no-threshold",
+        "colour-input", "duplicate-names"])
 def test_metadata_that_does_not_fit_the_model_is_one_line(tmp_path, model_dir, good_png,
                                                           metadata, message):
     model = copy_model(model_dir, tmp_path / "m", metadata)
@@ -528,7 +522,7 @@ def test_a_model_of_another_shape_is_refused_at_load(tmp_path, model_dir, good_p
     from stages.export import export_onnx
 
     flat = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
-    export_onnx(flat, {"mean": 0.0, "std": 1.0}, tmp_path / "flat.onnx", {})
+    export_onnx(flat, tmp_path / "flat.onnx", {})
     model = copy_model(model_dir, tmp_path / "m", lambda meta: meta,
                        (tmp_path / "flat.onnx").read_bytes())  # the digits' metadata
     result = run_cli("--model", model, good_png)
@@ -551,7 +545,7 @@ def test_usage_errors_exit_2(args, capsys):
     assert exit.value.code == 2
 
 
-def test_debug_writes_the_28x28_image_the_model_saw(tmp_path, capsys, model_file, good_png):
+def test_debug_writes_the_input_the_model_saw(tmp_path, capsys, model_file, good_png):
     other = tmp_path / "elsewhere" / good_png.name  # the same name in another folder
     other.parent.mkdir()
     Image.fromarray(255 - mnist_form_digits(10, seed=4)[0][0]).save(other)
@@ -559,7 +553,7 @@ def test_debug_writes_the_28x28_image_the_model_saw(tmp_path, capsys, model_file
                               good_png, other)
     assert status == 0 and out.startswith(f"{good_png}: ")
     for number, path in enumerate([good_png, other], start=1):
-        seen = np.asarray(Image.open(tmp_path / "seen" / f"{number:03d}-{path.name}.28x28.png"))
+        seen = np.asarray(Image.open(tmp_path / "seen" / f"{number:03d}-{path.name}.input.png"))
         np.testing.assert_array_equal(seen, to_mnist_form(read_grey(path.read_bytes())))
 
 
@@ -587,8 +581,8 @@ def test_debug_shows_what_was_taken_for_the_page_and_the_ink(tmp_path, capsys, m
     assert (pixels == red).all(axis=1).sum() > 50, "the ink is boxed"
     assert (tmp_path / "seen/002-seven.png.debug.png").is_file()
     assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == [
-        "001-photo.png.28x28.png", "001-photo.png.debug.png", "002-seven.png.28x28.png",
-        "002-seven.png.debug.png"]
+        "001-photo.png.debug.png", "001-photo.png.input.png", "002-seven.png.debug.png",
+        "002-seven.png.input.png"]
 
 
 def test_debug_into_a_file_is_a_usage_error(tmp_path, capsys, model_file, good_png):

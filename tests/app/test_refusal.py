@@ -9,10 +9,13 @@ MNIST, and are skipped where it is missing (REQUIRE_TRAINED_MODEL=1 makes that a
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.classifier import Classifier, answer
+from app.metadata import ModelInfo
 from app.pictures.digit import to_mnist_form
 from app.pictures.refusal import (
     ink_shape,
@@ -38,7 +41,7 @@ SURE = np.eye(10)[3]  # a model that is certain it sees a 3
 @pytest.fixture(scope="module")
 def drawn():
     """Every scrawl and page digit, as the transform brings them to MNIST form."""
-    return [(d, from_png(d)) for d in scrawls(per_kind=30) + page_digits(100)]
+    return [(d, from_png(d)[..., 0]) for d in scrawls(per_kind=30) + page_digits(100)]
 
 
 def test_uncertainty_runs_from_sure_to_no_idea():
@@ -78,9 +81,20 @@ def test_a_model_that_cannot_choose_is_refused_whatever_the_shape(drawn):
     assert refusal(digit, np.full(10, 0.1)) == "not a digit: it looks like no digit in particular"
 
 
-def test_clothing_is_never_judged(drawn):
-    tap = next(pixels for drawing, pixels in drawn if drawing.kind == "tap")
-    assert refusal(tap, np.full(10, 0.1), "fashion-mnist") is None
+def test_any_other_model_refuses_by_its_own_threshold_and_never_by_a_digits_shape(drawn):
+    """A model of clothing or of your pictures: no digit checks (a tap is a fine garment), its
+    uncertainty over the threshold export calibrated on its own validation pictures."""
+    info = ModelInfo(class_names=[f"c{i}" for i in range(10)], dataset="shapes", family="cnn",
+                     input_shape=(28, 28, 1), prepare="picture",
+                     refusal={"kind": "uncertainty", "threshold": 1.0})
+    model = Classifier(None, "x", info, Path("model.onnx"), False)
+    tap = next(pixels for drawing, pixels in drawn if drawing.kind == "tap")[..., None]
+    sure = answer(tap, SURE, model, 3)
+    best = f"c{int(np.argmax(SURE))}"
+    assert sure["label"] == best and sure["refusal"] is None and len(sure["top"]) == 3
+    torn = answer(tap, np.full(10, 0.1), model, 1)  # ln 10 = 2.30 nats
+    assert torn["label"] is None and torn["refusal"] == (
+        "not recognised: unsure of every class (2.30 nats of uncertainty, over its 1.00)")
 
 
 def test_a_blank_image_is_refused_as_blank():

@@ -2,6 +2,8 @@
 its digit read (not the sheet taken for ink), a digit in a very long strip is found, and the
 debug view shows what was taken as the page and as the ink."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,6 +14,7 @@ from app.pictures.digit import find_digit, to_mnist_form
 from tests.app.test_photos import overlap
 from tests.digits import draw_digit
 from tests.photos import KINDS, desk, make_photo, shadow, texture
+from tests.readings import DIGIT_MODEL
 
 SHEETS = [make_photo(i % 10, "sheet-in-frame", 500 + i) for i in range(10)]
 
@@ -83,9 +86,15 @@ def colour_share(view, colour):
     return float((np.abs(pixels.astype(int) - colour).sum(axis=2) < 60).mean())
 
 
+def png_of(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_the_debug_view_outlines_the_page_and_the_ink():
     photo = SHEETS[0]
-    view = debug_view(photo.image, caption="read: 0")
+    view = debug_view(png_of(photo.image), DIGIT_MODEL, caption="read: 0")
     assert view.mode == "RGB" and view.width > 280 and view.height > 280
     assert colour_share(view, PAGE) > 0 and colour_share(view, INK) > 0
     # the 28x28 the model saw, beside the picture, ten times enlarged
@@ -95,7 +104,7 @@ def test_the_debug_view_outlines_the_page_and_the_ink():
 
 def test_the_debug_view_of_a_picture_without_a_page_or_a_digit():
     plain = make_photo(3, "noise-jpeg", 1)
-    view = debug_view(plain.image)
+    view = debug_view(png_of(plain.image), DIGIT_MODEL)
     assert colour_share(view, INK) > 0 and colour_share(view, PAGE) == 0
-    blank = debug_view(np.full((200, 300), 210, np.uint8))
+    blank = debug_view(png_of(np.full((200, 300), 210)), DIGIT_MODEL)
     assert colour_share(blank, INK) == 0 and colour_share(blank, PAGE) == 0

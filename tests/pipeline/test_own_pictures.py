@@ -4,6 +4,9 @@ model then answering through the app; one picture changed reruns from the first 
 same content gives the same bytes in another clone."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,10 +89,47 @@ def test_a_bad_picture_added_stops_the_run_in_one_line(own_pictures_repo):
     repo.dvc("add", "datasets/shapes")
     failed = repo.dvc("exp", "run", *RECIPE, check=False)
     assert failed.returncode != 0
-    assert ("error: datasets/shapes/square/scan.png: not a picture (PNG, JPEG, BMP, GIF, WEBP, "
-            "TIFF) (data.on_bad_file: skip leaves it out)") in failed.stderr + failed.stdout
+    assert ("error: datasets/shapes/square/scan.png: not a picture (BMP, GIF, JPEG, PNG, TIFF, "
+            "WEBP) (data.on_bad_file: skip leaves it out)") in failed.stderr + failed.stdout
     skipped = repo.dvc("exp", "run", *RECIPE, "-S", "data.on_bad_file=skip")
     assert stages_run(skipped.stdout)[0] == "download"
     assert json.loads((repo.path / "metrics/data.json").read_text())["skipped_files"] == 1
     with Image.open(repo.path / "metrics/errors.png") as grid:
         assert grid.mode == "RGB"
+
+
+def test_the_app_follows_the_model_through_the_cli_and_the_api(own_pictures, tmp_path):
+    """The exported model of the shapes answers in their names, from a picture of any size
+    and format, through `mnist-predict` and the API: the app was told nothing but the model."""
+    from tests.serving import free_port, post_file, request, wait_until_answering
+
+    repo = own_pictures.copy(tmp_path / "repo")
+    repo.dvc("exp", "apply", "shapes")
+    model = repo.path / "model/model.onnx"
+    rng = np.random.default_rng(7)
+    pictures = {}
+    for shape in SHAPES:  # new pictures, larger than those trained on, and in other formats
+        path = tmp_path / f"{shape}.jpg"
+        shape_picture(shape, rng, size=(300, 220)).save(path, quality=90)
+        pictures[shape] = path
+    out = repo.python("-m", "app.cli", "--model", str(model), "--json",
+                      *map(str, pictures.values())).stdout
+    read = {Path(r["file"]).stem: r["label"] for r in json.loads(out)}
+    assert sum(read[shape] == shape for shape in SHAPES) >= 2, read
+    # The server as mnist-serve starts it, in a process of its own.
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "app.server.main"], cwd=repo.path,
+                              env={**repo.env, "MODEL": str(model), "PORT": str(port),
+                                   "WORKERS": "1"}, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_answering(url)
+        health = request(f"{url}/health").json()
+        assert health["class_names"] == list(SHAPES) and health["prepare"] == "picture"
+        assert health["refusal"] == "uncertainty" and health["input_shape"] == [24, 24, 3]
+        answer = post_file(url, pictures["circle"].read_bytes(), "c.jpg", "image/jpeg").json()
+        assert {t["label"] for t in answer["top"]} == set(SHAPES), answer
+        assert answer["label"] == read["circle"] or answer["refusal"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

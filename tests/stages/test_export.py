@@ -29,11 +29,12 @@ def test_a_mismatch_fails_the_stage_in_one_line(onnx, why):
 
 
 def test_a_digit_model_refuses_by_the_digit_checks_any_other_by_its_own_uncertainty():
-    assert refusal("digit", np.eye(3)) == {"kind": "digit"}
+    assert refusal("digit", [28, 28, 1], np.eye(3)) == {"kind": "digit"}
     rng = np.random.default_rng(0)
     sure = rng.dirichlet([0.05] * 5, size=2000)  # a model mostly sure of its pictures
-    threshold = refusal("picture", sure)["threshold"]
-    assert refusal("picture", sure)["kind"] == "uncertainty"
+    threshold = refusal("picture", [28, 28, 1], sure)["threshold"]
+    assert refusal("digit", [32, 32, 1], sure) == refusal("picture", [8, 8, 3], sure) == {
+        "kind": "uncertainty", "threshold": threshold}  # MNIST's numbers are for its form
     assert np.mean(entropy(sure) > threshold) == pytest.approx(0.005, abs=0.001)
     assert threshold < np.log(5)  # a model that cannot choose among its classes is refused
     assert entropy(np.array([[1.0, 0, 0], [1 / 3] * 3])) == pytest.approx([0, np.log(3)], abs=1e-9)

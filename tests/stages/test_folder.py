@@ -87,8 +87,8 @@ def test_the_size_defaults_to_the_median_side_at_most_64(tmp_path):
 
 
 @pytest.mark.parametrize("name, why", [
-    ("truncated.png", "a damaged PNG"),
-    ("notes.png", "not a picture (PNG, JPEG, BMP, GIF, WEBP, TIFF)"),
+    ("truncated.png", "a damaged PNG image"),
+    ("notes.png", "not a picture (BMP, GIF, JPEG, PNG, TIFF, WEBP)"),
     ("empty.jpg", "an empty file"),
     ("bomb.png", "30000x30000 pixels is over the 40-megapixel limit"),
     ("notes.txt", "not a picture's name"),
