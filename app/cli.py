@@ -3,11 +3,11 @@
     mnist-predict digit.png [more.png ...] [--top K] [--json] [--debug DIR] [--model PATH]
 
 Pictures (PNG, JPEG, BMP, GIF, WebP or TIFF, up to 10 MB) are read within the server's bounds
-(sandbox.py) and made as the model's data were (app/metadata.py); `.npy` arrays already in the
-model's input form, (H, W, C) or (N, H, W, C) (or without C for a grey model), are taken as they
-are. A line per picture: its class, or why it was refused ("not a digit (a dash)"), on stdout,
-or what is wrong on stderr. Exit status 0 if every picture was predicted, 1 if any was not (or
-the model failed), 2 for a usage error.
+(sandbox.py) and made as the model's data were (app/metadata.py). (Arrays already in the model's
+input form go to the server's Open Inference Protocol `infer` endpoint.) A line per picture: its
+class, or why it was refused ("not a digit (a dash)"), on stdout, or what is wrong on stderr.
+Exit status 0 if every picture was predicted, 1 if any was not (or the model failed), 2 for a
+usage error.
 """
 
 import argparse
@@ -15,7 +15,6 @@ import json
 import os
 import stat
 import sys
-import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,8 @@ from app.pictures.debug_view import debug_png
 from app.pictures.decode import MAX_FILE_BYTES, InputError
 from app.pictures.sandbox import Sandbox
 
-MAX_NPY_BYTES = 64 * 2**20  # 20,000 MNIST-form pictures of float32
-
-# What one bad file raises: OSError (the file system, a decoder that crashed); InputError (a
-# ValueError); for a damaged .npy, NumPy's errors and those of the literal parser it reads with.
-INPUT_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError)
-
-# The first bytes of files people may name .npy by mistake.
-MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"BM": "a BMP image",
-         b"PK\x03\x04": "a zip archive (an .npz?)", b"\x80": "a Python pickle"}
+# What one bad file raises: OSError (the file system, a decoder that crashed); InputError.
+INPUT_ERRORS = (OSError, InputError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,8 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="mnist-predict" if installed else "python -m app.cli",
         description="Predict the class of each picture with the trained model (ONNX Runtime).")
     parser.add_argument("images", nargs="+", type=Path, metavar="PICTURE",
-                        help="a picture (PNG, JPEG, BMP, GIF, WebP, TIFF), or an .npy array "
-                             "already in the model's input form, (H, W, C) or (N, H, W, C)")
+                        help="a picture: PNG, JPEG, BMP, GIF, WebP or TIFF")
     parser.add_argument("--top", type=int, default=1, metavar="K",
                         help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
@@ -59,56 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_array(path: Path, input_shape: tuple) -> np.ndarray:
-    """An .npy file of pictures in the input form (H, W, C), one or N of them, without C
-    when it is 1 -> float32 levels 0-255 of (N, H, W, C), as they are. The header is checked
-    against the file's size before anything is allocated."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-        if head != b"\x93NUMPY":
-            kind = next((k for magic, k in MAGIC.items() if head.startswith(magic)), None)
-            raise InputError(f"is {kind}, not an .npy array" if kind else
-                             "not an .npy array" + ("" if head else " (empty)"))
-        f.seek(0)
-        version = np.lib.format.read_magic(f)  # then NumPy's reader of its header, by version
-        if version not in ((1, 0), (2, 0)):
-            raise InputError(f".npy format version {version[0]}.{version[1]} is not supported")
-        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
-                           np.lib.format.read_array_header_2_0)(f)  # and f is past the header
-        if dtype.hasobject:
-            raise InputError("holds pickled Python objects (refused: allow_pickle is off)")
-        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
-        available = os.fstat(f.fileno()).st_size - f.tell()
-        if declared > available:
-            raise InputError(f"declares shape {shape} ({declared:,} bytes) but holds only "
-                             f"{available:,} bytes")
-        if declared > MAX_NPY_BYTES:
-            raise InputError(f"shape {shape} is over the {MAX_NPY_BYTES // 2**20} MiB limit")
-        f.seek(0)
-        array = np.load(f, allow_pickle=False)
-    forms = [tuple(input_shape)] + [tuple(input_shape[:2])] * (input_shape[2] == 1)  # C if 1
-    form = next((f for f in forms if array.shape[-len(f):] == f and array.ndim - len(f) in (0, 1)),
-                None)
-    if form is None or array.size == 0:
-        raise InputError(f"array of shape {array.shape}; the model takes "
-                         f"{tuple(input_shape)}, one or N of them")
-    if array.dtype.kind not in "uif":
-        raise InputError(f"array of {array.dtype}; expected integer or float pixels")
-    if not (np.isfinite(array).all() and 0 <= array.min() and array.max() <= 255):
-        raise InputError("pixel values outside 0-255")
-    pixels = array.astype(np.float32).reshape(-1, *input_shape)
-    return pixels * 255 if array.dtype.kind == "f" and pixels.max() <= 1 else pixels
-
-
-def read_input(path: Path, classifier: Classifier, sandbox: Sandbox) -> list[tuple]:
-    """One file -> [(name, pixels in the model's input form)]: an array of N gives N named
-    file[i]; a picture is made as the model's data were, in a decode process."""
-    if path.suffix.lower() != ".npy":
-        return [(str(path), sandbox.call(model_input, picture_bytes(path), classifier.info))]
-    size_of(path)
-    pixels = read_array(path, classifier.info.input_shape)
-    return [(str(path), pixels[0])] if len(pixels) == 1 else \
-        [(f"{path}[{i}]", p) for i, p in enumerate(pixels)]
+def read_input(path: Path, classifier: Classifier, sandbox: Sandbox) -> np.ndarray:
+    """A picture file as the model takes it, made as its data were, in a decode process."""
+    return sandbox.call(model_input, picture_bytes(path), classifier.info)
 
 
 def size_of(path: Path) -> int:
@@ -142,8 +86,7 @@ def printable(name: str) -> str:
 
 def debug_name(directory: Path, number: int, name: str, kind: str) -> Path:
     """NNN-NAME.KIND.png, NNN the input's place among those given: two may share a name."""
-    stem = Path(name).name.replace("[", "-").replace("]", "")
-    return directory / f"{number:03d}-{stem}.{kind}.png"
+    return directory / f"{number:03d}-{Path(name).name}.{kind}.png"
 
 
 def text_line(result: dict) -> str:
@@ -183,18 +126,16 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
     results, pixels = [], []  # results in the order given; pixels of those that can be predicted
     for number, path in enumerate(args.images, 1):
         try:
-            inputs = read_input(path, classifier, sandbox)
+            image = read_input(path, classifier, sandbox)
         except INPUT_ERRORS as error:
             say(f"{path}: {reason(error)}")
             results.append({"file": str(path), "error": reason(error)})
             continue
-        for name, image in inputs:
-            results.append({"file": name})
-            pixels.append(image)
-            if args.debug:  # the input as the model saw it, before normalisation
-                seen = np.asarray(image).round().clip(0, 255).astype(np.uint8)
-                Image.fromarray(seen.squeeze(axis=2) if seen.shape[2] == 1 else seen).save(
-                    debug_name(args.debug, number, name, "input"))
+        results.append({"file": str(path)})
+        pixels.append(image)
+        if args.debug:  # the input as the model saw it, before normalisation
+            Image.fromarray(image.squeeze(axis=2) if image.shape[2] == 1 else image).save(
+                debug_name(args.debug, number, str(path), "input"))
 
     good = [r for r in results if "error" not in r]
     if good:
@@ -211,15 +152,13 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
         for result in good:
             print(text_line(result))
     if args.debug:
-        for number, path in enumerate(args.images, 1):
-            if path.suffix.lower() != ".npy":  # an array has no page and no ink to show
-                result = next(r for r in results if r["file"] == str(path))
-                caption = f"error: {result['error']}" if "error" in result else text_line(result)
-                try:  # the picture with what was taken as the page and the ink (debug_view.py)
-                    view = sandbox.call(debug_png, picture_bytes(path), classifier.info, caption)
-                except INPUT_ERRORS:  # no picture to draw: the error line already says why
-                    continue
-                debug_name(args.debug, number, str(path), "debug").write_bytes(view)
+        for number, (path, result) in enumerate(zip(args.images, results), 1):
+            caption = f"error: {result['error']}" if "error" in result else text_line(result)
+            try:  # the picture with what was taken as the page and the ink (debug_view.py)
+                view = sandbox.call(debug_png, picture_bytes(path), classifier.info, caption)
+            except INPUT_ERRORS:  # no picture to draw: the error line already says why
+                continue
+            debug_name(args.debug, number, str(path), "debug").write_bytes(view)
     return 0 if len(good) == len(results) else 1
 
 

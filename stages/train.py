@@ -21,12 +21,12 @@ log = logging.getLogger("train")
 
 
 def learning_rate_schedule(cfg: params.Recipe, steps_per_epoch: int) -> object:
-    """Linear warm-up to the peak rate, then cosine decay to 0 (or hold, for 'constant')."""
+    """Linear warm-up to the peak rate, then cosine decay to 0 (or hold, for 'constant': a
+    CosineDecay with alpha 1 never decays)."""
     import keras
 
     total = cfg.epochs * steps_per_epoch
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
-    # CosineDecay with alpha=1 never decays: that gives 'constant', warm-up included.
     alpha = 1.0 if cfg.schedule == "constant" else 0.0
     if warmup == 0:
         return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total, alpha=alpha)
@@ -58,11 +58,8 @@ def configure_tensorflow(cfg: params.Recipe, seed: int) -> None:
 
 
 def shift_images(images: object, offset: object, shift: int) -> object:
-    """A batch (N, H, W, C) moved by shift - offset pixels (down, right), black coming in.
-
-    `offset` holds two integers from 0 to 2 * shift. The result is a window of the batch padded
-    by `shift` on every side: padding each batch, not the whole training set once, spares a
-    copy of it."""
+    """A batch (N, H, W, C) moved by shift - offset pixels (down, right; `offset`: two integers
+    from 0 to 2 * shift), black coming in: a window of the batch padded by `shift`."""
     import tensorflow as tf
 
     height, width = images.shape[1:3]
@@ -72,11 +69,9 @@ def shift_images(images: object, offset: object, shift: int) -> object:
 
 def affine_transforms(rng: np.random.Generator, count: int, cfg: params.Recipe,
                       side: int) -> np.ndarray:
-    """`count` random transforms, one per picture: a shift of up to augment_shift pixels, a turn
-    of up to augment_rotate degrees and a scaling by up to augment_scale, about the centre, and
-    with augment_flip, a mirror image half the time. Each row is the 8 numbers
-    ImageProjectiveTransformV3 takes: the map from a pixel of the output to the point of the
-    input it shows."""
+    """`count` random transforms about the centre, one per picture (a shift, a turn and a scaling
+    up to the recipe's augment_*, a mirror half the time with augment_flip), each as the 8
+    numbers ImageProjectiveTransformV3 takes: from a pixel of the output to the input's."""
     angle = np.deg2rad(rng.uniform(-cfg.augment_rotate, cfg.augment_rotate, count))
     scale = 1 + rng.uniform(-cfg.augment_scale, cfg.augment_scale, count)
     dx, dy = rng.uniform(-cfg.augment_shift, cfg.augment_shift, (2, count))
@@ -105,19 +100,14 @@ HISTORY_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lea
 
 def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
         on_epoch_end: Callable[[int, dict], None] | None = None) -> tuple[dict, list]:
-    """Train `model` for cfg.epochs epochs; return the per-epoch history and epoch seconds.
+    """Train `model` for cfg.epochs epochs; return the per-epoch history and epoch seconds, and
+    call `on_epoch_end(epoch, values)` after each.
 
-    One compiled graph runs a whole epoch: the loop over batches, the gather of each batch from
-    the uint8 pictures already in memory, the augmentation, the forward and backward pass and
-    the optimizer's update. Keras' model.fit does the same arithmetic but pays for its data
-    iterator and a Python round-trip per step, which for the small MLP costs more than the
-    arithmetic (bench/results.md). All randomness (the order of the pictures, each batch's
-    shift or each picture's transform) comes from one generator seeded from params.
-
-    Augmentation (cfg.augment): "shift" moves each batch as a whole by whole pixels, at next to
-    no cost (the MLP's recipe); "affine" moves, turns and scales each picture on its own (the
-    CNN's); "none". `on_epoch_end(epoch, values)` is called after each epoch with its values.
-    """
+    One compiled graph runs a whole epoch, batches gathered from the uint8 pictures in memory:
+    Keras' model.fit pays a Python round-trip per step, which costs the small MLP more than its
+    arithmetic (bench/results.md). All randomness comes from one generator seeded from params.
+    Augmentation: "shift" moves each batch by whole pixels (the MLP's recipe), "affine" moves,
+    turns and scales each picture (the CNN's), or "none"."""
     import keras
     import tensorflow as tf
 
@@ -191,8 +181,7 @@ def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
 
 
 def live_logger(live: object) -> Callable[[int, dict], None]:
-    """An on_epoch_end for fit() that logs each epoch through DVCLive: one line per epoch in
-    each curve's .tsv (the step is the epoch's number), written as each epoch ends."""
+    """An on_epoch_end for fit(): each epoch a line of each curve's .tsv, by DVCLive."""
     def log_epoch(epoch: int, values: dict) -> None:
         live.step = epoch + 1
         for key, value in values.items():

@@ -3,9 +3,8 @@ in a process the operating system bounds (sandbox.py). The header gives the fast
 a PNG, JPEG, BMP, GIF, WebP or TIFF of at most MAX_PIXELS. What else decoding costs (scans
 repeated a thousand times, coefficients kept for every scan, segments stored one by one) no
 header tells truly: the sandbox's bounds stop it. A large picture stays cheap: a JPEG is decoded
-at the scale needed, in grey (draft mode), and any picture becomes grey levels a strip at a
-time, each strip averaged down at once, keeping KEEP_SIDE on its longer side and MIN_SIDE on its
-shorter.
+at the scale needed, in grey (draft mode), and any picture is averaged down by an integer
+factor, keeping KEEP_SIDE on its longer side and MIN_SIDE on its shorter.
 """
 
 import io
@@ -26,7 +25,6 @@ MAX_PIXELS = 40_000_000
 MEMORY_BYTES = 128 * 2**20  # what decoding one picture may take (sandbox.py's bound)
 KEEP_SIDE = 800  # twice what the digit is searched at (digit.py's WORK_SIDE)
 MIN_SIDE = 8  # narrower than this, a picture cannot hold a readable digit
-STRIP_PIXELS = 2**18  # converted to float 1 MB at a time
 MAX_GREY_PIXELS = 4 * 2**20  # the float result: 16 MB, for the thinnest of pictures
 
 FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"GIF8": "GIF",
@@ -54,27 +52,20 @@ class TooCostly(InputError):
     """A picture over the limits: its size, or the memory or time its decoding takes."""
 
 
-def read_picture(source: str | os.PathLike | BinaryIO) -> Image.Image:
-    """A picture file (a path or a binary file) decoded whole: a loaded Pillow image in its own
-    mode and size, upright, if its header passes the checks; else an InputError that says why.
-    Only the header is bounded here: run it where memory and CPU time are (sandbox.py)."""
-    with opened(source) as (image, _):
-        image.load()
-        return ImageOps.exif_transpose(image)
-
-
 def read_grey(source: bytes | BinaryIO) -> np.ndarray:
     """A picture (its bytes, or a binary file) -> 2-D float32 grey levels 0-255, transparent
-    parts white, upright, averaged down by an integer factor if it is much larger than the
-    digit's search needs. Raises an InputError subclass."""
+    parts white, upright, averaged down by an integer factor (Pillow's reduce, a box filter in
+    C) if it is much larger than the digit's search needs. Raises an InputError subclass."""
     with opened(io.BytesIO(source) if isinstance(source, bytes) else source) as (image, kind):
-        if kind == "JPEG":
-            scale = max(s for s in (8, 4, 2, 1) if s <= reduction(*image.size))
+        factor = reduction(*image.size)
+        if kind == "JPEG":  # decoded at the scale needed, in grey: libjpeg's DCT scaling
+            scale = max(s for s in (8, 4, 2, 1) if s <= factor)
             image.draft("L", (image.width // scale, image.height // scale))
-        image.load()
-        grey = Image.fromarray(reduced_grey(image, reduction(*image.size)))
+            factor = reduction(*image.size)
+        grey = flattened(image, "L")
+        grey = grey.reduce(factor) if factor > 1 else grey
         grey.info["exif"] = image.getexif().tobytes()  # its orientation, for exif_transpose
-    return np.asarray(ImageOps.exif_transpose(grey))
+    return np.asarray(ImageOps.exif_transpose(grey), dtype=np.float32)
 
 
 @contextmanager
@@ -122,21 +113,6 @@ def reduction(width: int, height: int) -> int:
     or more, its shorter at MIN_SIDE or more; the thinnest brought under MAX_GREY_PIXELS."""
     factor = max(1, min(max(width, height) // KEEP_SIDE, min(width, height) // MIN_SIDE))
     return max(factor, math.ceil(math.sqrt(width * height / MAX_GREY_PIXELS)))
-
-
-def reduced_grey(image: Image.Image, factor: int) -> np.ndarray:
-    """grey_levels of `image` averaged over factor x factor blocks (the last ones filled out
-    with the edge's pixels), a strip at a time."""
-    width, height = image.size
-    rows, strips = factor * max(1, STRIP_PIXELS // (width * factor)), []
-    for top in range(0, height, rows):
-        strip = grey_levels(image.crop((0, top, width, min(height, top + rows))))
-        if factor > 1:
-            strip = np.pad(strip, ((0, -strip.shape[0] % factor), (0, -width % factor)), "edge")
-            strip = strip.reshape(strip.shape[0] // factor, factor, -1, factor).mean(
-                axis=(1, 3), dtype=np.float32)
-        strips.append(strip)
-    return np.vstack(strips)
 
 
 def grey_levels(image: Image.Image) -> np.ndarray:

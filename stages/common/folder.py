@@ -48,14 +48,9 @@ def visible(folder: Path) -> list[Path]:
 
 def class_folders(folder: Path, listing: Listing) -> list[Path]:
     """The class folders in `folder`; what else is there is a bad entry."""
-    folders = []
-    for entry in visible(folder):
-        if entry.is_dir():
-            folders.append(entry)
-        else:
-            listing.bad.append((entry, "a file beside the class folders: every picture goes "
-                                       "in its class's folder"))
-    return folders
+    listing.bad += [(entry, "a file beside the class folders: every picture goes in its "
+                            "class's folder") for entry in visible(folder) if not entry.is_dir()]
+    return [entry for entry in visible(folder) if entry.is_dir()]
 
 
 def pictures_in(folder: Path, label: int, listing: Listing) -> list[tuple[Path, int]]:
@@ -111,32 +106,14 @@ def list_folder(root: Path) -> Listing:
     return listing
 
 
-def start_worker() -> None:
-    """In each worker: a cap on its memory, so that a picture that lies about its size fails
-    alone (MemoryError) rather than taking the machine's memory, as the app's decoding does."""
-    limit_memory(WORKER_MEMORY)
-
-
-def probe(path: Path) -> tuple[int, bool] | str:
-    """(longer side, grey) of a picture from its header, or what is wrong with it."""
+def attempt(job: Callable, path: Path, *args: int) -> object:
+    """job(path, *args) in a worker (fit.probe or fit.fit), or what is wrong with the picture."""
     try:
-        return fit.probe(path)
-    except (InputError, OSError, MemoryError) as error:
-        return reason(error)
-
-
-def read(path: Path, size: int, channels: int) -> np.ndarray | str:
-    """The picture as uint8 (size, size, channels), or what is wrong with it."""
-    try:
-        return fit.fit(path, size, channels)
-    except (InputError, OSError, MemoryError) as error:
-        return reason(error)
-
-
-def reason(error: Exception) -> str:
-    if isinstance(error, MemoryError):
+        return job(path, *args)
+    except MemoryError:
         return f"needs more than {WORKER_MEMORY // 2**20} MB to decode"
-    return str(error) if isinstance(error, InputError) else (error.strerror or str(error))
+    except (InputError, OSError) as error:
+        return str(error) if isinstance(error, InputError) else (error.strerror or str(error))
 
 
 def choose(probes: list[tuple[int, bool]], cfg: Data) -> tuple[int, int]:
@@ -154,14 +131,15 @@ def choose(probes: list[tuple[int, bool]], cfg: Data) -> tuple[int, int]:
     return size, channels
 
 
-def each(pool: ProcessPoolExecutor, function: Callable, paths: list[Path], *args: int) -> list:
-    """function(path, *args) for every path in the pool's workers, in order, with progress."""
-    results, last = [], time.monotonic()
-    for result in pool.map(function, paths, *([a] * len(paths) for a in args), chunksize=64):
+def each(pool: ProcessPoolExecutor, job: Callable, paths: list[Path], *args: int) -> list:
+    """attempt(job, path, *args) for every path in the pool's workers, in order, with progress."""
+    results, last, count = [], time.monotonic(), len(paths)
+    for result in pool.map(attempt, [job] * count, paths, *([a] * count for a in args),
+                           chunksize=64):
         results.append(result)
         if time.monotonic() - last > PROGRESS_EVERY_S:
             last = time.monotonic()
-            log.info("%s: %d of %d pictures", function.__name__, len(results), len(paths))
+            log.info("%s: %d of %d pictures", job.__name__, len(results), count)
     return results
 
 
@@ -174,10 +152,12 @@ def read_folder(root: Path, cfg: Data) -> dict[str, np.ndarray]:
     bad = listing.bad
     stop_on_bad(bad, cfg)
     workers = len(os.sched_getaffinity(0))
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork"),
-                             initializer=start_worker) as pool:
+    # Each worker under a memory cap, so that a picture that lies about its size fails alone
+    # (MemoryError) rather than taking the machine's memory, as the app's decoding does.
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=limit_memory,
+                             initargs=(WORKER_MEMORY,)) as pool:
         if "auto" in (cfg.image_size, cfg.channels):
-            probes = each(pool, probe, [path for path, _, _ in entries])
+            probes = each(pool, fit.probe, [path for path, _, _ in entries])
             bad = bad + [(e[0], p) for e, p in zip(entries, probes) if isinstance(p, str)]
             stop_on_bad(bad, cfg)
             entries = [e for e, p in zip(entries, probes) if not isinstance(p, str)]
@@ -185,7 +165,7 @@ def read_folder(root: Path, cfg: Data) -> dict[str, np.ndarray]:
         if not entries:
             raise StageError(f"{root}: not one picture could be read")
         size, channels = choose(probes if "auto" in (cfg.image_size, cfg.channels) else [], cfg)
-        pictures = each(pool, read, [path for path, _, _ in entries], size, channels)
+        pictures = each(pool, fit.fit, [path for path, _, _ in entries], size, channels)
     bad = bad + [(e[0], p) for e, p in zip(entries, pictures) if isinstance(p, str)]
     stop_on_bad(bad, cfg)
     good = [i for i, p in enumerate(pictures) if not isinstance(p, str)]

@@ -7,18 +7,11 @@ line naming the key, the value and what is allowed.
 """
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
 from stages.common.layout import PARAMS
 from stages.common.runner import StageError
@@ -69,7 +62,7 @@ def dataset_name(value: str) -> str:
     return value
 
 
-def auto_or_size(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+def auto_or_size(value: object, handler: Callable) -> object:
     try:
         return handler(value)
     except ValidationError:

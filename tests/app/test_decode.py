@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from app.pictures.decode import grey_levels, read_grey, read_picture, reduction
+from app.pictures.decode import grey_levels, read_grey, reduction
 from app.pictures.digit import to_mnist_form
 from tests.digits import draw_digit
 
@@ -86,12 +86,3 @@ def test_a_picture_is_averaged_down_as_far_as_the_transform_allows(width, height
     assert reduction(width, height) == factor
 
 
-@pytest.mark.parametrize("name", ["RGBA PNG", "JPEG, orientation 6"])
-def test_read_picture_gives_the_whole_picture_upright_in_its_own_mode(name, tmp_path):
-    path = tmp_path / "picture"
-    path.write_bytes(SMALL_FILES[name]().getvalue())
-
-    picture = read_picture(path)
-
-    np.testing.assert_array_equal(grey_levels(picture), read_image(path))
-    assert picture.mode == ("RGBA" if name == "RGBA PNG" else "RGB")
