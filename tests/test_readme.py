@@ -21,7 +21,7 @@ def row(label):
 
 def test_a_newcomer_can_finish_it():
     assert len(README.splitlines()) <= 250
-    for command in ("make repro", "make test"):
+    for command in ("make repro", "make test-full"):
         assert f"{command}  " in README or f"{command}\n" in README
     for link in re.findall(r"\]\(((?:docs|bench)/[^)#]+)", README):
         assert (REPO / link).exists(), link
@@ -45,11 +45,11 @@ def test_the_recipes_are_those_of_params_yaml():
 
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 def test_the_parameter_counts_are_the_models(family):
-    from stages.models import build_model
-    from stages.params import CNN, MLP
+    from stages.common.models import build_model
+    from stages.common.params import CNN, MLP
 
     cfg = {"mlp": MLP, "cnn": CNN}[family].model_validate(repo_params()["train"][family])
-    model = build_model(family, cfg, seed=0)
+    model = build_model(family, cfg, 0, (28, 28, 1), 10, {"mean": 0.0, "std": 1.0}, "mnist")
     cell = row("Model")[1 if family == "mlp" else 2]
     assert f"({model.count_params():,} parameters)" in cell
 
