@@ -12,7 +12,6 @@ them, which would then be forked from a process that imported DVC rather than th
 """
 
 import json
-import os
 import subprocess
 import sys
 import tempfile

@@ -29,7 +29,8 @@ from tests.serving import (
     wait_until_answering,
 )
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 
 MAX_MB = 500  # the server's processes together, with two costly uploads at once
 PICTURE_CPU_S = CPU_S + 0.5  # a picture stopped at its bound, with the request's own work

@@ -24,6 +24,8 @@ from tests.digits import draw_digit, mnist_form_digits
 from tests.photos import CONTROLS, KINDS, make_photo, mnist_on_paper, photo_set
 from tests.readings import GOALS, MNIST, answers, mnist_available, mnist_test_digits, read_right
 
+pytestmark = pytest.mark.slow
+
 TRAINED_MODEL = REPO / "model/model.onnx"
 
 

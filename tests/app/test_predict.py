@@ -300,6 +300,7 @@ def mixed_run(model_file, good_png, bad_files):
     return run_cli("--model", model_file, good_png, *bad_files.values(), good_png)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BAD_INPUTS)
 def test_bad_input_costs_one_line_and_spares_the_others(name, mixed_run, bad_files, good_png):
     shown = cli.printable(str(bad_files[name]))  # a newline in a name is shown as \\n
@@ -310,10 +311,12 @@ def test_bad_input_costs_one_line_and_spares_the_others(name, mixed_run, bad_fil
     assert mixed_run.stdout.count(f"{good_png}: ") == 2, mixed_run.stdout
 
 
+@pytest.mark.slow
 def test_stderr_holds_nothing_but_the_bad_inputs(mixed_run):
     assert len(mixed_run.stderr.splitlines()) == len(BAD_INPUTS), mixed_run.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["49mp.png", "100mp.png", "225mp.png"])
 def test_costly_images_are_refused_from_their_header(name, bad_files):
     started = time.perf_counter()
@@ -322,6 +325,7 @@ def test_costly_images_are_refused_from_their_header(name, bad_files):
     assert time.perf_counter() - started < 0.5
 
 
+@pytest.mark.slow
 def test_a_huge_file_is_refused_by_its_size_under_a_memory_limit(tmp_path, model_file):
     """3 GiB (sparse) read whole would end in a MemoryError under a limit of 1 GiB."""
     huge = tmp_path / "huge.jpg"
@@ -338,6 +342,7 @@ def test_a_huge_file_is_refused_by_its_size_under_a_memory_limit(tmp_path, model
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 def test_a_bad_input_among_good_ones_costs_no_time(model_file, bad_files, good_png):
     """A FIFO would block a naive reader forever; a gigabyte would take seconds to read. Both
     are refused from what the file system says."""

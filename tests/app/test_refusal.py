@@ -103,6 +103,7 @@ def test_a_blank_image_is_refused_as_blank():
 
 # --- the figures of issue 18, with the model trained on real MNIST ------------------------------
 
+@pytest.mark.slow
 def test_the_trained_model_refuses_few_real_mnist_test_digits():
     classifier = real_mnist_model()
     pixels, _ = mnist_test_digits()
@@ -111,6 +112,7 @@ def test_the_trained_model_refuses_few_real_mnist_test_digits():
     assert share(read) <= GOALS["mnist"]
 
 
+@pytest.mark.slow
 def test_the_trained_model_refuses_scrawls_but_not_drawn_digits(drawn):
     classifier = real_mnist_model()
     drawings = [drawing for drawing, _ in drawn]

@@ -186,7 +186,8 @@ def test_a_picture_past_its_deadline_gets_503_and_costs_nothing_after(quick):
     assert spent_after(0.5) < 0.05  # its decode process was killed, not left to finish
     digit = io.BytesIO()
     Image.new("L", (28, 28), 0).save(digit, "PNG")
-    assert post_file(quick, digit.getvalue()).status == 422  # a new process reads the next
+    # A new process reads the next (on a busy machine, maybe not within the 0.1 s at once).
+    wait_for(lambda: post_file(quick, digit.getvalue()).status == 422, "no new decode process")
 
 
 def test_connections_past_the_cap_get_503(capped):

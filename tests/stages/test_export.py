@@ -100,6 +100,7 @@ def test_export_is_byte_reproducible_and_matches_keras(model_dir, tmp_path):
     assert (keras_probs.argmax(1) == mnist_form_digits(50, seed=3)[1]).mean() > 0.8
 
 
+@pytest.mark.slow
 def test_a_cnn_of_colour_pictures_exports_the_same_bytes_every_time(cnn_file, tmp_path):
     """tf2onnx merges equal constants in an order that changes from run to run: the export
     renumbers what it named, so the bytes do not."""

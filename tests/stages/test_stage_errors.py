@@ -172,6 +172,7 @@ def big_input(big_input_once, tmp_path):
     return cwd, first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_preprocess_stopped_while_writing_keeps_the_old_set_whole(big_input, signum):
     cwd, first = big_input
@@ -186,6 +187,7 @@ def test_preprocess_stopped_while_writing_keeps_the_old_set_whole(big_input, sig
         "the earlier run's outputs, all of them, unchanged: no mixed set")
 
 
+@pytest.mark.slow
 def test_what_sigkill_leaves_behind_the_next_run_removes(big_input):
     cwd, first = big_input
     proc = start_stage("preprocess", cwd, niceness=10)
@@ -199,6 +201,7 @@ def test_what_sigkill_leaves_behind_the_next_run_removes(big_input):
     assert digests(cwd / "data/processed") != first  # the new split, whole
 
 
+@pytest.mark.slow
 def test_train_stopped_midway_keeps_the_old_model_and_its_neighbours(processed, tmp_path):
     """Stopped while it trains: model.keras and metadata.json stay as they were, and export's
     model.onnx beside them is not touched."""

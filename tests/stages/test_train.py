@@ -283,6 +283,7 @@ print(np.concatenate([w.ravel() for w in model.get_weights()]).tobytes().hex())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to compare")
 def test_thread_count_does_not_change_the_result(cfg):
     # TensorFlow fixes its thread pools at its first op: each count trains in a process of its own.

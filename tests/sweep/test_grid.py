@@ -11,6 +11,8 @@ from sweep.repo import metric_of
 from sweep.trial import Outcome, error_line, training_seconds
 from tests.conftest import read_yaml
 
+pytestmark = pytest.mark.slow
+
 # Each syntax of DVC's grid: a list, a range, a choice, and a value every trial shares.
 GRID = ["train.mlp.learning_rate=0.001,0.003", "train.seed=range(1,3)",
         "train.model=choice(mlp,cnn)", "train.mlp.epochs=3"]

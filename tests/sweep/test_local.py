@@ -21,6 +21,8 @@ from tests.sweep.conftest import (
     wait_for_a_stage_to_have_run,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def nothing_left(repo):
     assert marked_processes(repo.env[MARKER]) == [], "a process of the sweep is still running"

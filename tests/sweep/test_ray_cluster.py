@@ -8,7 +8,11 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from tests.ray_cluster import JOIN
+
+pytestmark = pytest.mark.slow
 
 REFUSAL = "not supported on Windows and OSX"
 # What `ray start --address` says once past the refusal, with no cluster at the address.
