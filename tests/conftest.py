@@ -381,6 +381,39 @@ def make_model(directory: Path) -> None:
     export_onnx(model, directory / "model.onnx", {**metadata, "refusal": {"kind": "digit"}})
 
 
+@pytest.fixture(scope="session")
+def picture_model_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A model of your own pictures, as the pipeline exports it: colour pictures of three
+    shapes (tests/folders.py), 24x24x3, its refusal its own uncertainty threshold."""
+    return built_once(tmp_path_factory, worker_id, "picture-model", make_picture_model)
+
+
+def make_picture_model(directory: Path) -> None:
+    import keras
+    import numpy as np
+
+    from stages.common.folder import read_folder
+    from stages.common.models import build_model
+    from stages.common.params import CNN, Data
+    from stages.export import export_onnx
+    from tests.folders import SHAPES, shapes_folder
+
+    root = shapes_folder(directory / "shapes", per_class=40, seed=5)
+    data = read_folder(root, Data(dataset="shapes", image_size=24, channels=3,
+                                  on_bad_file="error"))
+    keras.utils.set_random_seed(0)
+    recipe = CNN.model_validate({**repo_params()["train"]["cnn"], "filters": [8, 16],
+                                 "final_filters": [], "dropout": 0.0})
+    model = build_model("cnn", recipe, 0, (24, 24, 3), 3, {"mean": 0.0, "std": 1.0}, "shapes")
+    model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
+    model.fit(data["x_train"].astype(np.float32), data["y_train"], epochs=20, batch_size=16,
+              verbose=0)
+    export_onnx(model, directory / "model.onnx", {
+        "class_names": list(SHAPES), "dataset": "shapes", "family": "cnn",
+        "input_shape": [24, 24, 3], "prepare": "picture",
+        "refusal": {"kind": "uncertainty", "threshold": 0.9}})
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_collection(session: pytest.Session) -> object:
     """Collecting imports TensorFlow, Ray and the app: millions of objects that live until the

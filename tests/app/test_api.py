@@ -10,6 +10,7 @@ uploads are tested in test_server.py.
 
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -430,3 +431,28 @@ def test_a_model_that_fails_on_a_picture_gets_a_500_in_the_products_words(model_
     detail = answer.json()["detail"]
     assert detail.startswith("fails-alone.onnx: cannot run the model (")
     assert not re.search(r"\.(cc|h|cpp)\b|onnxruntime::|/onnxruntime", detail), detail
+
+
+def test_a_model_of_pictures_answers_in_its_class_names(picture_model_dir):
+    """Any model the pipeline exports: /health says what it takes; a picture of any size and
+    format is fitted to it, read in its class names, or refused by its own threshold."""
+    from tests.folders import SHAPES, shape_picture
+    from tests.serving import ServedApp
+
+    rng = np.random.default_rng(3)
+    with ServedApp(picture_model_dir / "model.onnx") as url:
+        health = request(f"{url}/health").json()
+        assert health["class_names"] == list(SHAPES) and health["input_shape"] == [24, 24, 3]
+        assert (health["prepare"], health["refusal"]) == ("picture", "uncertainty")
+        read = []
+        for shape in SHAPES:
+            body = io.BytesIO()
+            shape_picture(shape, rng, (200, 150)).save(body, "WEBP")
+            answer = post_file(url, body.getvalue(), "shape.webp", "image/webp").json()
+            assert {t["label"] for t in answer["top"]} == set(SHAPES), answer
+            read.append(answer["label"] == shape)
+        assert sum(read) >= 2
+        noise = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise, "PNG")
+        unsure = post_file(url, noise.getvalue()).json()
+        assert unsure["refusal"] is None or unsure["refusal"].startswith("not recognised")

@@ -143,3 +143,32 @@ def test_a_dash_is_not_a_digit_and_shows_no_bars(page):
     find(page, "clear").click()
     draw(page, DRAWINGS["1"])
     assert_reads(page, "1", requests=2)
+
+
+@pytest.fixture(scope="module")
+def shapes_url(picture_model_dir):
+    from tests.serving import ServedApp
+
+    with ServedApp(picture_model_dir / "model.onnx") as url:
+        yield url
+
+
+def test_a_model_of_pictures_is_asked_with_a_chosen_picture_not_a_drawing(browser, shapes_url,
+                                                                         tmp_path):
+    """A model of your own pictures: the page says what it tells apart, hides the drawing pad
+    (its pictures were no drawings), and reads a picture chosen from disk, with a bar for each
+    of its classes."""
+    import numpy as np
+
+    from tests.folders import SHAPES, shape_picture
+
+    browser.get(shapes_url + "/")
+    WebDriverWait(browser, BROWSER_WAIT_S).until(lambda d: "Which is it" in d.title)
+    assert browser.title == "Which is it: circle, square, triangle?"
+    assert not find(browser, "pad").is_displayed()
+    picture = tmp_path / "a square.png"
+    shape_picture("square", np.random.default_rng(11), (120, 90)).save(picture)
+    find(browser, "choose").send_keys(str(picture))
+    shown, bars = settled(browser, 1)
+    assert sorted(bars) == sorted(SHAPES) and shown in SHAPES
+    assert find(browser, "chosen").is_displayed()
