@@ -31,7 +31,7 @@ def main():
     for i, (digit, kind, seed) in enumerate(EXAMPLES):
         photo = make_photo(digit, kind, seed)
         seen = to_mnist_form(photo.image)
-        probs = classifier.probabilities(seen[np.newaxis])[0]
+        probs = classifier.probabilities(seen[np.newaxis, ..., np.newaxis])[0]
         x = i * (CELL + GAP)
         figure.paste(Image.fromarray(photo.image).resize((CELL, CELL)), (x, 0))
         figure.paste(Image.fromarray(seen).resize((CELL, CELL), Image.Resampling.NEAREST),
