@@ -163,7 +163,8 @@ def table(results):
         "split by `python -m stages.preprocess`, each a process of its own as DVC runs them. "
         "Memory: the peak of the stage's process tree, the sum of their PSS sampled every "
         f"10 ms; beyond the fixed cost: less the same stage's peak on {FIXED_COST} pictures of "
-        "the same kind, in decoded arrays (uint8, N x H x W x C)."
+        "the same kind, in decoded arrays (uint8, N x H x W x C): the goal is about "
+        f"{GOAL_MEMORY}×, and its verdict below holds it to {GOAL_MEMORY:.1f}×."
         + (f" **A quick run: {QUICK:,} pictures of each.**" if results["quick"] else ""),
         "",
         "| pictures | how many | arrays (MB) | download (s) | pictures/s | peak (MB) | beyond "

@@ -88,6 +88,10 @@ def version(*packages):
     return "not installed"
 
 
+def epochs(count):
+    return f"{count} epoch{'s' if count != 1 else ''}"
+
+
 def verdict(ok, short_by=""):
     return "**met**" if ok else f"**missed**{': ' + short_by if short_by else ''}"
 
@@ -117,7 +121,7 @@ def training_goals(results, real_data):
         ok = verdict(ours["final_accuracy"] >= target) if real_data else \
             verdict(False, "needs real MNIST")
         rows.append(f"| {GOALS['accuracy'].format(family=family.upper(), target=target)} | "
-                    f"{ours['final_accuracy']:.2%} after {ours['epochs']} epochs | {ok} |")
+                    f"{ours['final_accuracy']:.2%} after {epochs(ours['epochs'])} | {ok} |")
     return rows
 
 
@@ -289,7 +293,7 @@ def measure_fashion(args, tmp):
                                ["project"])["cnn"]["project"][0]
     return ([training.accuracy_table("fashion-mnist", "cnn", summary)],
             markdown_rows([(GOALS["fashion"].format(target=goal),
-                        f"{summary['final_accuracy']:.2%} after {summary['epochs']} epochs "
+                        f"{summary['final_accuracy']:.2%} after {epochs(summary['epochs'])} "
                         f"({summary['train_s']:.0f} s)", summary["final_accuracy"] >= goal)]))
 
 
