@@ -1,8 +1,9 @@
 """The pipeline as a user runs it, timed: `dvc repro` in a fresh copy of this repository, then
 each stage alone for its wall time, its peak memory and whether it imported TensorFlow.
 
-The copy is what a clean clone holds: the tracked files, no data/ (mnist.npz, data/processed),
-no model/, no DVC cache, so the first `dvc repro` runs every stage."""
+The copy is what a clean clone holds: the tracked files, no data/ (raw.npz, processed/), no
+model/, no DVC cache, so the first `dvc repro` runs every stage. Download reads MNIST from
+MNIST_MIRROR; without it, from random pictures of MNIST's shapes (use_random_data)."""
 
 import json
 import os
@@ -114,7 +115,7 @@ def table(stages_run, family):
     lines = [
         "## Pipeline: a fresh copy of the repository, data from the mirror",
         "",
-        "The copy holds the tracked files only (no data/, data/processed, model/ or DVC cache), "
+        "The copy holds the tracked files only (no data/, model/ or DVC cache), "
         f"so the first `dvc repro` runs every stage; train trains params.yaml's `{family}`. "
         "Then each stage runs again alone, for its wall time and peak RSS.",
         "",
