@@ -193,7 +193,7 @@ def measure(model, png, workers=(1, 2), clients=16, seconds=10, total=3000):
                         result = run_python_client(port, body, clients, total)
                 finally:
                     stop_server(proc)
-            results[count] = {**result, "answer": json.loads(answer)["digit"]}
+            results[count] = {**result, "answer": json.loads(answer)["label"]}
     return {"tool": "wrk" if use_wrk else "python", "clients": clients, "runs": results}
 
 

@@ -1,10 +1,10 @@
 """The pipeline as a user runs it, timed: `dvc repro` in a fresh copy of this repository, then
 each stage alone for its wall time, its peak memory and whether it imported TensorFlow.
 
-The copy is what a clean clone holds: the tracked files, no data/ (mnist.npz, data/processed),
-no model/, no DVC cache, so the first `dvc repro` runs every stage."""
+The copy is what a clean clone holds: the tracked files, no data/ (raw.npz, processed/), no
+model/, no DVC cache, so the first `dvc repro` runs every stage. Download reads MNIST from
+MNIST_MIRROR; without it, from random pictures of MNIST's shapes (use_random_data)."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.fileio import save_npz
-from stages.params import save
-from stages.yaml12 import read_yaml
+from tests.conftest import write_catalogue
+from tests.digits import write_mirror
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("download", "preprocess", "train", "evaluate", "export")  # in dvc.yaml's order
@@ -45,19 +44,16 @@ def git_env():
 
 
 def use_random_data(repo, mirror):
-    """Without real MNIST: random digits of MNIST's shapes in `mirror`, and a catalogue that
-    trusts them (and no public source). Timings hold; accuracies mean nothing."""
+    """Without real MNIST: random pictures and labels of MNIST's shapes, as the four IDX .gz
+    files in `mirror`, and the copy's catalogue entry (datasets/mnist/dataset.yaml) holding the
+    SHA-256 of their content and no public source, committed. Timings hold; accuracies mean
+    nothing."""
     rng = np.random.default_rng(0)
-    save_npz(mirror / "mnist.npz",
-             x_train=rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 60000, dtype=np.uint8),
-             x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
-             y_test=rng.integers(0, 10, 10000, dtype=np.uint8))
-    catalogue = read_yaml(repo / "datasets.yaml")
-    catalogue["download"]["public_sources"] = False
-    digest = hashlib.sha256((mirror / "mnist.npz").read_bytes()).hexdigest()
-    catalogue["datasets"]["mnist"]["checksums"]["mnist.npz"] = {"sha256": digest}
-    save(catalogue, repo / "datasets.yaml")
+    arrays = {"x_train": rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
+              "y_train": rng.integers(0, 10, 60000, dtype=np.uint8),
+              "x_test": rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
+              "y_test": rng.integers(0, 10, 10000, dtype=np.uint8)}
+    write_catalogue(repo, {"mnist": write_mirror(Path(mirror), arrays)})
     subprocess.run(["git", "commit", "-q", "-am", "random data"], cwd=repo, env=git_env(),
                    check=True)
 
@@ -119,7 +115,7 @@ def table(stages_run, family):
     lines = [
         "## Pipeline: a fresh copy of the repository, data from the mirror",
         "",
-        "The copy holds the tracked files only (no data/, data/processed, model/ or DVC cache), "
+        "The copy holds the tracked files only (no data/, model/ or DVC cache), "
         f"so the first `dvc repro` runs every stage; train trains params.yaml's `{family}`. "
         "Then each stage runs again alone, for its wall time and peak RSS.",
         "",

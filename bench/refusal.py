@@ -21,6 +21,7 @@ import numpy as np
 from app.classifier import load_classifier
 from app.pictures import refusal as rules
 from app.pictures.digit import to_mnist_form
+from stages.common.files import load_npz
 from tests.drawings import page_digits, scrawls
 from tests.photos import mnist_on_paper, photo_set
 from tests.readings import (
@@ -35,7 +36,13 @@ from tests.readings import (
     share,
 )
 
-VALIDATION = REPO / "data" / "processed" / "val.npz"  # scaled to [0, 1] (params: scale)
+VALIDATION = REPO / "data" / "processed" / "val.npz"  # uint8 (N, 28, 28, 1), as preprocess keeps it
+
+
+def digit_model(classifier):
+    """Whether the model is judged by the digit checks (an MNIST-form digit model, as export
+    decides): what this benchmark measures. Any other refuses on its own uncertainty."""
+    return classifier.info.refusal.kind == "digit"
 
 
 def goal_met(key, refused):
@@ -140,9 +147,10 @@ def goals(results):
 def calibration(classifier):
     """Where app/pictures/refusal.py's thresholds come from: what the validation digits look
     like, and how many of them each rule refuses."""
-    with np.load(VALIDATION) as data:
-        pixels, labels = data["x"] * 255, data["y"]
-    probabilities = classifier.probabilities(pixels)
+    data = load_npz(VALIDATION, "preprocess", ("x", "y"))
+    pictures, labels = data["x"].astype(np.float32), data["y"]  # as the model takes them
+    probabilities = classifier.probabilities(pictures)
+    pixels = pictures[..., 0]  # the rules read a grey digit, (28, 28)
     shapes = [rules.ink_shape(p) for p in pixels]
     n = len(shapes)
     f = {name: np.array([getattr(s, name) for s in shapes]) for name in (
@@ -193,6 +201,9 @@ def main(argv=None):
     parser.add_argument("--model", type=Path, default=MODEL)
     args = parser.parse_args(argv)
     classifier = load_classifier(args.model)
+    if not digit_model(classifier):
+        parser.error(f"{args.model} is a model of {classifier.info.dataset}, which refuses on "
+                     "its own uncertainty: the digit checks measured here are not its")
     print(calibration(classifier) if args.calibrate else table(measure(classifier)))
 
 

@@ -1,21 +1,29 @@
 """The benchmark: training speed of both model families against PyTorch (and Keras' model.fit
-and scikit-learn), predict's cold start, the API under load and under hostile uploads, the
-pipeline's wall times and memory, and how often "not a digit" is answered (bench/refusal.py), in
-one run. Writes bench/results.md and prints it.
+and scikit-learn), the accuracy of the recipes on MNIST and of the CNN's on Fashion-MNIST,
+folders of pictures read by the pipeline, predict's cold start, the API under load and under
+hostile uploads, the pipeline's wall times and memory, how often "not a digit" is answered
+(bench/refusal.py) and, when bench/operators.py is there, what operators see (metrics on and
+off, a reload under load), in one run. Writes bench/results.md and prints it.
 
     pip install -r bench/requirements.txt     # into the project's .venv; apt-get install wrk
-    MNIST_MIRROR=../shared/mnist python -m bench
+    MNIST_MIRROR=../shared/mnist FASHION_MNIST_MIRROR=/usr/share/datasets/fashion-mnist \
+        python -m bench
+    python -m bench --quick                   # every part in its quickest form: a smoke run
     python -m bench --only training --families cnn --epochs 2 --threads 2   # a quick look
     python -m bench --only api,hostile --model path/to/model.onnx           # the server alone
 
 With MNIST_MIRROR the pipeline and the training runs use real MNIST; without it, random data of
-MNIST's shapes (timings hold, accuracies mean nothing). predict and the API run the repository's
-model/model.onnx. Nothing here is part of `make test`: timings belong in a benchmark that a
-person reads, not in tests that fail on a busy machine.
+MNIST's shapes (timings hold, accuracies mean nothing). The Fashion-MNIST parts (fashion,
+folders) read FASHION_MNIST_MIRROR, else Debian's dataset-fashion-mnist folder; without either,
+the folders part reads the generated colour pictures alone. predict and the API run the
+repository's model/model.onnx. Nothing here is part of `make test`: timings belong in a
+benchmark that a person reads, not in tests that fail on a busy machine.
 """
 
 import argparse
-import json
+import contextlib
+import importlib.util
+import io
 import logging
 import os
 import platform
@@ -27,15 +35,18 @@ from pathlib import Path
 
 from app.classifier import load_classifier
 from app.server.settings import Settings
-from bench import coldstart, hostile, load, pipeline, refusal, training
+from bench import coldstart, folders, hostile, load, pipeline, refusal, training
 from bench.trainers import recipe
-from stages import params
+from stages.common import params
 from tests.readings import mnist_available
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results.md"
 MODEL = REPO / "model" / "model.onnx"
-PARTS = ("training", "predict", "api", "hostile", "pipeline", "refusal")
+# bench/operators.py is another engineer's, and may not be there yet: its part runs if it is.
+OPERATORS = importlib.util.find_spec("bench.operators") is not None
+PARTS = ("training", "predict", "api", "hostile", "pipeline", "refusal", "folders",
+         "fashion") + (("operators",) if OPERATORS else ())
 log = logging.getLogger("bench")
 DEFAULT_WORKERS = Settings().workers  # what mnist-serve starts on this machine
 # The goals this benchmark checks, and their limits.
@@ -46,6 +57,9 @@ GOALS = {
     "P3": "full `dvc repro` <= 30 s, no-op <= 2 s; download and preprocess <= 2 s each "
           "without TensorFlow",
     "P5": "peak RSS of the train stage <= 1.5 GB",
+    "accuracy": "params.yaml's {family} recipe on MNIST: >= {target:.1%} test accuracy",
+    "fashion": "the CNN's Fashion-MNIST recipe (docs/pipeline.md): >= {target:.0%} test "
+               "accuracy",
     "predict": "`python -m app.cli one.png` cold: median <= 0.5 s, peak RSS <= 150 MB, "
                "no TensorFlow",
     "api": ">= 400 requests/s, p99 <= 100 ms, no errors (load generator on the same machine)",
@@ -53,6 +67,8 @@ GOALS = {
                "each past the answer's own, none after it; 4 clients sending them all: /health "
                "p99 <= 1 s; the worker and its decode processes < 500 MB (PSS)",
 }
+# What a quick run (--quick) measures, where the options do not say otherwise.
+QUICK = {"epochs": 1, "runs": 2, "api_seconds": 2}
 
 
 def cpu_name():
@@ -70,6 +86,10 @@ def version(*packages):
         except metadata.PackageNotFoundError:
             pass
     return "not installed"
+
+
+def epochs(count):
+    return f"{count} epoch{'s' if count != 1 else ''}"
 
 
 def verdict(ok, short_by=""):
@@ -95,6 +115,13 @@ def training_goals(results, real_data):
         ok = verdict(to is not None and to[0] <= 10) if real_data else \
             verdict(False, "needs real MNIST")
         rows.append(f"| P2: {GOALS['P2']} | {measured} | {ok} |")
+    for family, runs in results.items():
+        # The pipeline's own trainer at its best thread count: what `dvc repro` gives.
+        ours, target = training.best_of_threads(runs["project"]), training.TARGETS["mnist"][family]
+        ok = verdict(ours["final_accuracy"] >= target) if real_data else \
+            verdict(False, "needs real MNIST")
+        rows.append(f"| {GOALS['accuracy'].format(family=family.upper(), target=target)} | "
+                    f"{ours['final_accuracy']:.2%} after {epochs(ours['epochs'])} | {ok} |")
     return rows
 
 
@@ -139,7 +166,12 @@ def serving_goals(cold, api, flood=None):
     return rows
 
 
-def report(real_data, command, sections, goal_rows, load_avg):
+def markdown_rows(rows):
+    """Markdown rows of the goals table from (goal, measured, met) triples."""
+    return [f"| {goal} | {measured} | {verdict(met)} |" for goal, measured, met in rows]
+
+
+def report(data, command, sections, goal_rows, load_avg):
     header = [
         "# Benchmark results",
         "",
@@ -147,13 +179,23 @@ def report(real_data, command, sections, goal_rows, load_avg):
         f"{os.cpu_count()} cores (load average {load_avg:.2f} at the start); Python "
         f"{platform.python_version()}, TensorFlow {version('tensorflow', 'tensorflow-cpu')}, "
         f"PyTorch {version('torch')}, scikit-learn {version('scikit-learn')}, ONNX Runtime "
-        f"{version('onnxruntime')}. Command: `{command}`."
-        + ("" if real_data is None else " Data: real MNIST from `MNIST_MIRROR`." if real_data
-           else " Data: **random data of MNIST's shapes** (no `MNIST_MIRROR`): accuracies "
-           "mean nothing."),
+        f"{version('onnxruntime')}. Command: `{command}`." + "".join(f" {d}" for d in data),
     ]
     goals = ["## Goals", "", "| goal | measured | |", "|---|---|---|", *goal_rows]
     return "\n\n".join("\n".join(s) for s in [header, *sections, goals]) + "\n"
+
+
+def data_used(parts):
+    """What the report says of the data the parts read."""
+    said = []
+    if {"pipeline", "training"} & set(parts):
+        said.append("Data: real MNIST from `MNIST_MIRROR`." if os.environ.get("MNIST_MIRROR")
+                    else "Data: **random data of MNIST's shapes** (no `MNIST_MIRROR`): "
+                    "accuracies mean nothing.")
+    if {"fashion", "folders"} & set(parts):
+        said.append(f"Fashion-MNIST from `{fashion_mirror()}`." if fashion_mirror()
+                    else "No Fashion-MNIST (`FASHION_MNIST_MIRROR`).")
+    return said
 
 
 def comma_list(convert):
@@ -164,26 +206,34 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", type=comma_list(str), default=list(PARTS),
                         help=f"the parts to run, of {','.join(PARTS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of every part in its quickest form: "
+                        f"{QUICK['epochs']} epoch per trainer, folders' {folders.QUICK:,} "
+                        f"pictures of each and no training, {QUICK['runs']} cold starts, "
+                        f"{QUICK['api_seconds']} s of load (the options below still apply)")
     parser.add_argument("--families", type=comma_list(str), default=["mlp", "cnn"])
     parser.add_argument("--threads", type=comma_list(int), default=[1, 2],
                         help="thread counts every trainer runs at (default: 1,2)")
     parser.add_argument("--epochs", type=int, help="epochs of every trainer (default: each "
                         "family's recipe; model.fit at most 4): a small number for a smoke run")
     parser.add_argument("--model", type=Path, default=MODEL, help=f"default: {MODEL}")
-    parser.add_argument("--runs", type=int, default=7, help="predict cold starts (default: 7)")
+    parser.add_argument("--runs", type=int, help="predict cold starts (default: 7)")
     parser.add_argument("--workers", type=comma_list(int),
                         default=sorted({1, DEFAULT_WORKERS}),
                         help="API worker counts (default: 1 and the server's default, "
                              f"{DEFAULT_WORKERS} here)")
-    parser.add_argument("--api-seconds", type=int, default=10,
+    parser.add_argument("--api-seconds", type=int,
                         help="seconds of load for each worker count (default: 10)")
     parser.add_argument("--output", type=Path, help=f"default: {RESULTS} when every part "
-                        "runs, else only printed")
+                        "runs in full, else only printed")
     args = parser.parse_args(argv)
     for value, allowed in ((args.only, PARTS), (args.families, ("mlp", "cnn"))):
         if not value or set(value) - set(allowed):
             parser.error(f"expected a comma-separated list of {', '.join(allowed)}")
-    if args.output is None and set(args.only) == set(PARTS):
+    for name, default in {"epochs": None, "runs": 7, "api_seconds": 10}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, QUICK[name] if args.quick else default)
+    if args.output is None and set(args.only) == set(PARTS) and not args.quick:
         args.output = RESULTS
     args.model = args.model.resolve()  # predict and the API run in the repository's root
     return args
@@ -212,15 +262,47 @@ def measure_training(args, parts, tmp, train_params):
         data_dir = repo / "data" / "processed" if stages_run else pipeline.prepare_data(repo, env)
         results = training.measure(args.families, data_dir, args.threads, args.epochs)
         for family, runs in results.items():
-            cfg = recipe(family)
-            parity = (training.affine_parity(family, data_dir)
-                      if cfg["augment"] == "affine" else None)
-            sections.append(training.table(family, runs, args.threads, cfg, parity))
+            log.info("the PyTorch twin of the %s against the pipeline's ...", family)
+            sections.append(training.table(family, runs, args.threads, recipe(family),
+                                           training.twin_check(family, data_dir)))
         goal_rows += training_goals(results, bool(os.environ.get("MNIST_MIRROR")))
     if stages_run:
         pipeline_section = pipeline.table(stages_run, train_params["model"])
         return sections + [pipeline_section], goal_rows + pipeline_goals(stages_run)
     return sections, goal_rows
+
+
+def fashion_mirror():
+    """The folder of Fashion-MNIST's IDX files, or None."""
+    found = Path(os.environ.get("FASHION_MNIST_MIRROR") or folders.FASHION_MNIST)
+    return found.resolve() if found.is_dir() else None
+
+
+def measure_fashion(args, tmp):
+    """The CNN's Fashion-MNIST recipe (bench.trainers.RECIPES) trained by the pipeline's own
+    fit() at the recipe's thread count, on data made by download and preprocess."""
+    mirror, goal = fashion_mirror(), training.TARGETS["fashion-mnist"]["cnn"]
+    if not mirror:
+        return [["## Accuracy: CNN on fashion-mnist", "", "Not measured: no Fashion-MNIST "
+                 f"(FASHION_MNIST_MIRROR, or {folders.FASHION_MNIST})."]], []
+    log.info("the CNN's recipe on Fashion-MNIST ...")
+    folder = folders.stage_folder(tmp / "fashion", "fashion-mnist")
+    data_dir = pipeline.prepare_data(folder, {**os.environ, "FASHION_MNIST_MIRROR": str(mirror)})
+    threads = recipe("cnn", "fashion-mnist")["threads"] or os.cpu_count()
+    summary = training.measure(["cnn"], data_dir, [threads], args.epochs, "fashion-mnist",
+                               ["project"])["cnn"]["project"][0]
+    return ([training.accuracy_table("fashion-mnist", "cnn", summary)],
+            markdown_rows([(GOALS["fashion"].format(target=goal),
+                        f"{summary['final_accuracy']:.2%} after {epochs(summary['epochs'])} "
+                        f"({summary['train_s']:.0f} s)", summary["final_accuracy"] >= goal)]))
+
+
+def measure_folders(args):
+    """Folders of pictures read by download and preprocess (bench/folders.py)."""
+    log.info("folders of pictures: writing, reading, splitting%s ...",
+             "" if args.quick else ", and Fashion-MNIST trained from PNG and from IDX")
+    results = folders.measure(fashion_mirror(), args.quick)
+    return [folders.table(results)], markdown_rows(folders.goals(results))
 
 
 def measure_serving(args, parts, tmp):
@@ -246,15 +328,31 @@ def measure_serving(args, parts, tmp):
 
 
 def measure_refusal(model):
-    """"Not a digit" on both sides (bench/refusal.py), with the repository's model and data."""
-    if not (model.is_file() and mnist_available()):
-        return [["## Not a digit", "", f"Not measured: needs {model}, and {refusal.MNIST} or "
-                 "MNIST_MIRROR."]], []
+    """"Not a digit" on both sides (bench/refusal.py), with the repository's model and data:
+    an MNIST digit model's, the one that the digit checks judge."""
+    classifier = load_classifier(model) if model.is_file() else None
+    if not (classifier and refusal.digit_model(classifier) and mnist_available()):
+        return [["## Not a digit", "", f"Not measured: needs an MNIST digit model at {model}, "
+                 f"and {refusal.MNIST} or MNIST_MIRROR."]], []
     log.info("not a digit: real digits and scrawls ...")
-    results = refusal.measure(load_classifier(model))
-    return ([["## Not a digit", "", refusal.table(results)]],
-            [f"| {goal} | {measured} | {verdict(met)} |" for goal, measured, met in
-             refusal.goals(results)])
+    results = refusal.measure(classifier)
+    return [["## Not a digit", "", refusal.table(results)]], markdown_rows(refusal.goals(results))
+
+
+def measure_operators():
+    """bench/operators.py's section, as its main() prints it."""
+    from bench import operators
+
+    log.info("operators: metrics on and off, a reload under load ...")
+    printed, argv = io.StringIO(), sys.argv
+    # Its main() may read the command line: it gets one of its own, not this benchmark's.
+    sys.argv = ["python -m bench.operators"]
+    try:
+        with contextlib.redirect_stdout(printed):
+            operators.main()
+    finally:
+        sys.argv = argv
+    return [printed.getvalue().strip().splitlines()], []
 
 
 def main(argv=None):
@@ -263,37 +361,42 @@ def main(argv=None):
     load_avg = os.getloadavg()[0]
     parts = [p for p in PARTS if p in args.only]
     train_params = params.load(REPO / "params.yaml").train.model_dump()
-    real_data = None  # None: no part used the data set
     sections, goal_rows = [], []
+
+    def add(more):
+        sections.extend(more[0])
+        goal_rows.extend(more[1])
+
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
         if {"pipeline", "training"} & set(parts):
-            sections, goal_rows = measure_training(args, parts, Path(tmp), train_params)
-            real_data = bool(os.environ.get("MNIST_MIRROR"))
+            add(measure_training(args, parts, Path(tmp), train_params))
+        if "fashion" in parts:
+            add(measure_fashion(args, Path(tmp)))
+        if "folders" in parts:
+            add(measure_folders(args))
         if {"predict", "api", "hostile"} & set(parts):
-            more_sections, more_rows = measure_serving(args, parts, Path(tmp))
-            sections, goal_rows = sections + more_sections, goal_rows + more_rows
+            add(measure_serving(args, parts, Path(tmp)))
         if "refusal" in parts:
-            more_sections, more_rows = measure_refusal(args.model)
-            sections, goal_rows = sections + more_sections, goal_rows + more_rows
+            add(measure_refusal(args.model))
+        if "operators" in parts:
+            add(measure_operators())
 
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
-    text = report(real_data, command, sections, goal_rows, load_avg)
+    text = report(data_used(parts), command, sections, goal_rows, load_avg)
     if args.output:
         args.output.write_text(text)
     print(text)
 
 
 def model_label(model):
-    """`model/model.onnx` (the MLP): the path as a user types it, and the family train wrote."""
+    """`model/model.onnx` (MLP, mnist): the path as a user types it, and what the model says it
+    is (its metadata, app/metadata.py)."""
     try:
         shown = model.relative_to(REPO)
     except ValueError:
         shown = model
-    try:
-        family = json.loads((model.parent / "metadata.json").read_text())["family"].upper()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        family = "family unknown"
-    return f"`{shown}` ({family})"
+    info = load_classifier(model).info
+    return f"`{shown}` ({info.family.upper()}, {info.dataset})"
 
 
 if __name__ == "__main__":

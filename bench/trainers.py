@@ -3,10 +3,12 @@
     python -m bench.trainers {project,torch,keras_fit,keras_fit_32,sklearn} {mlp,cnn} DATA_DIR \
         --threads N [--epochs E]
 
-DATA_DIR holds preprocess' output (train/val/test .npz). Every trainer runs the family's recipe
-from params.yaml (`train.<family>`, see recipe()) as far as its library allows, with `threads` and
-`epochs` replaced. The test set is scored after every epoch, outside the timed part, so that
-time-to-accuracy can be read off. Prints one JSON object.
+DATA_DIR holds preprocess' output (train/val/test .npz of uint8 pictures (N, H, W, C), and
+dataset.json: the dataset's name, classes and normalisation constants). Every trainer runs the
+family's recipe for that dataset (params.yaml's `train.<family>`, with RECIPES' values for
+Fashion-MNIST) as far as its library allows, with `threads` and `epochs` replaced. The test set
+is scored after every epoch, outside the timed part, so that time-to-accuracy can be read off.
+Prints one JSON object.
 
 Each trainer gets a process of its own: TensorFlow and PyTorch fix their thread pools once, and
 a clean process is what a user's run looks like.
@@ -15,46 +17,78 @@ a clean process is what a user's run looks like.
 import argparse
 import functools
 import json
+import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from stages import params, runner, train
-from stages.fileio import read_json, read_split
-from stages.normalization import blank_pixel
+from stages import train
+from stages.common import params, runner
+from stages.common.files import load_json, load_npz
 
 REPO = Path(__file__).resolve().parent.parent
-CHUNK = 1000  # images scored at once: the CNN's first maps of 10,000 images would take 1 GB
+CHUNK = 1000  # pictures scored at once: the CNN's first maps of 10,000 would take 1 GB
+# docs/pipeline.md's recipes for Fashion-MNIST, on top of params.yaml's (the `-S` values there):
+# clothes are harder than digits, and MNIST's recipes reach only 87.8 % (MLP) and 90.2 % (CNN).
+RECIPES = {
+    "fashion-mnist": {
+        "mlp": {"hidden_units": [256], "dropout": 0.3, "epochs": 40, "augment": "none"},
+        "cnn": {"padding": "same", "final_filters": [128], "batch_size": 128,
+                "learning_rate": 0.003, "epochs": 30, "augment_shift": 1, "augment_rotate": 0,
+                "augment_scale": 0.05, "augment_flip": True},
+    },
+}
 
 
-def recipe(family):
-    """The family's recipe from params.yaml, with the shared seed, as a plain dict."""
+def recipe(family, dataset="mnist"):
+    """The family's recipe from params.yaml, with the dataset's own values (RECIPES) and the
+    shared seed, as a plain dict."""
     cfg = params.load(REPO / "params.yaml").train
-    return {**getattr(cfg, family).model_dump(), "seed": cfg.seed}
+    return {**getattr(cfg, family).model_dump(), **RECIPES.get(dataset, {}).get(family, {}),
+            "seed": cfg.seed}
+
+
+def read_data(data_dir, splits=("train", "val", "test")):
+    """preprocess' output: the splits, uint8 pictures (N, H, W, C) and labels, with the
+    dataset's name, its number of classes and its normalisation constants."""
+    info = load_json(data_dir / "dataset.json", "preprocess")
+    data = {split: load_npz(data_dir / f"{split}.npz", "preprocess", ("x", "y"))
+            for split in splits}
+    return {**data, "name": info["name"], "classes": len(info["class_names"]),
+            "normalization": info["normalization"]}
 
 
 def accuracy(probs, labels):
     return float(np.mean(np.asarray(probs).argmax(axis=1) == labels))
 
 
-def project(family, cfg, data):
-    """The train stage's own fit(), exactly as `dvc repro` runs it."""
-    from stages.models import build_model
+def keras_accuracy(model, split):
+    """The model's test accuracy, fed floats as evaluate feeds them, CHUNK pictures at once."""
+    return accuracy(model.predict(split["x"].astype(np.float32), batch_size=CHUNK, verbose=0),
+                    split["y"])
 
+
+def keras_model(family, cfg, data):
+    """The train stage's model, with TensorFlow configured as the stage configures it."""
     runner.import_tensorflow()  # with the stages' settings: oneDNN's kernels on every CPU
+    from stages.common.models import build_model
+
     typed = SimpleNamespace(**cfg)
     train.configure_tensorflow(typed, cfg["seed"])
-    model = build_model(family, typed, cfg["seed"], data["train"]["x"].shape[1:], data["classes"])
+    return build_model(family, typed, cfg["seed"], data["train"]["x"].shape[1:], data["classes"],
+                       data["normalization"], data["name"])
+
+
+def project(family, cfg, data):
+    """The train stage's own fit(), exactly as `dvc repro` runs it."""
+    model = keras_model(family, cfg, data)
     scores = []
-
-    def score(epoch, values):
-        probs = model.predict(data["test"]["x"], batch_size=CHUNK, verbose=0)
-        scores.append(accuracy(probs, data["test"]["y"]))
-
-    _, seconds = train.fit(model, typed, cfg["seed"], data["train"], data["val"],
-                           data["normalization"], on_epoch_end=score)
+    _, seconds = train.fit(model, SimpleNamespace(**cfg), cfg["seed"], data["train"],
+                           data["val"],
+                           on_epoch_end=lambda *_: scores.append(keras_accuracy(model,
+                                                                                data["test"])))
     return seconds, scores
 
 
@@ -63,15 +97,10 @@ def keras_fit(family, cfg, data, steps_per_execution=1):
     32 each call into the compiled graph runs 32 steps rather than one."""
     import keras
 
-    from stages.models import build_model
-
-    runner.import_tensorflow()
-    typed = SimpleNamespace(**cfg)
-    train.configure_tensorflow(typed, cfg["seed"])
-    model = build_model(family, typed, cfg["seed"], data["train"]["x"].shape[1:], data["classes"])
-    optimizer = train.build_optimizer(
-        typed, train.steps_per_epoch(len(data["train"]["y"]), cfg["batch_size"]))
-    model.compile(optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+    model = keras_model(family, cfg, data)
+    steps = math.ceil(len(data["train"]["y"]) / cfg["batch_size"])
+    model.compile(train.build_optimizer(SimpleNamespace(**cfg), steps),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
     seconds, scores = [], []
 
@@ -83,19 +112,20 @@ def keras_fit(family, cfg, data, steps_per_execution=1):
 
         def on_epoch_end(self, epoch, logs=None):
             seconds.append(time.perf_counter() - self.started)
-            scores.append(accuracy(model.predict(data["test"]["x"], batch_size=CHUNK, verbose=0),
-                                   data["test"]["y"]))
+            scores.append(keras_accuracy(model, data["test"]))
 
-    model.fit(data["train"]["x"], data["train"]["y"], batch_size=cfg["batch_size"],
-              epochs=cfg["epochs"], validation_data=(data["val"]["x"], data["val"]["y"]),
-              callbacks=[Timer()], verbose=0)
+    # Floats, as a user of model.fit hands them over (and as evaluate feeds the model).
+    model.fit(data["train"]["x"].astype(np.float32), data["train"]["y"],
+              batch_size=cfg["batch_size"], epochs=cfg["epochs"], callbacks=[Timer()],
+              validation_data=(data["val"]["x"].astype(np.float32), data["val"]["y"]), verbose=0)
     return seconds, scores
 
 
 def torch_loop(family, cfg, data):
     """A plain PyTorch 2 eager loop doing what fit() does: the same model, optimizer, schedule,
     batches and augmentation (drawn from the same seeded generator in the same order), the
-    training loss and accuracy summed up, and the validation split scored within the epoch."""
+    uint8 pictures of each batch cast to floats, the training loss and accuracy summed up, and
+    the validation split scored within the epoch."""
     import torch
 
     from bench import torch_twin
@@ -104,28 +134,27 @@ def torch_loop(family, cfg, data):
     torch.manual_seed(cfg["seed"])
     x, y = torch.from_numpy(data["train"]["x"]), torch.from_numpy(data["train"]["y"]).long()
     n, side, batch_size, shift = len(y), x.shape[1], cfg["batch_size"], cfg["augment_shift"]
-    steps = train.steps_per_epoch(n, batch_size)
-    model = torch_twin.build_model(family, cfg, side, data["classes"])
+    steps = math.ceil(n / batch_size)  # the last batch may be smaller, as in fit()
+    model = torch_twin.build_model(family, cfg, x.shape[1:], data["classes"],
+                                   data["normalization"])
     optimizer = torch_twin.build_optimizer(cfg, model)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                  torch_twin.schedule_factor(cfg, steps))
     loss_fn = torch.nn.CrossEntropyLoss()
-    blank = blank_pixel(data["normalization"])
     x_val, y_val = (torch.from_numpy(data["val"][k]) for k in ("x", "y"))
 
     def augmented(images, step, moves):
         if cfg["augment"] == "affine":
             return torch_twin.transform_images(
-                images, moves[step * batch_size:(step + 1) * batch_size], blank)
+                images, moves[step * batch_size:(step + 1) * batch_size])
         if cfg["augment"] == "shift":
-            top, left = moves[step]
-            padded = torch.nn.functional.pad(images, (shift,) * 4, value=blank)
-            return padded[:, top:top + side, left:left + side]
+            return torch_twin.shift_images(images, *moves[step], shift)
         return images
 
     def logits(images):
         with torch.no_grad():
-            return torch.cat([model(images[i:i + CHUNK]) for i in range(0, len(images), CHUNK)])
+            return torch.cat([model(images[i:i + CHUNK].float())
+                              for i in range(0, len(images), CHUNK)])
 
     rng = np.random.default_rng(cfg["seed"])
     seconds, scores, history = [], [], []
@@ -135,14 +164,14 @@ def torch_loop(family, cfg, data):
         order = torch.from_numpy(rng.permutation(n))
         if cfg["augment"] == "affine":
             transforms = train.affine_transforms(rng, n, SimpleNamespace(**cfg), side)
-            moves = torch_twin.affine_thetas(transforms, side, side)
+            moves = torch_twin.affine_thetas(transforms, *x.shape[1:3])
         else:
             moves = rng.integers(0, 2 * shift + 1, size=(steps, 2))
         loss_sum, hits = torch.zeros(()), torch.zeros((), dtype=torch.long)
         for step in range(steps):
             batch = order[step * batch_size:(step + 1) * batch_size]
             with torch.no_grad():
-                xb = augmented(x[batch], step, moves)
+                xb = augmented(x[batch].float(), step, moves)
             yb = y[batch]
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)
@@ -164,12 +193,14 @@ def torch_loop(family, cfg, data):
 
 def sklearn(family, cfg, data):
     """scikit-learn's MLPClassifier, one partial_fit per epoch: Adam at its default constant
-    rate of 0.001 (it has no schedule, and 0.003 without one did no better), no dropout."""
+    rate of 0.001 (it has no schedule, and 0.003 without one did no better), no dropout, on
+    the pictures normalised as the model's first layer normalises them."""
     from sklearn.neural_network import MLPClassifier
     from threadpoolctl import threadpool_limits
 
-    flat = {split: data[split]["x"].reshape(len(data[split]["x"]), -1)
-            for split in ("train", "test")}
+    mean, std = data["normalization"]["mean"], data["normalization"]["std"]
+    flat = {split: ((data[split]["x"].reshape(len(data[split]["x"]), -1) / 255 - mean) / std)
+            .astype(np.float32) for split in ("train", "test")}
     model = MLPClassifier(hidden_layer_sizes=tuple(cfg["hidden_units"]),
                           activation=cfg["activation"], batch_size=cfg["batch_size"],
                           learning_rate_init=1e-3, random_state=cfg["seed"])
@@ -211,18 +242,14 @@ def main():
     args = parser.parse_args()
 
     trainer = TRAINERS[args.trainer]
-    dataset = read_json(args.data_dir / "dataset.json", "preprocess", ["class_names"])
-    cfg = recipe(args.family)
+    data = read_data(args.data_dir)
+    cfg = recipe(args.family, data["name"])
     cfg["threads"], cfg["epochs"] = args.threads, args.epochs or cfg["epochs"]
     cfg["epochs"] = min(cfg["epochs"], trainer.max_epochs or cfg["epochs"])
-    data = {split: read_split(args.data_dir / f"{split}.npz") for split in ("train", "val", "test")}
-    data["normalization"] = read_json(args.data_dir / "normalization.json", "preprocess",
-                                      ["mean", "std"])
-    data["classes"] = len(dataset["class_names"])
     seconds, scores = trainer.function(args.family, cfg, data)
-    print(json.dumps({"trainer": args.trainer, "family": args.family, "threads": args.threads,
-                      "batch_size": cfg["batch_size"], "epoch_seconds": seconds,
-                      "test_accuracy": scores}))
+    print(json.dumps({"trainer": args.trainer, "family": args.family, "dataset": data["name"],
+                      "threads": args.threads, "batch_size": cfg["batch_size"],
+                      "epoch_seconds": seconds, "test_accuracy": scores}))
 
 
 if __name__ == "__main__":

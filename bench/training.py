@@ -1,5 +1,6 @@
 """Training speed: every trainer of bench/trainers.py, at each thread count, one process each;
-then each trainer compared at its own best thread count."""
+then each trainer compared at its own best thread count. And the test accuracy each family's
+recipe reaches, and when."""
 
 import json
 import logging
@@ -8,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.trainers import TRAINERS
+from bench.trainers import RECIPES, TRAINERS
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = {"mlp": 0.98, "cnn": 0.995}  # test accuracy that counts as "trained", per family
+# Test accuracy that counts as "trained", per dataset and family: the goals of each recipe.
+TARGETS = {"mnist": {"mlp": 0.98, "cnn": 0.995}, "fashion-mnist": {"cnn": 0.91}}
 log = logging.getLogger("bench")
 
 
@@ -48,23 +50,25 @@ def best_of_threads(summaries):
     return min(summaries, key=lambda s: (s["median_epoch_s"], s["threads"]))
 
 
-def measure(families, data_dir, threads, epochs=None):
-    """{family: {trainer: [summary per thread count]}}, for every trainer of each family."""
+def measure(families, data_dir, threads, epochs=None, dataset="mnist", trainers=TRAINERS):
+    """{family: {trainer: [summary per thread count]}}, for each of `trainers` that trains the
+    family, on `dataset`'s data in `data_dir`."""
     results = {}
     for family in families:
+        target = TARGETS[dataset][family]
         results[family] = {
-            name: [summarise(run_trainer(name, family, data_dir, t, epochs), TARGETS[family])
+            name: [summarise(run_trainer(name, family, data_dir, t, epochs), target)
                    for t in threads]
-            for name, trainer in TRAINERS.items() if family in trainer.families}
+            for name in trainers if family in TRAINERS[name].families}
     return results
 
 
-def affine_parity(family, data_dir):
-    """bench.torch_twin's check that torch's affine augmentation is TensorFlow's."""
+def twin_check(family, data_dir):
+    """bench.torch_twin's check that the PyTorch twin is the pipeline's model and augmentation."""
     result = subprocess.run([sys.executable, "-m", "bench.torch_twin", str(data_dir),
                              "--family", family], cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"the affine check failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"the twin's check failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.splitlines()[-1])
 
 
@@ -80,8 +84,8 @@ def reached(summary, target):
     return f"{summary['to_target'][0]:.1f} s (epoch {summary['to_target'][1]})"
 
 
-def table(family, runs, threads, recipe, parity=None):
-    target = TARGETS[family]
+def table(family, runs, threads, recipe, twin=None):
+    target = TARGETS["mnist"][family]
     by_threads = " | ".join(f"{t} thread{'s' if t > 1 else ''} (s)" for t in threads)
     lines = [
         f"## Training: {family.upper()}, batch {recipe['batch_size']}, augment "
@@ -106,18 +110,46 @@ def table(family, runs, threads, recipe, parity=None):
                      f"{best['final_accuracy']:.2%} | {reached(best, target)} |")
     lines += [
         "",
-        "The project and PyTorch run the same recipe: the same layers and parameter count, Adam "
-        "with warm-up and cosine decay, dropout, the same batches and augmentation (`shift`: one "
-        "whole-pixel move per batch; `affine`: one move, turn and scaling per image, drawn by "
+        "The project and PyTorch run the same recipe on the same data: the uint8 pictures of "
+        "each batch cast to floats and normalised by the model's first layer, the same layers "
+        "and parameter count, Adam with warm-up and cosine decay, dropout, the same batches and "
+        "augmentation on levels 0-255, black coming in (`shift`: one whole-pixel move per batch; "
+        "`affine`: one move, turn and scaling per picture, drawn by "
         "`stages.train.affine_transforms` from the same seed, applied by TensorFlow's "
         "ImageProjectiveTransformV3 and torch's `affine_grid` + `grid_sample`), and both score "
         "the validation split within each epoch. `model.fit`: no augmentation, validation within "
         "the epoch, at most 4 epochs. scikit-learn: Adam at a constant 0.001, no dropout, no "
         "augmentation, no validation.",
     ]
-    if parity:
-        lines += ["", f"The two affine augmentations, checked on {parity['images']} test images "
-                  f"under the same random transforms, differ by at most "
-                  f"{parity['max_difference']:.1e} in pixel value (pixels span "
-                  f"{parity['pixel_range']:.2f})."]
+    if twin:
+        lines += ["", twin_text(twin)]
     return lines
+
+
+def twin_text(twin):
+    """What bench.torch_twin's check found, in a sentence."""
+    return (f"The PyTorch twin, checked against the pipeline on {twin['images']} test pictures: "
+            f"{twin['keras_parameters']:,} parameters in Keras, {twin['torch_parameters']:,} in "
+            f"torch; with the Keras model's weights copied in, probabilities differ by at most "
+            f"{twin['probability_difference']:.1e}; the two `{twin['augment']}` augmentations "
+            f"under the same random moves differ by at most "
+            f"{twin['augmentation_difference']:.1e} in levels 0-255.")
+
+
+def accuracy_table(dataset, family, summary):
+    """One run of the pipeline's trainer: its time and accuracy against the recipe's goal."""
+    target = TARGETS[dataset][family]
+    changed = ", ".join(f"`{key}={value}`" for key, value in RECIPES[dataset][family].items())
+    return [
+        f"## Accuracy: {family.upper()} on {dataset}",
+        "",
+        f"`stages/train.py`'s fit() ({summary['threads']} threads) with the recipe of "
+        f"docs/pipeline.md (params.yaml's `train.{family}` with {changed}), the test split "
+        "scored after every epoch, outside the timed part.",
+        "",
+        f"| epochs | median epoch (s) | training (s) | final test accuracy "
+        f"| time to {target:.1%} |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {summary['epochs']} | {summary['median_epoch_s']:.2f} | {summary['train_s']:.1f} | "
+        f"{summary['final_accuracy']:.2%} | {reached(summary, target)} |",
+    ]

@@ -1,16 +1,22 @@
 """The benchmark's arithmetic (its timings are read by people, never asserted by tests)."""
 
+import argparse
 import os
+import shlex
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
+from bench import folders
 from bench.coldstart import all_imports, top_level_imports
 from bench.load import multipart_body, percentile, summarise_client, wrk_result
-from bench.run import DEFAULT_WORKERS, parse_args, serving_goals
+from bench.run import DEFAULT_WORKERS, measure_operators, parse_args, serving_goals, training_goals
 from bench.sweep import bench_env
-from bench.training import best_of_threads, ratio_to_torch, reached, summarise
+from bench.trainers import RECIPES, recipe
+from bench.training import accuracy_table, best_of_threads, ratio_to_torch, reached, summarise
+from tests.conftest import REPO, read_yaml
 
 
 def run(seconds, scores, threads=1):
@@ -128,6 +134,101 @@ def test_options():
     assert parse_args([]).output.name == "results.md"
     with pytest.raises(SystemExit):
         parse_args(["--only", "trainnig"])
+
+
+def test_a_quick_run_is_short_and_writes_no_results_page():
+    args = parse_args(["--quick"])
+    assert (args.epochs, args.runs, args.api_seconds, args.output) == (1, 2, 2, None)
+    assert parse_args(["--quick", "--epochs", "3"]).epochs == 3  # the options still apply
+    assert (parse_args([]).epochs, parse_args([]).runs) == (None, 7)
+
+
+def test_the_recipes_reach_their_accuracy_goals_only_on_real_data():
+    def runs(accuracy):
+        return {"project": [summarise(run([2.0] * 3, [0.9, 0.95, accuracy]), 0.98)],
+                "torch": [summarise(run([3.0] * 3, [0.9] * 3), 0.98)]}
+
+    rows = training_goals({"mlp": runs(0.981), "cnn": runs(0.994)}, real_data=True)
+    accuracy = [row for row in rows if "recipe on MNIST" in row]
+    assert ["**met**" in row for row in accuracy] == [True, False]  # 98 % and 99.5 %
+    assert "98.10% after 3 epochs" in accuracy[0]
+    random = training_goals({"mlp": runs(0.99)}, real_data=False)
+    assert all("needs real MNIST" in row for row in random if "recipe on MNIST" in row)
+
+
+def fashion_values(family):
+    """docs/pipeline.md's `-S` values of a family's Fashion-MNIST recipe, as a dict."""
+    row = next(line for line in (REPO / "docs/pipeline.md").read_text().splitlines()
+               if line.startswith(f"| {family.upper()} | `"))
+    values = {}
+    for word in shlex.split(row.split("`", 1)[1].rsplit("`", 1)[0]):
+        key, value = word.split("=", 1)
+        if key.startswith(f"train.{family}."):
+            values[key.rsplit(".", 1)[1]] = read_yaml_value(value)
+    return values
+
+
+def read_yaml_value(text):
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn"])
+def test_the_fashion_recipes_are_those_of_the_docs(family):
+    assert RECIPES["fashion-mnist"][family] == fashion_values(family)
+    cfg = recipe(family, "fashion-mnist")
+    assert {k: cfg[k] for k in RECIPES["fashion-mnist"][family]} == fashion_values(family)
+    params = read_yaml(REPO / "params.yaml")["train"]
+    assert recipe(family) == {**params[family], "seed": params["seed"]}  # MNIST: params alone
+
+
+def test_the_accuracy_table_names_the_recipe_and_its_goal():
+    summary = summarise(run([30.0] * 3, [0.88, 0.905, 0.912], threads=2), 0.91)
+    text = "\n".join(accuracy_table("fashion-mnist", "cnn", summary))
+    assert "`padding=same`" in text and "`augment_flip=True`" in text
+    assert "| 3 | 30.00 | 90.0 | 91.20% | 90.0 s (epoch 3) |" in text
+
+
+def folder_figures(arrays_mb=100.0, download=260.0, preprocess=330.0, seconds=(12.0, 6.0)):
+    return {"pictures": 70_000, "arrays_mb": arrays_mb, "download_s": seconds[0],
+            "download_peak_mb": download, "fixed_download_mb": 80.0,
+            "preprocess_s": seconds[1], "preprocess_peak_mb": preprocess,
+            "fixed_preprocess_mb": 60.0}
+
+
+def test_folder_memory_is_counted_beyond_the_stages_fixed_cost():
+    figures = folder_figures()
+    assert folders.beyond(figures, "download") == pytest.approx(1.8)    # (260 - 80) / 100
+    assert folders.beyond(figures, "preprocess") == pytest.approx(2.7)  # (330 - 60) / 100
+
+
+def test_folder_goals():
+    results = {"quick": False, "fashion_png": folder_figures(preprocess=200.0),
+               "colour": folder_figures(),
+               "fashion_accuracy": {"from_png": 0.8990, "from_idx": 0.9015}}
+    (seconds, *memory, accuracy) = folders.goals(results)
+    assert seconds[1] == "12.0 s + 6.0 s = 18.0 s" and seconds[2] is True
+    assert [met for _, _, met in memory] == [True, False]  # 1.8x and 1.4x; 1.8x and 2.7x
+    assert accuracy[1].endswith("0.25 point") and accuracy[2] is True
+    slow = {**results, "fashion_png": folder_figures(seconds=(25.0, 6.0))}
+    assert folders.goals(slow)[0][2] is False
+    # A quick run reads fewer pictures and trains nothing: only the memory goals are judged.
+    quick = {"quick": True, "colour": folder_figures()}
+    assert [goal for goal, _, _ in folders.goals(quick)] == [memory[1][0]]
+
+
+def test_the_operators_part_gets_its_own_command_line_and_its_printed_section(monkeypatch):
+    def main():  # a stand-in for bench/operators.py, which reads its command line
+        argparse.ArgumentParser().parse_args()
+        print("## Operators\n\n| metrics | requests/s |")
+        return {"requests_per_s": 1}
+
+    monkeypatch.setitem(sys.modules, "bench.operators", types.SimpleNamespace(main=main))
+    monkeypatch.setattr(sys, "argv", ["python -m bench", "--only", "operators"])
+    sections, rows = measure_operators()
+    assert sections == [["## Operators", "", "| metrics | requests/s |"]] and rows == []
+    assert sys.argv == ["python -m bench", "--only", "operators"]
 
 
 def test_the_sweep_bench_runs_the_stages_with_this_python_whatever_the_shell_path(monkeypatch):
