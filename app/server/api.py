@@ -1,15 +1,19 @@
 """The HTTP API and its page: `POST /predict` (a picture in the multipart field
 `file`: curl -F file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the
-page), `/docs` and `/redoc` (offline); HEAD wherever GET. Bad input gets a 4xx whose JSON
-`detail` names it, never a 500, nothing of the upload echoed. Pictures are read in decode
-processes (pictures/sandbox.py); the limits on requests are in limits.py and settings.py.
+page), `/docs` and `/redoc` (offline); HEAD wherever GET; the inference protocol under /v2
+(inference.py) and /metrics (metrics.py). Bad input gets a 4xx whose JSON `detail` names it,
+never a 500, nothing of the upload echoed. Pictures are read in decode processes
+(pictures/sandbox.py); the limits on requests are in limits.py and settings.py. The model loads
+after the server starts answering (ready, /v2/health/ready, once it is checked), and again at
+SIGHUP, each time off the event loop, switched in between requests.
 """
 
 import asyncio
-import hashlib
+import logging
 import multiprocessing
 import signal
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -17,16 +21,19 @@ from typing import Annotated
 import fastapi_offline
 import numpy as np
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.classifier import ModelError, answer, load_classifier, model_input
-from app.pictures.decode import Damaged, InputError, NotAnImage, TooCostly
+from app.classifier import Classifier, ModelError, answer, load_classifier, model_input
 from app.pictures.sandbox import Sandbox
+from app.server import metrics, registry
+from app.server.inference import Served, decoded, probabilities, v2
 from app.server.limits import RequestLimits
 from app.server.settings import Limits, Settings
 
@@ -40,6 +47,7 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' d
                                            "object-src 'none'; base-uri 'none'; "
                                            "frame-ancestors 'none'; form-action 'self'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+log = logging.getLogger("uvicorn.error")
 
 
 class Ranked(BaseModel):
@@ -62,6 +70,7 @@ class Health(BaseModel):
     """Which model answers, and what it takes: enough for a client (the page) to follow it."""
     status: str
     model: str
+    version: str  # the registry's (registry.py), or "" for a file
     sha256: str
     dataset: str
     family: str
@@ -76,7 +85,6 @@ class Problem(BaseModel):
     detail: str
 
 
-REFUSALS = (((NotAnImage, Damaged), 400), (TooCostly, 413), (InputError, 422))  # first match
 router = APIRouter()
 
 
@@ -86,9 +94,13 @@ async def page() -> FileResponse:
 
 
 @router.get("/health")
-async def health(request: Request) -> Health:
-    """Which model is loaded: its file name and SHA-256, family, dataset and classes."""
-    return request.app.state.health
+async def health(classifier: Served) -> Health:
+    """Which model answers: its file name, version and SHA-256, family, dataset and classes."""
+    info = classifier.info
+    return Health(status="ok", model=classifier.path.name,  # no paths of the host
+                  version=classifier.path.stem.partition("@")[2], sha256=classifier.sha256,
+                  dataset=info.dataset, family=info.family, class_names=info.class_names,
+                  input_shape=info.input_shape, prepare=info.prepare, refusal=info.refusal.kind)
 
 
 # What /predict may answer instead of a Prediction, for the OpenAPI schema and /docs.
@@ -102,24 +114,19 @@ PREDICT_PROBLEMS = {code: {"model": Problem, "description": why} for code, why i
 
 
 @router.post("/predict", responses=PREDICT_PROBLEMS)
-async def predict(request: Request,
+async def predict(request: Request, classifier: Served,
                   file: Annotated[UploadFile, File(description="a picture")]) -> Prediction:
     """The most likely class of the picture in `file`, and every class ranked."""
-    classifier, sandbox = request.app.state.classifier, request.app.state.sandbox
     if not file.size:
         raise HTTPException(400, "the upload is empty")
-    try:
-        pixels = await sandbox.run(model_input, file.file, classifier.info)
-        probabilities = classifier.probabilities(pixels[np.newaxis])[0]
-    except InputError as error:
-        status = next(code for kinds, code in REFUSALS if isinstance(error, kinds))
-        raise HTTPException(status, str(error)) from None
-    except TimeoutError:  # the server is busy, or its clients are
-        raise HTTPException(503, f"the picture was not read within {sandbox.deadline_s:g} s: "
-                                 "the server is busy; try again in a few seconds") from None
-    except (ModelError, ChildProcessError) as error:  # NaN, say, or a crash: no answer
-        raise HTTPException(500, str(error)) from None
-    return Prediction(**answer(pixels, probabilities, classifier, len(classifier.class_names)))
+    pixels = await decoded(request, model_input, file.file, classifier.info)
+    probs = probabilities(classifier, pixels[np.newaxis])[0]
+    result = answer(pixels, probs, classifier, len(classifier.class_names))
+    if result["refusal"]:
+        request.state.refusal = result["refusal"]
+    else:
+        request.state.classes = [result["label"]]
+    return Prediction(**result)
 
 
 @router.get("/redoc", include_in_schema=False)
@@ -150,23 +157,56 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
                   "the multipart field `file` must be a file, not text")
     else:
         detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    request.state.detail = detail
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def refused(request: Request, error: StarletteHTTPException) -> Response:
+    """FastAPI's answer, its detail kept for the request's log line (metrics.py)."""
+    request.state.detail = error.detail
+    return await http_exception_handler(request, error)
+
+
+async def switch(api: FastAPIOffline, load: Callable[[], Classifier]) -> None:
+    """A model loaded and checked off the event loop, then answering from the next request on;
+    one that cannot be served is refused in one line, and the one before goes on answering."""
+    async with api.state.switching:
+        try:
+            classifier = await asyncio.to_thread(load)
+        except (ModelError, registry.RegistryError) as error:
+            before = api.state.classifier
+            log.error("model refused (%s): %s", f"still serving {before.path.name}" if before
+                      else "serving none", error)
+            return
+        api.state.classifier = classifier
+        metrics.identify(classifier)
+        log.info("serving %s (SHA-256 %s)", classifier.path.name, classifier.sha256)
+
+
 def create_app(settings: Settings | None = None, limits: Limits | None = None) -> FastAPIOffline:
-    """The app, with the model loaded and checked once (ModelError if it cannot be), from
-    `settings` or else from the environment (settings.py); its decode processes start with it."""
+    """The app, from `settings` or else from the environment (settings.py); its decode processes
+    start, and its model loads, with it."""
     settings, limits = settings or Settings(), limits or Limits()
-    classifier = load_classifier(settings.model)
 
     @asynccontextmanager
     async def lifespan(api: FastAPIOffline) -> AsyncIterator[dict]:
         api.state.sandbox = sandbox = Sandbox(limits.decode_processes, limits.decode_deadline_s)
-        parent = multiprocessing.parent_process()
+        loop, parent = asyncio.get_running_loop(), multiprocessing.parent_process()
         if parent:  # a worker of mnist-serve: it stops when its server ends, even killed
-            loop = asyncio.get_running_loop()
             loop.add_reader(parent.sentinel, lambda: (loop.remove_reader(parent.sentinel),
                                                       signal.raise_signal(signal.SIGTERM)))
+        def start(load: Callable[[], Classifier]) -> None:  # asyncio holds its tasks weakly
+            task = asyncio.ensure_future(switch(api, load))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        current = lambda: load_classifier(registry.served_file(settings))  # noqa: E731
+        # At SIGHUP, a server of one process fetches and checks the model itself; a worker
+        # loads what mnist-serve has (main.py). Signals reach the main thread only.
+        if threading.current_thread() is threading.main_thread():
+            reload = current if parent else lambda: registry.prepare(settings)
+            loop.add_signal_handler(signal.SIGHUP, lambda: start(reload))
+        start(current)
         yield {"limits": limits}  # for the server's protocol (main.py)
         sandbox.close()
 
@@ -174,18 +214,18 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
                          static_url=OFFLINE_DOCS, lifespan=lifespan,
                          description="Predicts the class of an image with the pipeline's "
                                      "exported ONNX model.")
-    api.state.classifier = classifier
-    info = classifier.info
-    api.state.health = Health(status="ok", model=classifier.path.name,  # no paths of the host
-                              sha256=hashlib.sha256(classifier.path.read_bytes()).hexdigest(),
-                              dataset=info.dataset, family=info.family,
-                              class_names=info.class_names, input_shape=info.input_shape,
-                              prepare=info.prepare, refusal=info.refusal.kind)
+    api.state.classifier, api.state.switching, tasks = None, asyncio.Lock(), set()
     api.state.redoc_bundle = REDOC_BUNDLE.read_text(encoding="utf-8").replace(
         REDOC_CDN_LOGO, f"{OFFLINE_DOCS}/favicon.png").encode()
     api.include_router(router)
+    api.include_router(v2)
+    if settings.metrics:
+        api.include_router(metrics.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     api.add_exception_handler(RequestValidationError, invalid_request)
+    api.add_exception_handler(StarletteHTTPException, refused)
     api.add_middleware(RequestLimits, limits=limits)
+    api.add_middleware(metrics.Observed, routes=api.routes, metrics=settings.metrics,
+                       log_line=settings.log_requests, client_address=settings.log_client_address)
     return api
 

@@ -6,15 +6,25 @@ the port beside them). LimitedH11Protocol adds what uvicorn has no setting for: 
 a whole head (408); a send timeout (an answer that has not moved for send_timeout_s: reset);
 431 for a head too large that arrives in pieces; a cap on connections, held answers among them
 (503); an end to a connection whose upload was refused, or still arrives at a stop signal.
+At SIGHUP the model is fetched and checked here, then each worker loads it (api.py): uvicorn's
+own SIGHUP replaces the workers, closing their connections, and a request that crosses a close
+fails. Prometheus' client counts in PROMETHEUS_MULTIPROC_DIR, emptied at start (or a folder of
+the server's own, removed at its end).
 """
 
+import argparse
 import asyncio
 import logging
 import os
+import shutil
+import signal
 import socket
 import struct
 import sys
+import tempfile
+import threading
 from http import HTTPStatus
+from pathlib import Path
 
 import h11
 import uvicorn
@@ -23,8 +33,9 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
-from app.classifier import ModelError, load_classifier
+from app.classifier import ModelError
 from app.server.limits import headers_too_large, problem
+from app.server.registry import RegistryError, prepare
 from app.server.settings import Limits, Settings
 
 LINGER_S = 1  # how long a refused client has to read its answer before the socket is closed
@@ -137,18 +148,56 @@ def server_config(app: object, settings: Settings, limits: Limits,
                           h11_max_incomplete_event_size=limits.max_header_bytes, **options)
 
 
-def main() -> None:
+RELOADING = threading.Lock()
+
+
+def reload(settings: Settings, workers: list) -> None:
+    """The model fetched and checked, then loaded by each worker; else one line, and the workers
+    go on with theirs."""
+    with RELOADING:
+        try:
+            prepare(settings)
+        except (ModelError, RegistryError) as error:
+            log.error("model refused (still serving the one before): %s", error)
+            return
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGHUP)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Serve on $HOST:$PORT with $WORKERS processes, once the model loads and the port is
     free (else a line that says why)."""
+    parser = argparse.ArgumentParser(prog="mnist-serve", description="Serve the model (settings "
+                                     "from the environment: docs/serving.md).")
+    parser.add_argument("--artifact", help="NAME@VERSION, NAME (its greatest version) or "
+                        "NAME#STAGE from the DVC registry (needs `pip install dvc`)")
+    parser.add_argument("--registry", help="its git repository, a path or URL (default: .)")
+    os.environ.update({k.upper(): v for k, v in vars(parser.parse_args(argv)).items() if v})
+    folder = Path(tempfile.mkdtemp(prefix="mnist-serve-"))  # fetched models, the metrics
+    try:
+        serve(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def serve(folder: Path) -> None:
     try:
         settings = Settings()
-        load_classifier(settings.model)  # each worker loads its own; a bad one stops us here
+        if settings.artifact:  # MODEL: a link to the version fetched (registry.py)
+            settings = settings.model_copy(update={"model": folder / "model.onnx"})
+            os.environ["MODEL"] = str(settings.model)
+        prepare(settings)  # each worker loads its own; a bad one stops us here
     except ValidationError as e:
         error = e.errors()[0]
         sys.exit(f"error: {str(error['loc'][0]).upper()}={error['input']!r}: "
                  f"{error['msg'].lower()}")
-    except ModelError as error:
+    except (ModelError, RegistryError) as error:
         sys.exit(f"error: {error}")
+    if settings.metrics:
+        counts = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(folder / "metrics")))
+        counts.mkdir(parents=True, exist_ok=True)
+        for stale in counts.glob("*.db"):
+            stale.unlink()
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
         sock = socket.create_server((settings.host, settings.port), family=family)
@@ -165,6 +214,8 @@ def main() -> None:
         uvicorn.Server(config).run(sockets=[sock])
         return
     supervisor = Multiprocess(config, sockets=[sock])
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
+        target=reload, args=(settings, supervisor.processes), daemon=True).start())
     supervisor.run()
     if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         sys.exit(STARTUP_FAILURE)
