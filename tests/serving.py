@@ -200,10 +200,12 @@ def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S):
 
 class ServedApp:
     """The app as `mnist-serve` serves it (app/server/main.py: uvicorn, h11 and the connection
-    limits), on 127.0.0.1, on a port the OS picks, in a thread of the test process."""
+    limits), on 127.0.0.1, on a port the OS picks, in a thread of the test process; `settings`
+    are those of Settings (app/server/settings.py) to change."""
 
-    def __init__(self, model_file, limits=None):
-        settings, limits = Settings(model=model_file, host="127.0.0.1", port=0), limits or Limits()
+    def __init__(self, model_file, limits=None, **settings):
+        settings = Settings(model=model_file, host="127.0.0.1", port=0, **settings)
+        limits = limits or Limits()
         config = server_config(create_app(settings, limits), settings, limits, log_level="warning")
         self.server = uvicorn.Server(config)
         # Not the main thread, so uvicorn leaves the test process's signal handlers alone.

@@ -13,16 +13,9 @@ import re
 import time
 import uuid
 
-from fastapi import APIRouter, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    Info,
-    generate_latest,
-)
+from fastapi import APIRouter, Request, Response
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -57,8 +50,10 @@ EXPOSED = registry()
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    return Response(generate_latest(EXPOSED), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request) -> Response:
+    """In the format the scraper asks for: OpenMetrics for Prometheus, else its text format."""
+    encode, content_type = choose_encoder(request.headers.get("accept"))
+    return Response(encode(EXPOSED), media_type=content_type)
 
 
 def identify(classifier: Classifier) -> None:
