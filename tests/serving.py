@@ -185,17 +185,18 @@ def post_file(base_url, data, filename="digit.png", content_type="image/png", fi
     return request(f"{base_url}/predict", body, {"Content-Type": form_type}, "POST")
 
 
-def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
+def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S, in_a_row=5):
+    """Until the server is ready (its model loaded) for `in_a_row` new connections in a row:
+    each of its workers loads the model once it answers, and takes connections meanwhile."""
+    deadline, ready = time.monotonic() + timeout_s, 0
+    while ready < in_a_row:
         try:
-            if request(f"{base_url}/health").status == 200:
-                return
+            ready = ready + 1 if request(f"{base_url}/v2/health/ready").status == 200 else 0
         except OSError:
-            pass
+            ready = 0
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{base_url} did not answer within {timeout_s} s")
-        time.sleep(0.05)
+            raise RuntimeError(f"{base_url} was not ready within {timeout_s} s")
+        time.sleep(0.05 * (ready == 0))
 
 
 class ServedApp:

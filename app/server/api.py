@@ -1,11 +1,10 @@
 """The HTTP API and its page: `POST /predict` (a picture in the multipart field
 `file`: curl -F file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the
 page), `/docs` and `/redoc` (offline); HEAD wherever GET; the inference protocol under /v2
-(inference.py) and /metrics (metrics.py). Bad input gets a 4xx whose JSON `detail` names it,
-never a 500, nothing of the upload echoed. Pictures are read in decode processes
-(pictures/sandbox.py); the limits on requests are in limits.py and settings.py. The model loads
-after the server starts answering (ready, /v2/health/ready, once it is checked), and again at
-SIGHUP, each time off the event loop, switched in between requests.
+(inference.py); /metrics (metrics.py). Bad input gets a 4xx whose JSON `detail` names it, never
+a 500, nothing of the upload echoed. Pictures are read in decode processes (pictures/sandbox.py);
+the limits on requests are in limits.py and settings.py. The model loads once the server
+answers, and at SIGHUP, off the event loop, and answers from the next request on.
 """
 
 import asyncio
@@ -21,19 +20,18 @@ from typing import Annotated
 import fastapi_offline
 import numpy as np
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.classifier import Classifier, ModelError, answer, load_classifier, model_input
+from app.pictures.decode import Damaged, InputError, NotAnImage, TooCostly
 from app.pictures.sandbox import Sandbox
 from app.server import metrics, registry
-from app.server.inference import Served, decoded, probabilities, v2
+from app.server.inference import Served, v2
 from app.server.limits import RequestLimits
 from app.server.settings import Limits, Settings
 
@@ -98,7 +96,7 @@ async def health(classifier: Served) -> Health:
     """Which model answers: its file name, version and SHA-256, family, dataset and classes."""
     info = classifier.info
     return Health(status="ok", model=classifier.path.name,  # no paths of the host
-                  version=classifier.path.stem.partition("@")[2], sha256=classifier.sha256,
+                  version=classifier.version, sha256=classifier.sha256,
                   dataset=info.dataset, family=info.family, class_names=info.class_names,
                   input_shape=info.input_shape, prepare=info.prepare, refusal=info.refusal.kind)
 
@@ -119,8 +117,8 @@ async def predict(request: Request, classifier: Served,
     """The most likely class of the picture in `file`, and every class ranked."""
     if not file.size:
         raise HTTPException(400, "the upload is empty")
-    pixels = await decoded(request, model_input, file.file, classifier.info)
-    probs = probabilities(classifier, pixels[np.newaxis])[0]
+    pixels = await request.app.state.sandbox.run(model_input, file.file, classifier.info)
+    probs = classifier.probabilities(pixels[np.newaxis])[0]
     result = answer(pixels, probs, classifier, len(classifier.class_names))
     if result["refusal"]:
         request.state.refusal = result["refusal"]
@@ -157,28 +155,37 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
                   "the multipart field `file` must be a file, not text")
     else:
         detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-    request.state.detail = detail
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-async def refused(request: Request, error: StarletteHTTPException) -> Response:
-    """FastAPI's answer, its detail kept for the request's log line (metrics.py)."""
-    request.state.detail = error.detail
-    return await http_exception_handler(request, error)
+# What a picture, a tensor or the model cannot be, and its answer (the first that matches).
+REFUSALS = (((NotAnImage, Damaged), 400), (TooCostly, 413), (InputError, 422),
+            (TimeoutError, 503), ((ModelError, ChildProcessError), 500))  # NaN, say, or a crash
+LIMITS = {"CPU": "cpu", "pixels": "pixels", "MB": "memory", "memory": "memory"}  # in a 413
+
+
+async def refused(request: Request, error: Exception) -> JSONResponse:
+    """REFUSALS' answer, a decode limit reached noted for the metrics (metrics.py)."""
+    status, detail = next(code for kinds, code in REFUSALS if isinstance(error, kinds)), str(error)
+    if status == 413:
+        request.state.limit = next(v for k, v in LIMITS.items() if k in detail)
+    if status == 503:  # past the decode deadline: the server is busy, or its clients are
+        request.state.limit = "deadline"
+        detail = (f"the picture was not read within {request.app.state.sandbox.deadline_s:g} s: "
+                  "the server is busy; try again in a few seconds")
+    return JSONResponse({"detail": detail}, status)
 
 
 async def switch(api: FastAPIOffline, load: Callable[[], Classifier]) -> None:
-    """A model loaded and checked off the event loop, then answering from the next request on;
-    one that cannot be served is refused in one line, and the one before goes on answering."""
+    """The model `load` gives, checked, answers from the next request on; one that cannot be
+    served is refused in one line, and the one before goes on answering."""
     async with api.state.switching:
         try:
-            classifier = await asyncio.to_thread(load)
+            api.state.classifier = classifier = await asyncio.to_thread(load)
         except (ModelError, registry.RegistryError) as error:
             before = api.state.classifier
-            log.error("model refused (%s): %s", f"still serving {before.path.name}" if before
-                      else "serving none", error)
-            return
-        api.state.classifier = classifier
+            return log.error("model refused (still serving %s): %s", before and before.path.name,
+                             error)
         metrics.identify(classifier)
         log.info("serving %s (SHA-256 %s)", classifier.path.name, classifier.sha256)
 
@@ -195,18 +202,14 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
         if parent:  # a worker of mnist-serve: it stops when its server ends, even killed
             loop.add_reader(parent.sentinel, lambda: (loop.remove_reader(parent.sentinel),
                                                       signal.raise_signal(signal.SIGTERM)))
-        def start(load: Callable[[], Classifier]) -> None:  # asyncio holds its tasks weakly
-            task = asyncio.ensure_future(switch(api, load))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
         current = lambda: load_classifier(registry.served_file(settings))  # noqa: E731
-        # At SIGHUP, a server of one process fetches and checks the model itself; a worker
-        # loads what mnist-serve has (main.py). Signals reach the main thread only.
-        if threading.current_thread() is threading.main_thread():
+        # At SIGHUP a server of one process fetches and checks the model itself; a worker
+        # loads what mnist-serve fetched (main.py). The tasks are kept: asyncio holds them weakly.
+        if threading.current_thread() is threading.main_thread():  # where signals arrive
             reload = current if parent else lambda: registry.prepare(settings)
-            loop.add_signal_handler(signal.SIGHUP, lambda: start(reload))
-        start(current)
+            loop.add_signal_handler(signal.SIGHUP, lambda: setattr(
+                api.state, "reloading", asyncio.ensure_future(switch(api, reload))))
+        api.state.loading = asyncio.ensure_future(switch(api, current))
         yield {"limits": limits}  # for the server's protocol (main.py)
         sandbox.close()
 
@@ -214,7 +217,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
                          static_url=OFFLINE_DOCS, lifespan=lifespan,
                          description="Predicts the class of an image with the pipeline's "
                                      "exported ONNX model.")
-    api.state.classifier, api.state.switching, tasks = None, asyncio.Lock(), set()
+    api.state.classifier, api.state.switching = None, asyncio.Lock()
     api.state.redoc_bundle = REDOC_BUNDLE.read_text(encoding="utf-8").replace(
         REDOC_CDN_LOGO, f"{OFFLINE_DOCS}/favicon.png").encode()
     api.include_router(router)
@@ -223,9 +226,9 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
         api.include_router(metrics.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     api.add_exception_handler(RequestValidationError, invalid_request)
-    api.add_exception_handler(StarletteHTTPException, refused)
+    for kind in (InputError, TimeoutError, ModelError, ChildProcessError):
+        api.add_exception_handler(kind, refused)
     api.add_middleware(RequestLimits, limits=limits)
-    api.add_middleware(metrics.Observed, routes=api.routes, metrics=settings.metrics,
-                       log_line=settings.log_requests, client_address=settings.log_client_address)
+    api.add_middleware(metrics.Observed, routes=api.routes, settings=settings)
     return api
 

@@ -6,17 +6,13 @@ the port beside them). LimitedH11Protocol adds what uvicorn has no setting for: 
 a whole head (408); a send timeout (an answer that has not moved for send_timeout_s: reset);
 431 for a head too large that arrives in pieces; a cap on connections, held answers among them
 (503); an end to a connection whose upload was refused, or still arrives at a stop signal.
-At SIGHUP the model is fetched and checked here, then each worker loads it (api.py): uvicorn's
-own SIGHUP replaces the workers, closing their connections, and a request that crosses a close
-fails. Prometheus' client counts in PROMETHEUS_MULTIPROC_DIR, emptied at start (or a folder of
-the server's own, removed at its end).
+At SIGHUP the model is fetched and checked here, then loaded by each worker between requests
+(api.py): uvicorn's own SIGHUP replaces the workers, and a request crossing a close fails.
 """
 
-import argparse
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -29,6 +25,7 @@ from pathlib import Path
 import h11
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import CliApp
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
@@ -167,25 +164,17 @@ def reload(settings: Settings, workers: list) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Serve on $HOST:$PORT with $WORKERS processes, once the model loads and the port is
     free (else a line that says why)."""
-    parser = argparse.ArgumentParser(prog="mnist-serve", description="Serve the model (settings "
-                                     "from the environment: docs/serving.md).")
-    parser.add_argument("--artifact", help="NAME@VERSION, NAME (its greatest version) or "
-                        "NAME#STAGE from the DVC registry (needs `pip install dvc`)")
-    parser.add_argument("--registry", help="its git repository, a path or URL (default: .)")
-    os.environ.update({k.upper(): v for k, v in vars(parser.parse_args(argv)).items() if v})
-    folder = Path(tempfile.mkdtemp(prefix="mnist-serve-"))  # fetched models, the metrics
-    try:
-        serve(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="mnist-serve-") as folder:  # models, counts
+        serve(Path(folder), argv)
 
 
-def serve(folder: Path) -> None:
+def serve(folder: Path, argv: list[str] | None) -> None:
     try:
-        settings = Settings()
+        settings = CliApp.run(Settings, cli_args=argv)  # flags, else the environment
         if settings.artifact:  # MODEL: a link to the version fetched (registry.py)
             settings = settings.model_copy(update={"model": folder / "model.onnx"})
-            os.environ["MODEL"] = str(settings.model)
+        os.environ.update({name.upper(): str(value) for name, value in  # for the workers
+                           settings.model_dump(exclude_none=True).items()})
         prepare(settings)  # each worker loads its own; a bad one stops us here
     except ValidationError as e:
         error = e.errors()[0]
@@ -193,8 +182,8 @@ def serve(folder: Path) -> None:
                  f"{error['msg'].lower()}")
     except (ModelError, RegistryError) as error:
         sys.exit(f"error: {error}")
-    if settings.metrics:
-        counts = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(folder / "metrics")))
+    if settings.metrics:  # where Prometheus' client adds up the workers' counts, emptied
+        counts = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", f"{folder}/metrics"))
         counts.mkdir(parents=True, exist_ok=True)
         for stale in counts.glob("*.db"):
             stale.unlink()

@@ -1,10 +1,8 @@
-"""Which model the server serves: MODEL's file, or with --artifact a version from a DVC registry:
-a git repository (REGISTRY, a path or URL) whose dvc.yaml declares it under `artifacts:` and
-whose tags version it as GTO writes them (classifier@v1.2.0; classifier#prod#1 assigns a stage).
-NAME@VERSION, NAME (its greatest version) or NAME#STAGE is read by GTO (`gto show`), and that
-version fetched from the repository's DVC remote (`dvc artifacts get`). DVC, which brings GTO,
-is not among the app's requirements: `pip install dvc` where a server serves from a registry.
-"""
+"""Which model is served: MODEL's file, or with --artifact a version from a DVC registry, a git
+repository (REGISTRY, a path or URL) whose dvc.yaml declares it under `artifacts:`, versioned
+by GTO's tags (classifier@v1.2.0; classifier#prod#1 assigns a stage). GTO reads which version
+NAME (the greatest), NAME#STAGE or NAME@VERSION is; `dvc artifacts get` fetches it from the
+repository's DVC remote. DVC (and GTO with it) is not an app requirement: `pip install dvc`."""
 
 import importlib.util
 import os
@@ -16,8 +14,7 @@ from pathlib import Path
 from app.classifier import Classifier, load_classifier
 from app.server.settings import Settings
 
-FETCH_TIMEOUT_S = 600
-BIN = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+SCRIPTS = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 class RegistryError(Exception):
@@ -25,59 +22,49 @@ class RegistryError(Exception):
 
 
 def run(command: list, spec: str) -> str:
-    """The command's output; RegistryError with its last line of complaint if it fails."""
-    done = subprocess.run(command, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}, stdin=subprocess.DEVNULL)
+    """The command's output, or RegistryError with the last line it complained in."""
+    done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}, timeout=600)
     if done.returncode:
-        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        raise RegistryError(f"{spec}: {lines[-1].removeprefix('ERROR: ').lstrip('❌ ')}")
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise RegistryError(f"{spec}: {why.removeprefix('ERROR: ').lstrip('❌ ')}")
     return done.stdout
 
 
-def version_of(spec: str, registry: str) -> tuple[str, str]:
-    """(name, version) that `spec` names in the registry now."""
-    name, _, version = spec.partition("@")
-    name, _, stage = name.partition("#")
-    if not version:
-        shortcut = spec if stage else f"{name}@greatest"
-        version = next(iter(run([shutil.which("gto", path=BIN), "show", shortcut, "--version",
-                                 "--repo", registry], spec).split()), "")
-    if not version:
-        raise RegistryError(f"{spec}: no version of {name} in {registry} (tag one: git tag -a "
-                            f"{name}@v1.0.0)")
-    return name, version
-
-
 def fetch(spec: str, registry: str, folder: Path) -> Path:
-    """`folder`/NAME@VERSION.onnx, the version that `spec` names, fetched unless it is there."""
-    if importlib.util.find_spec("dvc") is None:
+    """`folder`/NAME@VERSION.onnx: the version `spec` names now, fetched unless it is there."""
+    if not importlib.util.find_spec("dvc"):
         raise RegistryError("--artifact fetches the model with DVC, which is not installed: "
                             "pip install dvc")
-    name, version = version_of(spec, registry)
+    name, _, version = spec.partition("@")
+    name = name.partition("#")[0]
+    if not version:
+        shortcut = spec if "#" in spec else f"{spec}@greatest"
+        version = next(iter(run([shutil.which("gto", path=SCRIPTS), "show", shortcut,
+                                 "--version", "--repo", registry], spec).split()), None)
+    if not version:
+        raise RegistryError(f"{spec}: no version in {registry} (git tag -a {name}@v1.0.0)")
     target = folder / f"{name}@{version}.onnx"
     if not target.exists():
-        partial = folder / f".{target.name}"
         run([sys.executable, "-m", "dvc", "artifacts", "get", registry, name, "--rev", version,
-             "-o", str(partial), "--force"], spec)
-        partial.rename(target)
+             "-o", str(folder / ".partial"), "--force"], spec)
+        (folder / ".partial").rename(target)
     return target
 
 
 def prepare(settings: Settings) -> Classifier:
-    """What is to be served now, loaded and checked (ModelError, RegistryError): MODEL's file,
-    or the version --artifact names, fetched into MODEL's folder, and MODEL (a link) pointed
-    at it. For the start and for each reload."""
+    """The model to serve now, loaded and checked: MODEL's, or the version --artifact names,
+    fetched, and MODEL (a link) then pointed at it. For the start and each reload."""
     if not settings.artifact:
         return load_classifier(settings.model)
-    fetched = fetch(settings.artifact, settings.registry, settings.model.parent)
-    classifier = load_classifier(fetched)
-    link = settings.model.with_name(".next")
+    classifier = load_classifier(fetch(settings.artifact, settings.registry,
+                                       settings.model.parent))
+    link = settings.model.with_name(".link")
     link.unlink(missing_ok=True)
-    link.symlink_to(fetched.name)
-    os.replace(link, settings.model)  # at once: a worker loads one version or the other
+    link.symlink_to(classifier.path.name)
+    link.replace(settings.model)  # at once: a worker loads one version or the other
     return classifier
 
 
 def served_file(settings: Settings) -> Path:
-    """The file the workers load: MODEL's, or the version MODEL links to."""
     return settings.model.resolve() if settings.artifact else settings.model

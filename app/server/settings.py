@@ -49,8 +49,10 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 
 
 class Settings(BaseSettings):
-    """From the environment, each optional (docs/serving.md)."""
-    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True)
+    """mnist-serve's settings, each optional: a flag, else an environment variable of its name
+    in capitals (docs/serving.md)."""
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True,
+                                      cli_prog_name="mnist-serve", cli_kebab_case=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests.conftest import WITHOUT_TRAINING_PACKAGES
-from tests.serving import request, served_process, wait_for
+from tests.serving import request, served_process, wait_for, wait_until_answering
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
@@ -75,7 +75,7 @@ def test_a_version_a_stage_or_the_latest_is_fetched_and_served(
     model = model_dir / "model.onnx" if version == "v1.0.0" else model_variants["fixed-batch"]
     with served_process(tmp_path / "unused.onnx", tmp_path / "log",
                         args=["--artifact", artifact, "--registry", str(registry)]) as (_, url):
-        wait_for(lambda: request(f"{url}/v2/health/ready").status == 200, "never ready")
+        wait_until_answering(url)
         health = request(f"{url}/health").json()
         metrics = request(f"{url}/metrics").text
         metadata = request(f"{url}/v2/models/classifier/versions/{version}").json()
@@ -92,7 +92,7 @@ def test_sighup_serves_the_latest_version_once_it_is_published(tmp_path, model_d
     with served_process(tmp_path / "unused.onnx", tmp_path / "log", workers=2,
                         args=["--artifact", "classifier", "--registry", str(registry)]) as (
             server, url):
-        wait_for(lambda: request(f"{url}/v2/health/ready").status == 200, "never ready")
+        wait_until_answering(url)
         before = request(f"{url}/health").json()["version"]
         publish(work, model_dir / "model.onnx", "v1.2.0")
         server.send_signal(signal.SIGHUP)

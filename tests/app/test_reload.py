@@ -11,7 +11,7 @@ import time
 
 from tests.app.test_api import digit_image
 from tests.hostile_pictures import encoded
-from tests.serving import post_file, request, served_process, wait_for
+from tests.serving import post_file, request, served_process, wait_for, wait_until_answering
 
 CLIENTS = 8
 
@@ -53,7 +53,7 @@ def test_reloads_under_load_lose_no_request(model_dir, model_variants, tmp_path)
     replace(model, model_dir / "model.onnx")
     png = encoded(digit_image(4), "PNG")
     with served_process(model, log, workers=2) as (server, url):
-        wait_for(lambda: request(f"{url}/v2/health/ready").status == 200, "never ready")
+        wait_for(lambda: log.read_text().count("INFO:     serving ") == 2, "not both loaded")
         stop, results = threading.Event(), []
         clients = [threading.Thread(target=hammer, args=(url, png, stop, results))
                    for _ in range(CLIENTS)]
@@ -87,7 +87,7 @@ def test_a_model_that_cannot_be_served_is_refused_and_the_one_before_answers(
     png = encoded(digit_image(4), "PNG")
     (tmp_path / "damaged.onnx").write_bytes(model.read_bytes()[:2000])
     with served_process(model, log) as (server, url):
-        wait_for(lambda: request(f"{url}/v2/health/ready").status == 200, "never ready")
+        wait_until_answering(url)
         first = sha256(url)
         for bad in (tmp_path / "damaged.onnx", model_variants["batch-of-32"],
                     model_variants["logits"]):
