@@ -61,18 +61,12 @@ class Classifier:
     one_at_a_time: bool  # the graph's batch size is fixed at 1
     sha256: str = ""  # of the very bytes loaded, whatever the file holds by now
     output_name: str = ""
+    name: str = ""  # NAME@VERSION.onnx's, as app/server/registry.py fetches a version; else
+    version: str = ""  # the file's name without .onnx, and no version
 
     @property
     def class_names(self) -> list[str]:
         return self.info.class_names
-
-    @property
-    def name(self) -> str:  # NAME of NAME@VERSION.onnx, as a registry's versions are fetched
-        return self.path.stem.partition("@")[0]
-
-    @property
-    def version(self) -> str:  # VERSION of NAME@VERSION.onnx, else ""
-        return self.path.stem.partition("@")[2]
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) probabilities for N pictures in the model's input form; ModelError if
@@ -171,7 +165,8 @@ def load_classifier(model_file: str | Path) -> Classifier:
     info = read_metadata(session, model_file)
     one_at_a_time = check_signature(session, model_file, info)
     classifier = Classifier(session, session.get_inputs()[0].name, info, model_file, one_at_a_time,
-                            hashlib.sha256(data).hexdigest(), session.get_outputs()[0].name)
+                            hashlib.sha256(data).hexdigest(), session.get_outputs()[0].name,
+                            *model_file.stem.partition("@")[::2])
     noise = np.random.default_rng(0).uniform(0, 255, info.input_shape)
     out = classifier.outputs(np.stack([np.zeros_like(noise), np.full_like(noise, 255), noise]))
     bad = ~is_probabilities(out)

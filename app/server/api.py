@@ -186,7 +186,9 @@ async def switch(api: FastAPIOffline, load: Callable[[], Classifier]) -> None:
             before = api.state.classifier
             return log.error("model refused (still serving %s): %s", before and before.path.name,
                              error)
-        metrics.identify(classifier)
+        metrics.MODEL.info({"name": classifier.name, "version": classifier.version,
+                            "sha256": classifier.sha256, "family": classifier.info.family,
+                            "dataset": classifier.info.dataset})
         log.info("serving %s (SHA-256 %s)", classifier.path.name, classifier.sha256)
 
 
@@ -202,9 +204,11 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
         if parent:  # a worker of mnist-serve: it stops when its server ends, even killed
             loop.add_reader(parent.sentinel, lambda: (loop.remove_reader(parent.sentinel),
                                                       signal.raise_signal(signal.SIGTERM)))
-        current = lambda: load_classifier(registry.served_file(settings))  # noqa: E731
-        # At SIGHUP a server of one process fetches and checks the model itself; a worker
-        # loads what mnist-serve fetched (main.py). The tasks are kept: asyncio holds them weakly.
+        # MODEL, or the version it links to (registry.py). At SIGHUP a server of one process
+        # fetches and checks the model itself; a worker loads what mnist-serve fetched (main.py).
+        # The tasks are kept: asyncio holds them weakly.
+        current = lambda: load_classifier(settings.model.resolve() if settings.artifact  # noqa: E731
+                                          else settings.model)
         if threading.current_thread() is threading.main_thread():  # where signals arrive
             reload = current if parent else lambda: registry.prepare(settings)
             loop.add_signal_handler(signal.SIGHUP, lambda: setattr(
@@ -229,6 +233,6 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
     for kind in (InputError, TimeoutError, ModelError, ChildProcessError):
         api.add_exception_handler(kind, refused)
     api.add_middleware(RequestLimits, limits=limits)
-    api.add_middleware(metrics.Observed, routes=api.routes, settings=settings)
+    api.add_middleware(metrics.observed, routes=api.routes, settings=settings)
     return api
 

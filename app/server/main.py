@@ -18,7 +18,7 @@ import socket
 import struct
 import sys
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 
@@ -145,20 +145,15 @@ def server_config(app: object, settings: Settings, limits: Limits,
                           h11_max_incomplete_event_size=limits.max_header_bytes, **options)
 
 
-RELOADING = threading.Lock()
-
-
 def reload(settings: Settings, workers: list) -> None:
     """The model fetched and checked, then loaded by each worker; else one line, and the workers
     go on with theirs."""
-    with RELOADING:
-        try:
-            prepare(settings)
-        except (ModelError, RegistryError) as error:
-            log.error("model refused (still serving the one before): %s", error)
-            return
-        for worker in workers:
-            os.kill(worker.pid, signal.SIGHUP)
+    try:
+        prepare(settings)
+    except (ModelError, RegistryError) as error:
+        return log.error("model refused (still serving the one before): %s", error)
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGHUP)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,8 +198,8 @@ def serve(folder: Path, argv: list[str] | None) -> None:
         uvicorn.Server(config).run(sockets=[sock])
         return
     supervisor = Multiprocess(config, sockets=[sock])
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
-        target=reload, args=(settings, supervisor.processes), daemon=True).start())
+    reloads = ThreadPoolExecutor(1)  # one at a time, off the supervisor's loop
+    signal.signal(signal.SIGHUP, lambda *_: reloads.submit(reload, settings, supervisor.processes))
     supervisor.run()
     if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         sys.exit(STARTUP_FAILURE)

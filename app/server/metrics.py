@@ -4,7 +4,6 @@ multiprocess mode (main.py gives it a folder); opt-in, a JSON line on stderr, wi
 address only if asked. The routes leave in request.state the `classes` answered, the model's
 `refusal`, or the decode `limit` reached (inference.py)."""
 
-import collections
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.classifier import Classifier
 from app.server.settings import Settings
 
 REQUESTS = Counter("mnist_requests", "Requests answered by the app", ["route", "status"])
@@ -46,24 +44,15 @@ def metrics(request: Request) -> Response:
     return Response(encode(EXPOSED), media_type=content_type)
 
 
-def identify(classifier: Classifier) -> None:
-    MODEL.info({"name": classifier.name, "version": classifier.version, "sha256":
-                classifier.sha256, "family": classifier.info.family,
-                "dataset": classifier.info.dataset})
-
-
-class Observed:
+def observed(app: ASGIApp, routes: list[BaseRoute], settings: Settings) -> ASGIApp:
     """ASGI middleware: each request's ID, then, as the settings say, its metrics and log line."""
+    if settings.log_requests and not log.handlers:
+        log.addHandler(logging.StreamHandler())
+        log.setLevel(logging.INFO)
 
-    def __init__(self, app: ASGIApp, routes: list[BaseRoute], settings: Settings) -> None:
-        self.app, self.routes, self.settings = app, routes, settings
-        if settings.log_requests and not log.handlers:
-            log.addHandler(logging.StreamHandler())
-            log.setLevel(logging.INFO)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def observe(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return await app(scope, receive, send)
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         started, status = time.perf_counter(), [500]
@@ -76,25 +65,28 @@ class Observed:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await app(scope, receive, send_with_id)
         finally:
             seconds, state = time.perf_counter() - started, scope.get("state", {})
             # The route declared, never a path a client chose (found again if refused unrouted).
-            route = getattr(scope.get("route") or next((r for r in self.routes if r.matches(
-                scope)[0] is not Match.NONE), None), "path", "unmatched")
-            if self.settings.metrics:
+            routed = scope.get("route") or next(
+                (r for r in routes if r.matches(scope)[0] is not Match.NONE), None)
+            route = getattr(routed, "path", "unmatched")
+            classes = state.get("classes", [])
+            if settings.metrics:
                 REQUESTS.labels(route, status[0]).inc()
                 LATENCY.labels(route).observe(seconds)
-                for label, count in collections.Counter(state.get("classes", ())).items():
-                    ANSWERS.labels(label).inc(count)
+                for label in set(classes):
+                    ANSWERS.labels(label).inc(classes.count(label))
                 if "refusal" in state:  # its kind, without an uncertainty's figures
                     REFUSALS.labels(state["refusal"].split(" (")[0]).inc()
                 if "limit" in state:
                     LIMITED.labels(state["limit"]).inc()
-            if self.settings.log_requests:
+            if settings.log_requests:
                 log.info(json.dumps({
                     "id": request_id, "method": scope["method"], "route": route,
                     "status": status[0], "seconds": round(seconds, 4),
                     **{key: state[key] for key in ("classes", "refusal", "limit") if key in state},
-                    **({"client": scope["client"][0]} if self.settings.log_client_address
+                    **({"client": scope["client"][0]} if settings.log_client_address
                        and scope.get("client") else {})}))
+    return observe

@@ -64,7 +64,3 @@ def prepare(settings: Settings) -> Classifier:
     link.symlink_to(classifier.path.name)
     link.replace(settings.model)  # at once: a worker loads one version or the other
     return classifier
-
-
-def served_file(settings: Settings) -> Path:
-    return settings.model.resolve() if settings.artifact else settings.model

@@ -193,12 +193,13 @@ def test_a_body_over_10_mb_gets_413_before_it_is_sent(base_url):
 def test_the_uploads_cap_and_the_decode_deadline_hold_for_infer(model_dir, names):
     """A server whose decode deadline is shorter than reading any tensor: 503; one whose cap of
     uploads is 0: 503, before the body is read."""
-    for limits, detail in ((Limits(decode_deadline_s=0.001), "the picture was not read within "
-                            "0.001 s: the server is busy; try again in a few seconds"),
-                           (Limits(max_uploads=0), "the server is busy with 0 other uploads; "
-                            "try again in a few seconds")):
+    for limits, count, detail in (
+            (Limits(decode_deadline_s=0.001), 256, "the picture was not read within 0.001 s: "
+             "the server is busy; try again in a few seconds"),
+            (Limits(max_uploads=0), 1, "the server is busy with 0 other uploads; try again in a "
+             "few seconds")):
         with ServedApp(model_dir / "model.onnx", limits) as url:
-            answer = post_tensor(url, tensor(256, name=names[0]))
+            answer = post_tensor(url, tensor(count, name=names[0]))
         assert (answer.status, answer.json()) == (503, {"detail": detail})
 
 

@@ -14,6 +14,7 @@ from tests.hostile_pictures import encoded
 from tests.serving import post_file, request, served_process, wait_for, wait_until_answering
 
 CLIENTS = 8
+SERVING = "INFO:     serving model.onnx (SHA-256 "  # a worker's line once it loaded a model
 
 
 def replace(model, source):
@@ -53,7 +54,7 @@ def test_reloads_under_load_lose_no_request(model_dir, model_variants, tmp_path)
     replace(model, model_dir / "model.onnx")
     png = encoded(digit_image(4), "PNG")
     with served_process(model, log, workers=2) as (server, url):
-        wait_for(lambda: log.read_text().count("INFO:     serving ") == 2, "not both loaded")
+        wait_for(lambda: log.read_text().count(SERVING) == 2, "not both loaded")
         stop, results = threading.Event(), []
         clients = [threading.Thread(target=hammer, args=(url, png, stop, results))
                    for _ in range(CLIENTS)]
@@ -63,10 +64,10 @@ def test_reloads_under_load_lose_no_request(model_dir, model_variants, tmp_path)
             for source in (model_variants["fixed-batch"], model_dir / "model.onnx",
                            model_variants["fixed-batch"]):
                 time.sleep(1)
-                before = log.read_text().count("INFO:     serving ")
+                before = log.read_text().count(SERVING)
                 replace(model, source)
                 server.send_signal(signal.SIGHUP)
-                wait_for(lambda n=before + 2: log.read_text().count("INFO:     serving ") == n,
+                wait_for(lambda n=before + 2: log.read_text().count(SERVING) == n,
                          "the workers did not both switch")
             time.sleep(1)
         finally:
