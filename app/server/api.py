@@ -1,11 +1,9 @@
-"""The HTTP API and its page: `POST /predict` (a picture in the multipart field
-`file`: curl -F file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the
-page), `/docs` and `/redoc` (offline); HEAD wherever GET; the inference protocol under /v2
-(inference.py); /metrics (metrics.py). Bad input gets a 4xx whose JSON `detail` names it, never
-a 500, nothing of the upload echoed. Pictures are read in decode processes (pictures/sandbox.py);
-the limits on requests are in limits.py and settings.py. The model loads once the server
-answers, and at SIGHUP, off the event loop, and answers from the next request on.
-"""
+"""The HTTP API and its page: `POST /predict` (a picture in the multipart field `file`: curl -F
+file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the page), `/docs` and
+`/redoc` (offline), HEAD wherever GET, /v2 (inference.py), /metrics (metrics.py). Bad input gets
+a 4xx whose JSON `detail` names it, never a 500, nothing of the upload echoed. Pictures are read
+in decode processes (pictures/sandbox.py), within limits.py's and settings.py's limits. The
+model loads once the server answers, and at SIGHUP, and answers from the next request on."""
 
 import asyncio
 import logging
@@ -120,10 +118,8 @@ async def predict(request: Request, classifier: Served,
     pixels = await request.app.state.sandbox.run(model_input, file.file, classifier.info)
     probs = classifier.probabilities(pixels[np.newaxis])[0]
     result = answer(pixels, probs, classifier, len(classifier.class_names))
-    if result["refusal"]:
-        request.state.refusal = result["refusal"]
-    else:
-        request.state.classes = [result["label"]]
+    request.state.refusal = result["refusal"]  # for the metrics and the log (metrics.py)
+    request.state.classes = [] if result["refusal"] else [result["label"]]
     return Prediction(**result)
 
 

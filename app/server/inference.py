@@ -29,8 +29,7 @@ Served = Annotated[Classifier, Depends(served)]
 
 
 def pictures(body: bytes, names: tuple[str, str], info: ModelInfo) -> tuple[Any, np.ndarray]:
-    """(id, pictures) of an inference request to a model of `names` (input, output); else
-    InputError. What a decode process runs."""
+    """(id, pictures) of a request to a model of `names` (input, output), in a decode process."""
     try:
         request = json.loads(body)
         [given] = request["inputs"]

@@ -5,10 +5,9 @@ no `server` banner, and its workers, sharing one socket bound here (no other pro
 the port beside them). LimitedH11Protocol adds what uvicorn has no setting for: a deadline for
 a whole head (408); a send timeout (an answer that has not moved for send_timeout_s: reset);
 431 for a head too large that arrives in pieces; a cap on connections, held answers among them
-(503); an end to a connection whose upload was refused, or still arrives at a stop signal.
-At SIGHUP the model is fetched and checked here, then loaded by each worker between requests
-(api.py): uvicorn's own SIGHUP replaces the workers, and a request crossing a close fails.
-"""
+(503); an end to a connection whose upload was refused, or still arrives at a stop signal. At
+SIGHUP the model is fetched and checked here, then each worker switches to it (api.py):
+uvicorn's own SIGHUP replaces the workers, and requests crossing a closed connection fail."""
 
 import asyncio
 import logging

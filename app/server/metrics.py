@@ -1,8 +1,7 @@
 """What an operator sees of each request: its ID (the client's X-Request-ID, else a new one) in
 the answer; Prometheus metrics at /metrics, every worker's added up by prometheus-client's
-multiprocess mode (main.py gives it a folder); opt-in, a JSON line on stderr, with the client's
-address only if asked. The routes leave in request.state the `classes` answered, the model's
-`refusal`, or the decode `limit` reached (inference.py)."""
+multiprocess mode (main.py gives it a folder); opt-in, a JSON line (the client's address only if
+asked). From request.state: the `classes` answered, the model's `refusal`, a decode `limit`."""
 
 import json
 import logging
@@ -78,7 +77,7 @@ def observed(app: ASGIApp, routes: list[BaseRoute], settings: Settings) -> ASGIA
                 LATENCY.labels(route).observe(seconds)
                 for label in set(classes):
                     ANSWERS.labels(label).inc(classes.count(label))
-                if "refusal" in state:  # its kind, without an uncertainty's figures
+                if state.get("refusal"):  # its kind, without an uncertainty's figures
                     REFUSALS.labels(state["refusal"].split(" (")[0]).inc()
                 if "limit" in state:
                     LIMITED.labels(state["limit"]).inc()
@@ -86,7 +85,7 @@ def observed(app: ASGIApp, routes: list[BaseRoute], settings: Settings) -> ASGIA
                 log.info(json.dumps({
                     "id": request_id, "method": scope["method"], "route": route,
                     "status": status[0], "seconds": round(seconds, 4),
-                    **{key: state[key] for key in ("classes", "refusal", "limit") if key in state},
+                    **{k: state[k] for k in ("classes", "refusal", "limit") if state.get(k)},
                     **({"client": scope["client"][0]} if settings.log_client_address
                        and scope.get("client") else {})}))
     return observe
