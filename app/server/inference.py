@@ -62,19 +62,12 @@ async def named(classifier: Served, name: str, version: str | None = None) -> Cl
 Named = Annotated[Classifier, Depends(named)]
 
 
-@v2.get("")
-async def server_metadata(request: Request) -> dict:
-    return {"name": "mnist-serve", "version": request.app.version, "extensions": []}
-
-
-@v2.get("/health/live")
-async def live() -> dict:
-    return {"live": True}
-
-
-@v2.get("/health/ready")
-async def ready(classifier: Served) -> dict:
-    return {"ready": True}
+# The server's metadata and health: live while the process answers, ready once a model is.
+v2.add_api_route("", lambda: {"name": "mnist-serve", "version": "1", "extensions": []},
+                 name="server metadata")
+v2.add_api_route("/health/live", lambda: {"live": True}, name="live")
+v2.add_api_route("/health/ready", lambda: {"ready": True}, name="ready",
+                 dependencies=[Depends(served)])
 
 
 @v2.get("/models/{name}/ready")

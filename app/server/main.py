@@ -158,6 +158,7 @@ def reload(settings: Settings, workers: list) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Serve on $HOST:$PORT with $WORKERS processes, once the model loads and the port is
     free (else a line that says why)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload can be done (below, api.py)
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as folder:  # models, counts
         serve(Path(folder), argv)
 
