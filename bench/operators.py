@@ -123,11 +123,12 @@ def section(model_label, seconds, rounds, runs, reloads):
         f"`python -m app.server.main` with {model_label}, {Settings().workers} workers, on "
         "127.0.0.1; POST /predict of a 28x28 PNG from 16 keep-alive connections by `wrk` on the "
         f"same machine. Metrics on and off in turns, {rounds} runs of {seconds} s each (medians).",
-        "", "| metrics | requests/s | p50 (ms) | p99 (ms) | non-2xx | socket errors |",
-        "|---|---:|---:|---:|---:|---:|"]
+        "", "| metrics | requests/s | each run | p50 (ms) | p99 (ms) | non-2xx | socket errors |",
+        "|---|---:|---|---:|---:|---:|---:|"]
     for name, runs_of in runs.items():
-        lines.append(f"| {name} | {median(runs_of, 'rps'):.0f} | {median(runs_of, 'p50_ms'):.1f}"
-                     f" | {median(runs_of, 'p99_ms'):.1f} | "
+        lines.append(f"| {name} | {median(runs_of, 'rps'):.0f} | "
+                     f"{', '.join(str(round(r['rps'])) for r in runs_of)} | "
+                     f"{median(runs_of, 'p50_ms'):.1f} | {median(runs_of, 'p99_ms'):.1f} | "
                      f"{sum(r['non_2xx'] for r in runs_of)} | "
                      f"{sum(r['socket_errors'] for r in runs_of)} |")
     lines += ["", f"The metrics cost {cost:.1%} of the throughput (goal: at most {GOAL:.0%}): "
