@@ -164,7 +164,7 @@ async def refused(request: Request, error: Exception) -> JSONResponse:
     """REFUSALS' answer, a decode limit reached noted for the metrics (metrics.py)."""
     status, detail = next(code for kinds, code in REFUSALS if isinstance(error, kinds)), str(error)
     if status == 413:
-        request.state.limit = next(v for k, v in LIMITS.items() if k in detail)
+        request.state.limit = next((v for k, v in LIMITS.items() if k in detail), "other")
     if status == 503:  # past the decode deadline: the server is busy, or its clients are
         request.state.limit = "deadline"
         detail = (f"the picture was not read within {request.app.state.sandbox.deadline_s:g} s: "
