@@ -9,6 +9,7 @@ Used by tests/app/, docs/screenshot_page.py and bench/.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -185,18 +186,24 @@ def post_file(base_url, data, filename="digit.png", content_type="image/png", fi
     return request(f"{base_url}/predict", body, {"Content-Type": form_type}, "POST")
 
 
-def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S, in_a_row=5):
-    """Until the server is ready (its model loaded) for `in_a_row` new connections in a row:
-    each of its workers loads the model once it answers, and takes connections meanwhile."""
-    deadline, ready = time.monotonic() + timeout_s, 0
-    while ready < in_a_row:
-        try:
-            ready = ready + 1 if request(f"{base_url}/v2/health/ready").status == 200 else 0
-        except OSError:
-            ready = 0
+def wait_until_answering(base_url, workers=1, timeout_s=START_TIMEOUT_S):
+    """Until each of the server's `workers` has loaded its model (each takes connections once
+    it starts, and loads its model then): for one, until it says it is ready; for several,
+    until the metrics, which add up every worker's, count as many models served."""
+    deadline = time.monotonic() + timeout_s
+    while not (answers(f"{base_url}/v2/health/ready") if workers == 1 else re.search(
+            rf'^mnist_model_loads_total{{outcome="served"}} {workers}\.0$',
+            text_of(f"{base_url}/metrics"), re.M)):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{base_url} was not ready within {timeout_s} s")
-        time.sleep(0.05 * (ready == 0))
+        time.sleep(0.05)
+
+
+def text_of(url):
+    try:
+        return request(url).text
+    except OSError:
+        return ""
 
 
 class ServedApp:

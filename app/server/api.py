@@ -180,8 +180,10 @@ async def switch(api: FastAPIOffline, load: Callable[[], Classifier]) -> None:
             api.state.classifier = classifier = await asyncio.to_thread(load)
         except (ModelError, registry.RegistryError) as error:
             before = api.state.classifier
+            metrics.LOADS.labels("refused").inc()
             return log.error("model refused (still serving %s): %s", before and before.path.name,
                              error)
+        metrics.LOADS.labels("served").inc()
         metrics.MODEL.info({"name": classifier.name, "version": classifier.version,
                             "sha256": classifier.sha256, "family": classifier.info.family,
                             "dataset": classifier.info.dataset})

@@ -26,6 +26,8 @@ REFUSALS = Counter("mnist_refusals", "Pictures the model refused, by reason", ["
 LIMITED = Counter("mnist_pictures_refused", "Uploads refused by a decode limit: pixels, memory, "
                   "cpu or deadline", ["limit"])
 MODEL = Info("mnist_model", "The model the worker that answered the scrape serves")
+LOADS = Counter("mnist_model_loads", "Models loaded by a worker, at its start or a reload: "
+                "served, or refused (the one before goes on)", ["outcome"])
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's, kept if printable and short
 log = logging.getLogger("app.requests")
 EXPOSED = REGISTRY

@@ -50,7 +50,7 @@ def served(model_dir, tmp_path_factory):
     (counts / "counter_1.db").write_bytes(b"left by an earlier run")  # emptied at start
     with served_process(model_dir / "model.onnx", folder / "log", workers=2, LOG_REQUESTS="1",
                         PROMETHEUS_MULTIPROC_DIR=str(counts)) as (_, url):
-        wait_until_answering(url)
+        wait_until_answering(url, workers=2)
         yield url, folder / "log", counts
 
 

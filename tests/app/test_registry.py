@@ -92,7 +92,7 @@ def test_sighup_serves_the_latest_version_once_it_is_published(tmp_path, model_d
     with served_process(tmp_path / "unused.onnx", tmp_path / "log", workers=2,
                         args=["--artifact", "classifier", "--registry", str(registry)]) as (
             server, url):
-        wait_until_answering(url)
+        wait_until_answering(url, workers=2)
         before = request(f"{url}/health").json()["version"]
         publish(work, model_dir / "model.onnx", "v1.2.0")
         server.send_signal(signal.SIGHUP)
