@@ -54,8 +54,8 @@ v2 = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 async def named(classifier: Served, name: str, version: str | None = None) -> Classifier:
     """The model served, if `name` and `version` name it (Classifier.name); else 404."""
     if (name, version or classifier.version) != (classifier.name, classifier.version):
-        raise HTTPException(404, f"no model {name} {version or ''} here; this server serves "
-                                 f"{classifier.name} {classifier.version}".replace("  ", " "))
+        raise HTTPException(404, f"no model {name}{' ' + version if version else ''} here; this "
+                                 f"server serves {classifier.path.name}")
     return classifier
 
 
