@@ -6,6 +6,7 @@ outputs probabilities on probe pictures (not scores: "7 (1161.0%)"). Every answe
 again: NaN is never served.
 """
 
+import hashlib
 import io
 import os
 import re
@@ -58,6 +59,10 @@ class Classifier:
     info: ModelInfo
     path: Path
     one_at_a_time: bool  # the graph's batch size is fixed at 1
+    sha256: str = ""  # of the very bytes loaded, whatever the file holds by now
+    output_name: str = ""
+    name: str = ""  # NAME@VERSION.onnx's, as app/server/registry.py fetches a version; else
+    version: str = ""  # the file's name without .onnx, and no version
 
     @property
     def class_names(self) -> list[str]:
@@ -152,15 +157,16 @@ def load_classifier(model_file: str | Path) -> Classifier:
     # One image at a time is microseconds of arithmetic: a thread pool costs more than it saves.
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.log_severity_level = 4  # fatal only: its errors reach us as exceptions
+    data = model_file.read_bytes()  # once: what is hashed is what runs
     try:
-        session = onnxruntime.InferenceSession(str(model_file), options,
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except ort_errors() as e:
         raise ModelError(f"{model_file}: cannot load the model ({ort_cause(e)})") from e
     info = read_metadata(session, model_file)
     one_at_a_time = check_signature(session, model_file, info)
-    classifier = Classifier(session, session.get_inputs()[0].name, info, model_file,
-                            one_at_a_time)
+    classifier = Classifier(session, session.get_inputs()[0].name, info, model_file, one_at_a_time,
+                            hashlib.sha256(data).hexdigest(), session.get_outputs()[0].name,
+                            *model_file.stem.partition("@")[::2])
     noise = np.random.default_rng(0).uniform(0, 255, info.input_shape)
     out = classifier.outputs(np.stack([np.zeros_like(noise), np.full_like(noise, 255), noise]))
     bad = ~is_probabilities(out)

@@ -1,5 +1,6 @@
 """The API served for real: app/server/main.py on 127.0.0.1 on a free port, in a thread of the test
-process; standard-library HTTP helpers that return 4xx/5xx answers instead of raising, and raw
+process (ServedApp) or as `mnist-serve` runs, a process with its workers (served_process);
+standard-library HTTP helpers that return 4xx/5xx answers instead of raising, and raw
 sockets that watch when the server closes; and headless Chromium under Selenium, which can reach
 no other host and counts the requests its pages make, with a pen to draw on the page's pad.
 
@@ -8,8 +9,12 @@ Used by tests/app/, docs/screenshot_page.py and bench/.
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -181,25 +186,34 @@ def post_file(base_url, data, filename="digit.png", content_type="image/png", fi
     return request(f"{base_url}/predict", body, {"Content-Type": form_type}, "POST")
 
 
-def wait_until_answering(base_url, timeout_s=START_TIMEOUT_S):
+def wait_until_answering(base_url, workers=1, timeout_s=START_TIMEOUT_S):
+    """Until each of the server's `workers` has loaded its model (each takes connections once
+    it starts, and loads its model then): for one, until it says it is ready; for several,
+    until the metrics, which add up every worker's, count as many models served."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if request(f"{base_url}/health").status == 200:
-                return
-        except OSError:
-            pass
+    while not (answers(f"{base_url}/v2/health/ready") if workers == 1 else re.search(
+            rf'^mnist_model_loads_total{{outcome="served"}} {workers}\.0$',
+            text_of(f"{base_url}/metrics"), re.M)):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{base_url} did not answer within {timeout_s} s")
+            raise RuntimeError(f"{base_url} was not ready within {timeout_s} s")
         time.sleep(0.05)
+
+
+def text_of(url):
+    try:
+        return request(url).text
+    except OSError:
+        return ""
 
 
 class ServedApp:
     """The app as `mnist-serve` serves it (app/server/main.py: uvicorn, h11 and the connection
-    limits), on 127.0.0.1, on a port the OS picks, in a thread of the test process."""
+    limits), on 127.0.0.1, on a port the OS picks, in a thread of the test process; `settings`
+    are those of Settings (app/server/settings.py) to change."""
 
-    def __init__(self, model_file, limits=None):
-        settings, limits = Settings(model=model_file, host="127.0.0.1", port=0), limits or Limits()
+    def __init__(self, model_file, limits=None, **settings):
+        settings = Settings(model=model_file, host="127.0.0.1", port=0, **settings)
+        limits = limits or Limits()
         config = server_config(create_app(settings, limits), settings, limits, log_level="warning")
         self.server = uvicorn.Server(config)
         # Not the main thread, so uvicorn leaves the test process's signal handlers alone.
@@ -222,6 +236,49 @@ class ServedApp:
         self.server.should_exit = True
         self.thread.join(timeout=START_TIMEOUT_S)
         assert not self.thread.is_alive(), "uvicorn did not stop"
+
+
+@contextmanager
+def served_process(model, log, workers=1, args=(), **environ):
+    """`python -m app.server.main` (mnist-serve) with MODEL=`model` and `args` on a free port of
+    127.0.0.1, its output in the file `log`, once it answers /v2/health/live (its model may be
+    still loading): yields (the process, its URL). Stopped with SIGTERM after, or killed."""
+    port = free_port()
+    env = {**os.environ, "MODEL": str(model), "PORT": str(port), "WORKERS": str(workers),
+           **environ}
+    with open(log, "wb") as output:
+        server = subprocess.Popen([sys.executable, "-m", "app.server.main", *args],
+                                  cwd=Path(__file__).parent.parent, env=env, stdout=output,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + START_TIMEOUT_S
+    try:
+        while not answers(f"{url}/v2/health/live"):
+            assert server.poll() is None, Path(log).read_text()
+            assert time.monotonic() < deadline, f"not live within {START_TIMEOUT_S} s"
+            time.sleep(0.05)
+        yield server, url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def answers(url):
+    """Whether `url` answers 200."""
+    try:
+        return request(url).status == 200
+    except OSError:
+        return False
+
+
+def wait_for(condition, what, timeout_s=START_TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module", name="base_url")

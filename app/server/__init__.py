@@ -1,2 +1,2 @@
-"""The HTTP side: settings, the routes and their page (api, static/), the limits on requests
-(limits), and `mnist-serve` on uvicorn (main)."""
+"""The HTTP side: settings, routes and page (api, static/), the inference protocol (inference),
+metrics and request log (metrics), limits, models from a registry (registry), mnist-serve (main)."""

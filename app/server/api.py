@@ -1,15 +1,16 @@
-"""The HTTP API and its page: `POST /predict` (a picture in the multipart field
-`file`: curl -F file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the
-page), `/docs` and `/redoc` (offline); HEAD wherever GET. Bad input gets a 4xx whose JSON
-`detail` names it, never a 500, nothing of the upload echoed. Pictures are read in decode
-processes (pictures/sandbox.py); the limits on requests are in limits.py and settings.py.
-"""
+"""The HTTP API and its page: `POST /predict` (a picture in the multipart field `file`: curl -F
+file=@digit.png http://127.0.0.1:8000/predict), `GET /health`, `GET /` (the page), `/docs` and
+`/redoc` (offline), HEAD wherever GET, /v2 (inference.py), /metrics (metrics.py). Bad input gets
+a 4xx whose JSON `detail` names it, never a 500, nothing of the upload echoed. Pictures are read
+in decode processes (pictures/sandbox.py), within limits.py's and settings.py's limits. The
+model loads once the server answers, and at SIGHUP, and answers from the next request on."""
 
 import asyncio
-import hashlib
+import logging
 import multiprocessing
 import signal
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -24,9 +25,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from app.classifier import ModelError, answer, load_classifier, model_input
+from app.classifier import Classifier, ModelError, answer, load_classifier, model_input
 from app.pictures.decode import Damaged, InputError, NotAnImage, TooCostly
 from app.pictures.sandbox import Sandbox
+from app.server import metrics, registry
+from app.server.inference import Served, v2
 from app.server.limits import RequestLimits
 from app.server.settings import Limits, Settings
 
@@ -40,6 +43,7 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' d
                                            "object-src 'none'; base-uri 'none'; "
                                            "frame-ancestors 'none'; form-action 'self'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+log = logging.getLogger("uvicorn.error")
 
 
 class Ranked(BaseModel):
@@ -62,6 +66,7 @@ class Health(BaseModel):
     """Which model answers, and what it takes: enough for a client (the page) to follow it."""
     status: str
     model: str
+    version: str  # the registry's (registry.py), or "" for a file
     sha256: str
     dataset: str
     family: str
@@ -76,7 +81,6 @@ class Problem(BaseModel):
     detail: str
 
 
-REFUSALS = (((NotAnImage, Damaged), 400), (TooCostly, 413), (InputError, 422))  # first match
 router = APIRouter()
 
 
@@ -86,9 +90,13 @@ async def page() -> FileResponse:
 
 
 @router.get("/health")
-async def health(request: Request) -> Health:
-    """Which model is loaded: its file name and SHA-256, family, dataset and classes."""
-    return request.app.state.health
+async def health(classifier: Served) -> Health:
+    """Which model answers: its file name, version and SHA-256, family, dataset and classes."""
+    info = classifier.info
+    return Health(status="ok", model=classifier.path.name,  # no paths of the host
+                  version=classifier.version, sha256=classifier.sha256,
+                  dataset=info.dataset, family=info.family, class_names=info.class_names,
+                  input_shape=info.input_shape, prepare=info.prepare, refusal=info.refusal.kind)
 
 
 # What /predict may answer instead of a Prediction, for the OpenAPI schema and /docs.
@@ -102,24 +110,17 @@ PREDICT_PROBLEMS = {code: {"model": Problem, "description": why} for code, why i
 
 
 @router.post("/predict", responses=PREDICT_PROBLEMS)
-async def predict(request: Request,
+async def predict(request: Request, classifier: Served,
                   file: Annotated[UploadFile, File(description="a picture")]) -> Prediction:
     """The most likely class of the picture in `file`, and every class ranked."""
-    classifier, sandbox = request.app.state.classifier, request.app.state.sandbox
     if not file.size:
         raise HTTPException(400, "the upload is empty")
-    try:
-        pixels = await sandbox.run(model_input, file.file, classifier.info)
-        probabilities = classifier.probabilities(pixels[np.newaxis])[0]
-    except InputError as error:
-        status = next(code for kinds, code in REFUSALS if isinstance(error, kinds))
-        raise HTTPException(status, str(error)) from None
-    except TimeoutError:  # the server is busy, or its clients are
-        raise HTTPException(503, f"the picture was not read within {sandbox.deadline_s:g} s: "
-                                 "the server is busy; try again in a few seconds") from None
-    except (ModelError, ChildProcessError) as error:  # NaN, say, or a crash: no answer
-        raise HTTPException(500, str(error)) from None
-    return Prediction(**answer(pixels, probabilities, classifier, len(classifier.class_names)))
+    pixels = await request.app.state.sandbox.run(model_input, file.file, classifier.info)
+    probs = classifier.probabilities(pixels[np.newaxis])[0]
+    result = answer(pixels, probs, classifier, len(classifier.class_names))
+    request.state.refusal = result["refusal"]  # for the metrics and the log (metrics.py)
+    request.state.classes = [] if result["refusal"] else [result["label"]]
+    return Prediction(**result)
 
 
 @router.get("/redoc", include_in_schema=False)
@@ -153,20 +154,64 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+# What a picture, a tensor or the model cannot be, and its answer (the first that matches).
+REFUSALS = (((NotAnImage, Damaged), 400), (TooCostly, 413), (InputError, 422),
+            (TimeoutError, 503), ((ModelError, ChildProcessError), 500))  # NaN, say, or a crash
+LIMITS = {"CPU": "cpu", "pixels": "pixels", "MB": "memory", "memory": "memory"}  # in a 413
+
+
+async def refused(request: Request, error: Exception) -> JSONResponse:
+    """REFUSALS' answer, a decode limit reached noted for the metrics (metrics.py)."""
+    status, detail = next(code for kinds, code in REFUSALS if isinstance(error, kinds)), str(error)
+    if status == 413:
+        request.state.limit = next((v for k, v in LIMITS.items() if k in detail), "other")
+    if status == 503:  # past the decode deadline: the server is busy, or its clients are
+        request.state.limit = "deadline"
+        detail = (f"the picture was not read within {request.app.state.sandbox.deadline_s:g} s: "
+                  "the server is busy; try again in a few seconds")
+    return JSONResponse({"detail": detail}, status)
+
+
+async def switch(api: FastAPIOffline, load: Callable[[], Classifier]) -> None:
+    """The model `load` gives, checked, answers from the next request on; one that cannot be
+    served is refused in one line, and the one before goes on answering."""
+    async with api.state.switching:
+        try:
+            api.state.classifier = classifier = await asyncio.to_thread(load)
+        except (ModelError, registry.RegistryError) as error:
+            before = api.state.classifier
+            metrics.LOADS.labels("refused").inc()
+            return log.error("model refused (still serving %s): %s", before and before.path.name,
+                             error)
+        metrics.LOADS.labels("served").inc()
+        metrics.MODEL.info({"name": classifier.name, "version": classifier.version,
+                            "sha256": classifier.sha256, "family": classifier.info.family,
+                            "dataset": classifier.info.dataset})
+        log.info("serving %s (SHA-256 %s)", classifier.path.name, classifier.sha256)
+
+
 def create_app(settings: Settings | None = None, limits: Limits | None = None) -> FastAPIOffline:
-    """The app, with the model loaded and checked once (ModelError if it cannot be), from
-    `settings` or else from the environment (settings.py); its decode processes start with it."""
+    """The app, from `settings` or else from the environment (settings.py); its decode processes
+    start, and its model loads, with it."""
     settings, limits = settings or Settings(), limits or Limits()
-    classifier = load_classifier(settings.model)
 
     @asynccontextmanager
     async def lifespan(api: FastAPIOffline) -> AsyncIterator[dict]:
         api.state.sandbox = sandbox = Sandbox(limits.decode_processes, limits.decode_deadline_s)
-        parent = multiprocessing.parent_process()
+        loop, parent = asyncio.get_running_loop(), multiprocessing.parent_process()
         if parent:  # a worker of mnist-serve: it stops when its server ends, even killed
-            loop = asyncio.get_running_loop()
             loop.add_reader(parent.sentinel, lambda: (loop.remove_reader(parent.sentinel),
                                                       signal.raise_signal(signal.SIGTERM)))
+        # MODEL, or the version it links to (registry.py). At SIGHUP a server of one process
+        # fetches and checks the model itself; a worker loads what mnist-serve fetched (main.py).
+        # The tasks are kept: asyncio holds them weakly.
+        current = lambda: load_classifier(settings.model.resolve() if settings.artifact  # noqa: E731
+                                          else settings.model)
+        if threading.current_thread() is threading.main_thread():  # where signals arrive
+            reload = current if parent else lambda: registry.prepare(settings)
+            loop.add_signal_handler(signal.SIGHUP, lambda: setattr(
+                api.state, "reloading", asyncio.ensure_future(switch(api, reload))))
+        api.state.loading = asyncio.ensure_future(switch(api, current))
         yield {"limits": limits}  # for the server's protocol (main.py)
         sandbox.close()
 
@@ -174,18 +219,18 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
                          static_url=OFFLINE_DOCS, lifespan=lifespan,
                          description="Predicts the class of an image with the pipeline's "
                                      "exported ONNX model.")
-    api.state.classifier = classifier
-    info = classifier.info
-    api.state.health = Health(status="ok", model=classifier.path.name,  # no paths of the host
-                              sha256=hashlib.sha256(classifier.path.read_bytes()).hexdigest(),
-                              dataset=info.dataset, family=info.family,
-                              class_names=info.class_names, input_shape=info.input_shape,
-                              prepare=info.prepare, refusal=info.refusal.kind)
+    api.state.classifier, api.state.switching = None, asyncio.Lock()
     api.state.redoc_bundle = REDOC_BUNDLE.read_text(encoding="utf-8").replace(
         REDOC_CDN_LOGO, f"{OFFLINE_DOCS}/favicon.png").encode()
     api.include_router(router)
+    api.include_router(v2)
+    if settings.metrics:
+        api.include_router(metrics.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     api.add_exception_handler(RequestValidationError, invalid_request)
+    for kind in (InputError, TimeoutError, ModelError, ChildProcessError):
+        api.add_exception_handler(kind, refused)
     api.add_middleware(RequestLimits, limits=limits)
+    api.add_middleware(metrics.observed, routes=api.routes, settings=settings)
     return api
 

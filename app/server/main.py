@@ -5,26 +5,33 @@ no `server` banner, and its workers, sharing one socket bound here (no other pro
 the port beside them). LimitedH11Protocol adds what uvicorn has no setting for: a deadline for
 a whole head (408); a send timeout (an answer that has not moved for send_timeout_s: reset);
 431 for a head too large that arrives in pieces; a cap on connections, held answers among them
-(503); an end to a connection whose upload was refused, or still arrives at a stop signal.
-"""
+(503); an end to a connection whose upload was refused, or still arrives at a stop signal. At
+SIGHUP the model is fetched and checked here, then each worker switches to it (api.py):
+uvicorn's own SIGHUP replaces the workers, and requests crossing a closed connection fail."""
 
 import asyncio
 import logging
 import os
+import signal
 import socket
 import struct
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
+from pathlib import Path
 
 import h11
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import CliApp
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
-from app.classifier import ModelError, load_classifier
+from app.classifier import ModelError
 from app.server.limits import headers_too_large, problem
+from app.server.registry import RegistryError, prepare
 from app.server.settings import Limits, Settings
 
 LINGER_S = 1  # how long a refused client has to read its answer before the socket is closed
@@ -137,18 +144,44 @@ def server_config(app: object, settings: Settings, limits: Limits,
                           h11_max_incomplete_event_size=limits.max_header_bytes, **options)
 
 
-def main() -> None:
+def reload(settings: Settings, workers: list) -> None:
+    """The model fetched and checked, then loaded by each worker; else one line, and the workers
+    go on with theirs."""
+    try:
+        prepare(settings)
+    except (ModelError, RegistryError) as error:
+        return log.error("model refused (still serving the one before): %s", error)
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGHUP)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Serve on $HOST:$PORT with $WORKERS processes, once the model loads and the port is
     free (else a line that says why)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload can be done (below, api.py)
+    with tempfile.TemporaryDirectory(prefix="mnist-serve-") as folder:  # models, counts
+        serve(Path(folder), argv)
+
+
+def serve(folder: Path, argv: list[str] | None) -> None:
     try:
-        settings = Settings()
-        load_classifier(settings.model)  # each worker loads its own; a bad one stops us here
+        settings = CliApp.run(Settings, cli_args=argv)  # flags, else the environment
+        if settings.artifact:  # MODEL: a link to the version fetched (registry.py)
+            settings = settings.model_copy(update={"model": folder / "model.onnx"})
+        os.environ.update({name.upper(): str(value) for name, value in  # for the workers
+                           settings.model_dump(exclude_none=True).items()})
+        prepare(settings)  # each worker loads its own; a bad one stops us here
     except ValidationError as e:
         error = e.errors()[0]
         sys.exit(f"error: {str(error['loc'][0]).upper()}={error['input']!r}: "
                  f"{error['msg'].lower()}")
-    except ModelError as error:
+    except (ModelError, RegistryError) as error:
         sys.exit(f"error: {error}")
+    if settings.metrics:  # where Prometheus' client adds up the workers' counts, emptied
+        counts = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", f"{folder}/metrics"))
+        counts.mkdir(parents=True, exist_ok=True)
+        for stale in counts.glob("*.db"):
+            stale.unlink()
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
         sock = socket.create_server((settings.host, settings.port), family=family)
@@ -165,6 +198,8 @@ def main() -> None:
         uvicorn.Server(config).run(sockets=[sock])
         return
     supervisor = Multiprocess(config, sockets=[sock])
+    reloads = ThreadPoolExecutor(1)  # one at a time, off the supervisor's loop
+    signal.signal(signal.SIGHUP, lambda *_: reloads.submit(reload, settings, supervisor.processes))
     supervisor.run()
     if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         sys.exit(STARTUP_FAILURE)

@@ -1,7 +1,7 @@
-"""What the server reads from its environment (HOST, PORT, WORKERS, MODEL) and every limit it
-puts on a client, in one place. The limits are what the tests and the benchmark check, not read
-from the environment (docs/serving.md says why each has its value): code that needs others
-passes its own Limits to create_app, as the tests do."""
+"""What the server reads from its environment (Settings) and every limit it puts on a client, in
+one place. The limits are what the tests and the benchmark check, not read from the environment
+(docs/serving.md says why each has its value): code that needs others passes its own Limits to
+create_app, as the tests do."""
 
 import os
 from pathlib import Path
@@ -49,10 +49,17 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 
 
 class Settings(BaseSettings):
-    """HOST, PORT, WORKERS and MODEL from the environment, each optional."""
-    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True)
+    """mnist-serve's settings, each optional: a flag, else an environment variable of its name
+    in capitals (docs/serving.md)."""
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True,
+                                      cli_prog_name="mnist-serve", cli_kebab_case=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)
     workers: int = Field(min(CORES, 4), ge=1)
     model: Path = MODEL_FILE
+    artifact: str | None = None  # NAME@VERSION, NAME (its latest) or NAME#STAGE (registry.py)
+    registry: str = "."  # the git repository of the artifact: a path or a URL
+    metrics: bool = True  # /metrics, and counting for it
+    log_requests: bool = False  # a JSON line per request on stderr ...
+    log_client_address: bool = False  # ... with the client's address

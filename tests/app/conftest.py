@@ -7,7 +7,10 @@
 - nan-for-digits: the same model, plus NaN in every output for a picture whose ink adds up like
   a digit's (10,000 to 90,000): the probe pictures a model is checked on at load pass;
 - fails-alone: the same model, its input first reshaped to rows of three pictures and back: it
-  runs on the three probe pictures at load, and fails in ONNX Runtime on a picture alone.
+  runs on the three probe pictures at load, and fails in ONNX Runtime on a picture alone;
+- slow-to-load: the same answers, plus 0 times a sum of constants that ONNX Runtime computes
+  as it loads the model (constant folding: four products of 2048x2048 matrices, a second or
+  more).
 """
 
 import pytest
@@ -71,8 +74,28 @@ def fails_alone(model):
                              *nodes])
 
 
+def slow_to_load(model):
+    from onnx import TensorProto, helper
+
+    probabilities = model.graph.output[0].name
+    [last] = [n for n in model.graph.node if probabilities in n.output]
+    last.output[:] = ["probabilities"]
+    model.graph.initializer.extend([
+        helper.make_tensor("small", TensorProto.FLOAT, [1], [1e-3]),
+        helper.make_tensor("square", TensorProto.INT64, [2], [2048, 2048]),
+        helper.make_tensor("nothing", TensorProto.FLOAT, [], [0.0])])
+    model.graph.node.extend([
+        helper.make_node("Expand", ["small", "square"], ["power0"]),
+        *(helper.make_node("MatMul", [f"power{i}", f"power{i}"], [f"power{i + 1}"])
+          for i in range(4)),
+        helper.make_node("ReduceSum", ["power4"], ["sum"], keepdims=0),
+        helper.make_node("Mul", ["sum", "nothing"], ["zero"]),
+        helper.make_node("Add", ["probabilities", "zero"], [probabilities])])
+
+
 EDITS = {"fixed-batch": fixed_batch(1), "batch-of-32": fixed_batch(32), "logits": without_softmax,
-         "nan-for-digits": nan_for_digits, "fails-alone": fails_alone}
+         "nan-for-digits": nan_for_digits, "fails-alone": fails_alone,
+         "slow-to-load": slow_to_load}
 
 
 @pytest.fixture(scope="session")

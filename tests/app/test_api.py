@@ -122,7 +122,7 @@ def test_health_names_the_model(base_url, model_dir):
 
     assert answer.status == 200
     assert answer.json() == {
-        "status": "ok", "model": model.name,
+        "status": "ok", "model": model.name, "version": "",
         "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "family": "mlp", "dataset": "mnist", "class_names": CLASSES,
         "input_shape": [28, 28, 1], "prepare": "digit", "refusal": "digit"}
@@ -342,7 +342,7 @@ def test_server_refuses_a_setting_it_cannot_use(monkeypatch, name, value, error)
 
     monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as stopped:
-        main()
+        main([])
 
     assert stopped.value.code == error
 

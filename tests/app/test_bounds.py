@@ -55,7 +55,7 @@ def server(model_dir):
         process = serve(model_dir, port, workers)
         started.append(process)
         url = f"http://127.0.0.1:{port}"
-        wait_until_answering(url)
+        wait_until_answering(url, workers)
         return process, url, port
 
     yield start

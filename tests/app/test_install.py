@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.server.settings import Settings
 from tests.conftest import REPO
 from tests.digits import draw_digit
 from tests.serving import free_port, post_file, wait_until_answering
@@ -65,7 +66,7 @@ def assert_serves(command, cwd, model, picture, home):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_answering(url)
+        wait_until_answering(url, Settings().workers)  # as many as it starts here
         answer = post_file(url, picture.read_bytes())
         assert answer.status == 200 and answer.json()["label"] == "7", answer.body
     finally:
