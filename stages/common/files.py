@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.common.runner import StageError
+from stages.common.runner import StageError, exit_if_stopped
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # zip entries carry a time; a fixed one keeps them identical
 
@@ -49,6 +49,7 @@ def atomic(target: Path, folder: bool = False) -> Iterator[Path]:
         tmp.rmdir()
     try:
         yield tmp
+        exit_if_stopped()
         mode = 0o777 if folder else 0o666  # mkstemp's owner-only mode is no output's
         os.chmod(tmp, mode & ~current_umask())
         if folder and target.is_dir():

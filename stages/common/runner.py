@@ -4,7 +4,10 @@
   the stage with one line on stderr, `error: ...`, and exit status 1: never a traceback.
 - SIGTERM, SIGHUP and SIGINT (`kill`, a closed terminal, Ctrl-C, `dvc` stopped by CI) raise
   SystemExit(128 + n): every `finally` and `with` block runs on the way out, so temporary
-  files are removed and no output is left half-written (stages/common/files.py).
+  files are removed and no output is left half-written (stages/common/files.py). The signal is
+  also recorded: one whose SystemExit lands in a finaliser is dropped by Python ("Exception
+  ignored in ..."), and the record still stops the stage before its next output is put in
+  place (files.atomic) or at its end.
 """
 
 import gc
@@ -16,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+received: list[int] = []  # the stop signals that arrived, first first
 
 
 class StageError(Exception):
@@ -23,7 +27,21 @@ class StageError(Exception):
 
 
 def stop(signum: int, frame: object) -> None:
+    received.append(signum)
     raise SystemExit(128 + signum)
+
+
+def exit_if_stopped() -> None:
+    """Exit 128 + n if a stop signal arrived, even one whose exception Python dropped."""
+    if received:
+        raise SystemExit(128 + received[0])
+
+
+def quiet_lost_stop(unraisable: "sys.UnraisableHookArgs") -> None:
+    """sys.unraisablehook: a stop signal's SystemExit dropped in a finaliser is obeyed later
+    (exit_if_stopped), so its "Exception ignored" traceback would be noise."""
+    if not (isinstance(unraisable.exc_value, SystemExit) and received):
+        sys.__unraisablehook__(unraisable)
 
 
 def catch_stop_signals() -> None:
@@ -35,6 +53,7 @@ def run(main: Callable[[], None]) -> None:
     """Run a stage's `main()`: one line for an expected failure, a stop signal unwinds."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     catch_stop_signals()
+    sys.unraisablehook = quiet_lost_stop
     try:
         main()
     except StageError as error:
@@ -42,6 +61,7 @@ def run(main: Callable[[], None]) -> None:
     except OSError as error:  # a full disk, a read-only folder, an output path that is a folder
         where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f)
         sys.exit(f"error: {where + ': ' if where else ''}{error.strerror or error}")
+    exit_if_stopped()
 
 
 # What TensorFlow prints on stderr while Keras imports it, whatever TF_CPP_MIN_LOG_LEVEL says:

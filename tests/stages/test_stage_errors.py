@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 
 from stages.common.files import save_npz
 from tests.conftest import (
+    REPO,
     built_once,
     one_error_line,
     run_stage,
@@ -185,6 +188,35 @@ def test_preprocess_stopped_while_writing_keeps_the_old_set_whole(big_input, sig
     assert sorted(p.name for p in (cwd / "data").iterdir()) == ["processed", "raw.npz"]
     assert digests(cwd / "data/processed") == first, (
         "the earlier run's outputs, all of them, unchanged: no mixed set")
+
+
+def test_a_stop_signal_python_drops_in_a_finaliser_still_stops_the_stage(tmp_path):
+    """A signal whose SystemExit is raised inside __del__ is dropped by Python ("Exception
+    ignored in"); the record of it still keeps the next output out of place, and the exit says
+    which signal, with no traceback."""
+    code = """
+import gc, os, signal, time
+from pathlib import Path
+from stages.common.files import write_json
+from stages.common.runner import run
+
+class Finalised:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here, inside the finaliser
+
+def main():
+    Finalised()
+    gc.collect()
+    write_json(Path("out.json"), {"written": True})
+
+run(main)
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written, nothing left"
 
 
 @pytest.mark.slow
