@@ -328,6 +328,8 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory, worker_id: str, mirrors
         repo = new_pipeline_repo(folder / "repo", mirrors, tiny_checksums)
         (folder / "tmp").mkdir()  # the temporary folder of the run, empty after it (a test)
         repo.env["TMPDIR"] = str(folder / "tmp")
+        # As on most machines (this one sets it): Python writes bytecode for what it imports.
+        repo.env.pop("PYTHONDONTWRITEBYTECODE", None)
         repo.repro()
         repo.commit_all("results")
 

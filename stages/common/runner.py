@@ -97,6 +97,9 @@ def import_tensorflow() -> None:
             for line in captured.read().decode(errors="replace").splitlines():
                 if not line.startswith("I0000") and not any(n in line for n in NOTICES):
                     print(line, file=sys.stderr)
+    # AutoGraph imports each function it converts from a .py file in the temporary folder, and
+    # removes the file at exit; the __pycache__ Python would write beside it would stay there.
+    sys.dont_write_bytecode = True
     # absl's failure-signal handler, which TensorFlow installs, takes SIGTERM over and dies of
     # it with a stack dump: take it back, so a stopped stage still unwinds and cleans up.
     catch_stop_signals()

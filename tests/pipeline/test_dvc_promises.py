@@ -77,8 +77,9 @@ def test_repro_builds_every_output_then_does_nothing(reproduced_repo, tiny_array
 
 
 def test_repro_leaves_nothing_in_the_temporary_folder(reproduced):
-    """TensorFlow writes a Python file there for each function it traces, and removes them as
-    the process exits: so must a stage that skips Python's teardown (stages/runner.end)."""
+    """TensorFlow writes a Python file there for each function it converts, and removes them
+    as the process exits, but not the bytecode Python caches beside them (runner.py), on a
+    machine that does not set PYTHONDONTWRITEBYTECODE (the `reproduced` fixture's)."""
     assert list((reproduced.path.parent / "tmp").iterdir()) == []
 
 
