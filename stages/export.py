@@ -1,5 +1,5 @@
 """Export stage: the trained Keras model as ONNX, for the app, checked against Keras on the whole
-test set.
+validation split (the test split is evaluate's alone).
 
 The app (predict, the API) runs model/model.onnx with ONNX Runtime, which starts in a fraction
 of a second where TensorFlow takes seconds. The graph takes pictures as the app makes them,
@@ -9,7 +9,7 @@ names, the input shape, how to prepare a picture (`prepare`), the dataset and fa
 to answer "not recognised" (`refusal`): the digit checks for a digit model, else a threshold on
 the model's uncertainty calibrated here on the validation split, its own and never MNIST's.
 
-Before the export is kept, both score every test picture: the classes must be the same and no
+Before the export is kept, both score every validation picture: the classes must be the same and no
 probability may differ by more than TOLERANCE, or the stage fails and keeps no model.onnx.
 Keras' own `model.export(format="onnx")` (tf2onnx) holds no timestamp: the same model gives
 the same bytes.
@@ -104,30 +104,30 @@ def check_parity(keras_probs: np.ndarray, onnx_probs: np.ndarray) -> dict:
     when the export does not give Keras' classes within TOLERANCE."""
     mismatches = int(np.sum(keras_probs.argmax(1) != onnx_probs.argmax(1)))
     largest = float(np.abs(keras_probs - onnx_probs).max())
-    log.info("ONNX vs Keras on %d test pictures: %d predictions differ, probabilities by up to "
+    log.info("ONNX vs Keras on %d validation pictures: %d predictions differ, probabilities by "
+             "up to "
              "%.2g", len(keras_probs), mismatches, largest)
     if mismatches or largest > TOLERANCE:
         raise StageError(f"the ONNX export does not match Keras: {mismatches} of "
-                         f"{len(keras_probs)} test predictions differ, and probabilities by up "
-                         f"to {largest:.2g} (allowed: {TOLERANCE:g}); {layout.ONNX_MODEL} was "
-                         "not written")
+                         f"{len(keras_probs)} validation predictions differ, and probabilities "
+                         f"by up to {largest:.2g} (allowed: {TOLERANCE:g}); {layout.ONNX_MODEL} "
+                         "was not written")
     return {"onnx_mismatches": mismatches}
 
 
 def main() -> None:
     params.load()  # a mistake anywhere in params.yaml stops every stage
-    test, val = (load_npz(layout.SPLITS[s], "preprocess", ("x", "y")) for s in ("test", "val"))
+    # The validation split, never the test one: only evaluate reads that.
+    val = load_npz(layout.SPLITS["val"], "preprocess", ("x", "y"))
     metadata = load_json(layout.MODEL_INFO, "train")
 
     import_tensorflow()
     from stages.common.keras_file import load_model
 
     model = load_model(layout.KERAS_MODEL, metadata["input_shape"], len(metadata["class_names"]))
-    x_test = test["x"].astype(np.float32)
-    keras_probs = model.predict(x_test, batch_size=layout.INFERENCE_BATCH, verbose=0)
-    val_probs = model.predict(val["x"].astype(np.float32), batch_size=layout.INFERENCE_BATCH,
-                              verbose=0)
-    metadata["refusal"] = refusal(metadata["prepare"], metadata["input_shape"], val_probs)
+    x_val = val["x"].astype(np.float32)
+    keras_probs = model.predict(x_val, batch_size=layout.INFERENCE_BATCH, verbose=0)
+    metadata["refusal"] = refusal(metadata["prepare"], metadata["input_shape"], keras_probs)
     ModelInfo.model_validate(metadata)  # what the app will check it carries
     log.info("refusal: %s", metadata["refusal"])
 
@@ -135,7 +135,7 @@ def main() -> None:
     with atomic(layout.ONNX_MODEL) as tmp:
         export_onnx(model, tmp, metadata)
         write_json(layout.EXPORT_METRICS, check_parity(keras_probs, onnx_probabilities(
-            tmp, x_test)))
+            tmp, x_val)))
 
 
 if __name__ == "__main__":

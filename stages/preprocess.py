@@ -3,7 +3,7 @@
 - Test: the dataset's own test pictures, or, when it has none (a folder without test/), a seeded,
   stratified share of its pictures (`preprocess.test_fraction`). A test picture that is a copy
   of a training picture (the same pixels) is left out of the test set and reported: the model
-  has seen it. Only evaluate reads the test split.
+  has seen it. Only evaluate reads the test split (export checks itself on validation).
 - Validation: a seeded, stratified share of the training pictures (`val_fraction`), held out
   of training.
 - Normalisation: pixels / 255 ('scale'), then the training split's mean and standard deviation

@@ -17,7 +17,7 @@ from tests.digits import mnist_form_digits
 
 @pytest.mark.parametrize("onnx, why", [
     ([[0.9, 0.1], [0.2, 0.8 + 2e-5]], "probabilities by up to 2e-05"),
-    ([[0.9, 0.1], [0.8, 0.2]], "1 of 2 test predictions differ"),
+    ([[0.9, 0.1], [0.8, 0.2]], "1 of 2 validation predictions differ"),
 ])
 def test_a_mismatch_fails_the_stage_in_one_line(onnx, why):
     keras = np.array([[0.9, 0.1], [0.2, 0.8]])

@@ -54,7 +54,7 @@ def test_bad_params_stop_every_stage_in_one_line_before_any_work(tmp_path, stage
     ("preprocess", "data/raw.npz", "download"),
     ("train", "data/processed/train.npz", "preprocess"),
     ("evaluate", "data/processed/test.npz", "preprocess"),
-    ("export", "data/processed/test.npz", "preprocess"),
+    ("export", "data/processed/val.npz", "preprocess"),
 ])
 def test_a_stage_run_before_its_inputs_exist_says_what_to_run(tmp_path, stage, missing, writer):
     status, _, err = run_stage(stage, stage_dir(tmp_path / "stage"))
