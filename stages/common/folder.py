@@ -12,7 +12,7 @@ one line: the stage stops there, or with `data.on_bad_file: skip` leaves it out 
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -131,16 +131,16 @@ def choose(probes: list[tuple[int, bool]], cfg: Data) -> tuple[int, int]:
     return size, channels
 
 
-def each(pool: ProcessPoolExecutor, job: Callable, paths: list[Path], *args: int) -> list:
+def each(pool: ProcessPoolExecutor, job: Callable, paths: list[Path],
+         *args: int) -> Iterator[object]:
     """attempt(job, path, *args) for every path in the pool's workers, in order, with progress."""
-    results, last, count = [], time.monotonic(), len(paths)
-    for result in pool.map(attempt, [job] * count, paths, *([a] * count for a in args),
-                           chunksize=64):
-        results.append(result)
+    last, count = time.monotonic(), len(paths)
+    results = pool.map(attempt, [job] * count, paths, *([a] * count for a in args), chunksize=64)
+    for done, result in enumerate(results, 1):
+        yield result
         if time.monotonic() - last > PROGRESS_EVERY_S:
             last = time.monotonic()
-            log.info("%s: %d of %d pictures", job.__name__, len(results), count)
-    return results
+            log.info("%s: %d of %d pictures", job.__name__, done, count)
 
 
 def read_folder(root: Path, cfg: Data) -> dict[str, np.ndarray]:
@@ -157,7 +157,7 @@ def read_folder(root: Path, cfg: Data) -> dict[str, np.ndarray]:
     with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=limit_memory,
                              initargs=(WORKER_MEMORY,)) as pool:
         if "auto" in (cfg.image_size, cfg.channels):
-            probes = each(pool, fit.probe, [path for path, _, _ in entries])
+            probes = list(each(pool, fit.probe, [path for path, _, _ in entries]))
             bad = bad + [(e[0], p) for e, p in zip(entries, probes) if isinstance(p, str)]
             stop_on_bad(bad, cfg)
             entries = [e for e, p in zip(entries, probes) if not isinstance(p, str)]
@@ -165,14 +165,17 @@ def read_folder(root: Path, cfg: Data) -> dict[str, np.ndarray]:
         if not entries:
             raise StageError(f"{root}: not one picture could be read")
         size, channels = choose(probes if "auto" in (cfg.image_size, cfg.channels) else [], cfg)
-        pictures = each(pool, fit.fit, [path for path, _, _ in entries], size, channels)
-    bad = bad + [(e[0], p) for e, p in zip(entries, pictures) if isinstance(p, str)]
+        # Each picture lands in its row as it arrives: the pictures are held once, not twice.
+        x, good = np.empty((len(entries), size, size, channels), np.uint8), []
+        for i, picture in enumerate(each(pool, fit.fit, [p for p, _, _ in entries], size,
+                                         channels)):
+            if isinstance(picture, str):
+                bad.append((entries[i][0], picture))
+            else:
+                x[len(good)] = picture
+                good.append(i)
     stop_on_bad(bad, cfg)
-    good = [i for i, p in enumerate(pictures) if not isinstance(p, str)]
-    x = np.empty((len(good), size, size, channels), np.uint8)
-    for row, i in enumerate(good):
-        x[row] = pictures[i]
-        pictures[i] = None  # freed as it is copied: the arrays are held once, not twice
+    x = x[:len(good)]
     y = np.array([entries[i][1] for i in good], np.uint16)
     names = np.array([str(entries[i][0].relative_to(root)) for i in good], dtype=str)
     n = sum(not entries[i][2] for i in good)
