@@ -2,7 +2,6 @@
 few times for its wall time and peak memory, and once more under `-X importtime` to see what
 it imports (TensorFlow must not be among it)."""
 
-import os
 import statistics
 import subprocess
 import sys
@@ -28,20 +27,28 @@ def digit_png(path, digit="7"):
     return path
 
 
+# The command is started by a small launcher, not by this process: a child forked from a process
+# that holds TensorFlow and the training data would report that process's peak as its own (Linux
+# keeps the high-water mark of RSS across fork and exec). The launcher prints the command's wall
+# time, peak RSS (os.wait4: its own, in KiB) and exit status on the last line.
+LAUNCHER = """import os, subprocess, sys, time
+started = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stderr=subprocess.STDOUT)
+_, status, usage = os.wait4(proc.pid, 0)
+print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_once(cmd):
-    """(wall seconds, peak RSS in MB, output) of one process; fails loudly if it fails.
-    os.wait4 gives this child's own peak, where RUSAGE_CHILDREN would give the largest of all
-    children so far."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    with proc.stdout:
-        output = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, output  # ru_maxrss is in KiB
+    """(wall seconds, peak RSS in MB, output) of one process; fails loudly if it fails."""
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    *lines, last = result.stdout.decode(errors="replace").rstrip("\n").split("\n")
+    seconds, peak_kib, status = last.split()
+    output = "\n".join(lines) + "\n"
+    if result.returncode != 0 or status != "0":
+        raise RuntimeError(f"{' '.join(cmd)} exited {status}:\n{output[-3000:]}")
+    return float(seconds), int(peak_kib) / 1024, output
 
 
 def imports(importtime_text):
