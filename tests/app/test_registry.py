@@ -18,6 +18,9 @@ import pytest
 from tests.conftest import WITHOUT_TRAINING_PACKAGES
 from tests.serving import request, served_process, wait_for, wait_until_answering
 
+# Real `git` and `dvc` processes, as the pipeline's tests: in `make test-full`, not the quick loop.
+pytestmark = pytest.mark.slow
+
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
            "DVC_NO_ANALYTICS": "1"}
