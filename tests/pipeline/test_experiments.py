@@ -107,9 +107,11 @@ def test_what_trained_is_what_dvc_shows_and_going_back_is_clean(experimented_rep
     assert json.loads((repo.path / "model/metadata.json").read_text())["dataset"] == "mnist"
 
 
-def charts_drawn(driver, page):
+def charts_drawn(driver, page, expected):
     """How many Vega charts `page` draws in headless Chromium with every request to another
-    host blocked, and the requests over the network it tried (blocked ones included)."""
+    host blocked, waiting up to 30 s for `expected` of them (Vega draws each in its own time:
+    on a busy machine the first can be there long before the last), and the requests over the
+    network it tried (blocked ones included)."""
     driver.execute_cdp_cmd("Network.enable", {})
     driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["http://*", "https://*"]})
     requests_elsewhere(driver, "file://")  # the shared browser's earlier pages are not this one
@@ -119,7 +121,8 @@ def charts_drawn(driver, page):
         while time.monotonic() < deadline:
             drawn = driver.execute_script(  # what Vega drew each chart on, canvas or svg
                 "return document.querySelectorAll('.vega-embed .marks').length")
-            if drawn and driver.execute_script("return document.readyState") == "complete":
+            if drawn >= expected and driver.execute_script(
+                    "return document.readyState") == "complete":
                 break
             time.sleep(0.2)
         return drawn, requests_elsewhere(driver, "file://")  # a file: page has no host
@@ -137,13 +140,13 @@ def test_plots_draw_every_chart_offline_and_diff_overlays_experiments(experiment
     assert len(ids) == len(set(ids)) and len(vega) == 5, ids  # each curve drawn once
 
     repo.dvc("plots", "show", "-o", str(tmp_path / "show"))
-    drawn, outside = charts_drawn(browser, tmp_path / "show/index.html")
+    drawn, outside = charts_drawn(browser, tmp_path / "show/index.html", len(vega))
     assert drawn == len(vega) and outside == []
 
     repo.dvc("plots", "diff", "fewer-epochs", "fashion", "-o", str(tmp_path / "diff"))
     page = (tmp_path / "diff/index.html").read_text()
     assert "fewer-epochs" in page and "fashion" in page, "both experiments on each chart"
-    drawn, outside = charts_drawn(browser, tmp_path / "diff/index.html")
+    drawn, outside = charts_drawn(browser, tmp_path / "diff/index.html", len(vega))
     assert drawn == len(vega) and outside == []
     assert not re.search(r"<script[^>]+src=", page), "no library fetched at view time"
     assert os.path.getsize(tmp_path / "diff/index.html") > 500_000, "the libraries are inside"
