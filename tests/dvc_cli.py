@@ -2,8 +2,9 @@
 
 A `dvc` process spends half a second of CPU importing DVC before it reads its arguments, and
 the tests run over a hundred of them. Here a helper process imports DVC once per pytest worker
-and forks a child for each command, which runs as the `dvc` script runs it (`dvc.cli.main`) in
-a process of its own: its own working folder, environment, exit status, output and exit
+and forks a child for each command, which runs what the `dvc` script runs (the function its
+`console_scripts` entry point names, found through importlib.metadata, as pip's script finds it)
+in a process of its own: its own working folder, environment, exit status, output and exit
 handlers (the child ends as any Python program does), and stdin at /dev/null.
 
 The helper is a process of its own, not multiprocessing's forkserver: that one is shared by
@@ -19,8 +20,10 @@ import threading
 from pathlib import Path
 
 SCRIPT = str(Path(sys.executable).parent / "dvc")  # what a user runs: this venv's `dvc`
-# What the commands the tests run import between them (the helper imports it once). Each import
-# only defines things: nothing here starts a thread, which forking would not copy.
+# What the commands the tests run import between them (the helper imports it once): a warm-up
+# and no more, so a module a later DVC no longer has is passed over, costing time, never a
+# failure. Each import only defines things: nothing here starts a thread, which forking would
+# not copy.
 PRELOAD = ["celery", "celery.worker", "dulwich.porcelain", "dvc.api", "dvc.cachemgr", "dvc.cli",
            "dvc.cli.parser", "dvc.data_cloud", "dvc.render.match", "dvc.repo",
            "dvc.repo.experiments.queue.celery", "dvc.repo.experiments.show", "dvc.repo.index",
@@ -31,8 +34,14 @@ PRELOAD = ["celery", "celery.worker", "dulwich.porcelain", "dvc.api", "dvc.cache
 # The helper: reads one JSON request a line, forks, and answers with the child's exit status.
 HELPER = """
 import importlib, json, os, sys
+from importlib.metadata import entry_points
 for name in sys.argv[1:]:
-    importlib.import_module(name)
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+[script] = entry_points(group="console_scripts", name="dvc")
+main = script.load()
 for line in sys.stdin:
     argv, cwd, env, out, err = json.loads(line)
     pid = os.fork()
@@ -45,8 +54,7 @@ for line in sys.stdin:
         os.environ.clear()
         os.environ.update(env)
         sys.argv = argv
-        from dvc.cli import main
-        sys.exit(main(argv[1:]))
+        sys.exit(main())
     _, status = os.waitpid(pid, 0)
     print(os.waitstatus_to_exitcode(status), flush=True)
 """
