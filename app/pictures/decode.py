@@ -115,11 +115,6 @@ def reduction(width: int, height: int) -> int:
     return max(factor, math.ceil(math.sqrt(width * height / MAX_GREY_PIXELS)))
 
 
-def grey_levels(image: Image.Image) -> np.ndarray:
-    """Any Pillow image -> 2-D float32 grey levels 0-255; transparent parts become white paper."""
-    return np.asarray(flattened(image, "L"), dtype=np.float32)
-
-
 def flattened(image: Image.Image, mode: str) -> Image.Image:
     """A decoded picture in mode L or RGB, as it shows: 16 bits per sample scaled to 8,
     transparent parts white, CMYK and palettes as the colours they are."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from app.pictures.decode import grey_levels, read_grey, reduction
+from app.pictures.decode import flattened, read_grey, reduction
 from app.pictures.digit import to_mnist_form
 from tests.digits import draw_digit
 
@@ -18,7 +18,7 @@ from tests.digits import draw_digit
 def read_image(source):
     """A picture decoded whole, upright, in grey: what read_grey must give for a small one."""
     with Image.open(source) as image:
-        return grey_levels(ImageOps.exif_transpose(image))
+        return np.asarray(flattened(ImageOps.exif_transpose(image), "L"), dtype=np.float32)
 
 
 def digit(size, shape):
