@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from app.metadata import METADATA_KEY, ModelInfo
+from app.metadata import METADATA_KEY, ModelInfo, uncertainty
 from app.pictures.decode import read_grey
 from app.pictures.digit import to_fashion_form, to_mnist_form
 from app.pictures.fit import fit, resized
-from app.pictures.refusal import refusal, uncertainty
+from app.pictures.refusal import refusal
 
 # ONNX Runtime records an event with a device id under ~/.cache/Microsoft/ in every process that
 # imports it, for an uploader; this, set before the import (in load_classifier), stops it.

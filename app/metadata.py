@@ -4,6 +4,7 @@ One definition for both sides."""
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 METADATA_KEY = "pipeline_metadata"
@@ -12,6 +13,13 @@ METADATA_KEY = "pipeline_metadata"
 class DigitChecks(BaseModel):
     """Refuse what no digit looks like (app/pictures/refusal.py, calibrated on MNIST)."""
     kind: Literal["digit"]
+
+
+def uncertainty(probabilities: np.ndarray) -> np.ndarray:
+    """The entropy of a model's probabilities, in nats, of each row (0 when sure of one class):
+    a number for one picture's."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1)
+    return -(p * np.log(p)).sum(axis=-1)
 
 
 class Uncertainty(BaseModel):

@@ -27,7 +27,7 @@ def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
-                           num_classes: int = 10) -> tuple[dict, list[dict]]:
+                           num_classes: int) -> tuple[dict, list[dict]]:
     """(headline, per_class): accuracy and loss on the test set; and for each class,
     its errors (images of it read as another class), error rate (in %), precision and recall."""
     y_pred = probs.argmax(axis=1)

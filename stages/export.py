@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.metadata import METADATA_KEY, ModelInfo
+from app.metadata import METADATA_KEY, ModelInfo, uncertainty
 from stages.common import layout, params
 from stages.common.files import atomic, load_json, load_npz, write_json
 from stages.common.runner import StageError, import_tensorflow, run
@@ -38,19 +38,13 @@ TOLERANCE = 1e-5
 REFUSED_SHARE = 0.005
 
 
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """The uncertainty of each row of probabilities, in nats: 0 when sure of one class."""
-    p = np.clip(probs.astype(np.float64), 1e-12, 1)
-    return -(p * np.log(p)).sum(axis=1)
-
-
 def refusal(prepare: str, input_shape: list, val_probs: np.ndarray) -> dict:
     """When the app refuses a picture: the digit checks for a digit model of MNIST's form
     (app/pictures/refusal.py, calibrated on MNIST's validation digits), else above this model's
     own uncertainty threshold."""
     if prepare == "digit" and list(input_shape) == [28, 28, 1]:
         return {"kind": "digit"}
-    threshold = float(np.quantile(entropy(val_probs), 1 - REFUSED_SHARE))
+    threshold = float(np.quantile(uncertainty(val_probs), 1 - REFUSED_SHARE))
     return {"kind": "uncertainty", "threshold": round(threshold, 6)}
 
 
@@ -105,8 +99,7 @@ def check_parity(keras_probs: np.ndarray, onnx_probs: np.ndarray) -> dict:
     mismatches = int(np.sum(keras_probs.argmax(1) != onnx_probs.argmax(1)))
     largest = float(np.abs(keras_probs - onnx_probs).max())
     log.info("ONNX vs Keras on %d validation pictures: %d predictions differ, probabilities by "
-             "up to "
-             "%.2g", len(keras_probs), mismatches, largest)
+             "up to %.2g", len(keras_probs), mismatches, largest)
     if mismatches or largest > TOLERANCE:
         raise StageError(f"the ONNX export does not match Keras: {mismatches} of "
                          f"{len(keras_probs)} validation predictions differ, and probabilities "
@@ -118,7 +111,7 @@ def check_parity(keras_probs: np.ndarray, onnx_probs: np.ndarray) -> dict:
 def main() -> None:
     params.load()  # a mistake anywhere in params.yaml stops every stage
     # The validation split, never the test one: only evaluate reads that.
-    val = load_npz(layout.SPLITS["val"], "preprocess", ("x", "y"))
+    val = load_npz(layout.SPLITS["val"], "preprocess", ("x",))
     metadata = load_json(layout.MODEL_INFO, "train")
 
     import_tensorflow()

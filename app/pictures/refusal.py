@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from app.metadata import uncertainty
+
 INK = 128  # of 255: a pixel at least half inked is ink (MNIST's strokes are soft-edged)
 
 # What no digit looks like. Each of these refuses at most 2 of the 5,999 validation digits.
@@ -124,12 +126,6 @@ def unusual_for_a_digit(shape: InkShape) -> str | None:
     if shape.aspect > WIDE:
         return "a shape wider than a digit"
     return None
-
-
-def uncertainty(probabilities: np.ndarray) -> float:
-    """The entropy of the model's probabilities, in nats."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1)
-    return float(-(p * np.log(p)).sum())
 
 
 def refusal(pixels: np.ndarray, probabilities: np.ndarray) -> str | None:

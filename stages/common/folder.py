@@ -48,9 +48,10 @@ def visible(folder: Path) -> list[Path]:
 
 def class_folders(folder: Path, listing: Listing) -> list[Path]:
     """The class folders in `folder`; what else is there is a bad entry."""
+    entries = visible(folder)
     listing.bad += [(entry, "a file beside the class folders: every picture goes in its "
-                            "class's folder") for entry in visible(folder) if not entry.is_dir()]
-    return [entry for entry in visible(folder) if entry.is_dir()]
+                            "class's folder") for entry in entries if not entry.is_dir()]
+    return [entry for entry in entries if entry.is_dir()]
 
 
 def pictures_in(folder: Path, label: int, listing: Listing) -> list[tuple[Path, int]]:
@@ -78,12 +79,11 @@ def list_folder(root: Path) -> Listing:
     if not root.is_dir():
         raise StageError(f"{root}: no such folder; put your pictures in {root}/<class>/ and "
                          f"track them with `dvc add {root}`")
-    listing = Listing([], {"train": [], "test": []})
-    if {"train", "test"} <= {entry.name for entry in visible(root) if entry.is_dir()}:
+    listing, top = Listing([], {"train": [], "test": []}), visible(root)
+    if {"train", "test"} <= {entry.name for entry in top if entry.is_dir()}:
         splits = {"train": root / "train", "test": root / "test"}
         listing.bad += [(entry, "beside train/ and test/: pictures go in train/<class>/ or "
-                                "test/<class>/") for entry in visible(root)
-                        if entry.name not in splits]
+                                "test/<class>/") for entry in top if entry.name not in splits]
     else:
         splits = {"train": root}
     per_split = {split: class_folders(folder, listing) for split, folder in splits.items()}
@@ -156,6 +156,7 @@ def read_folder(root: Path, cfg: Data) -> dict[str, np.ndarray]:
     # (MemoryError) rather than taking the machine's memory, as the app's decoding does.
     with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=limit_memory,
                              initargs=(WORKER_MEMORY,)) as pool:
+        probes: list = []  # what choose() reads for "auto" only
         if "auto" in (cfg.image_size, cfg.channels):
             probes = list(each(pool, fit.probe, [path for path, _, _ in entries]))
             bad = bad + [(e[0], p) for e, p in zip(entries, probes) if isinstance(p, str)]
@@ -164,7 +165,7 @@ def read_folder(root: Path, cfg: Data) -> dict[str, np.ndarray]:
             probes = [p for p in probes if not isinstance(p, str)]
         if not entries:
             raise StageError(f"{root}: not one picture could be read")
-        size, channels = choose(probes if "auto" in (cfg.image_size, cfg.channels) else [], cfg)
+        size, channels = choose(probes, cfg)
         # Each picture lands in its row as it arrives: the pictures are held once, not twice.
         x, good = np.empty((len(entries), size, size, channels), np.uint8), []
         for i, picture in enumerate(each(pool, fit.fit, [p for p, _, _ in entries], size,

@@ -23,7 +23,7 @@ def normalizer(constants: dict) -> keras.layers.Layer:
     return keras.layers.Rescaling(1 / (255 * std), offset=-constants["mean"] / std)
 
 
-def build_mlp(cfg: MLP, seed: int, input_shape: tuple, classes: int) -> list:
+def build_mlp(cfg: MLP, seed: int, input_shape: tuple) -> list:
     """Flatten -> [Dense(units, activation) -> Dropout] per hidden layer -> Dense softmax."""
     layers = [keras.layers.Flatten()]
     for i, units in enumerate(cfg.hidden_units):
@@ -34,7 +34,7 @@ def build_mlp(cfg: MLP, seed: int, input_shape: tuple, classes: int) -> list:
     return layers
 
 
-def build_cnn(cfg: CNN, seed: int, input_shape: tuple, classes: int) -> list:
+def build_cnn(cfg: CNN, seed: int, input_shape: tuple) -> list:
     """[Conv (ReLU, `padding`) -> MaxPool 2x2] per entry of `filters` -> [Conv (same, ReLU)] per
     entry of `final_filters` -> Flatten -> [Dense(dense_units, ReLU)] -> Dropout.
 
@@ -63,7 +63,7 @@ def build_model(family: str, cfg: MLP | CNN, seed: int, input_shape: tuple, clas
                 normalization: dict, dataset: str) -> keras.Sequential:
     """The model of `family` ('mlp' or 'cnn') from its params section, normalising its input,
     named after its family and the data it learns (`fashion_mnist_cnn`)."""
-    body = {"mlp": build_mlp, "cnn": build_cnn}[family](cfg, seed, tuple(input_shape), classes)
+    body = {"mlp": build_mlp, "cnn": build_cnn}[family](cfg, seed, tuple(input_shape))
     name = re.sub(r"[^a-z0-9]+", "_", f"{dataset}_{family}".lower())
     return keras.Sequential([keras.Input(shape=tuple(input_shape)), normalizer(normalization),
                              *body, keras.layers.Dense(classes, activation="softmax")], name=name)

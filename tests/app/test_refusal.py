@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 from app.classifier import Classifier, answer
-from app.metadata import ModelInfo
+from app.metadata import ModelInfo, uncertainty
 from app.pictures.digit import to_mnist_form
 from app.pictures.refusal import (
     ink_shape,
     refusal,
-    uncertainty,
     unlike_any_digit,
     unusual_for_a_digit,
 )

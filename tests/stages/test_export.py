@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from app.metadata import METADATA_KEY
+from app.metadata import METADATA_KEY, uncertainty
 from stages.common.runner import StageError
-from stages.export import TOLERANCE, check_parity, entropy, onnx_probabilities, refusal
+from stages.export import TOLERANCE, check_parity, onnx_probabilities, refusal
 from tests.conftest import REPO
 from tests.digits import mnist_form_digits
 
@@ -35,9 +35,10 @@ def test_a_digit_model_refuses_by_the_digit_checks_any_other_by_its_own_uncertai
     threshold = refusal("picture", [28, 28, 1], sure)["threshold"]
     assert refusal("digit", [32, 32, 1], sure) == refusal("picture", [8, 8, 3], sure) == {
         "kind": "uncertainty", "threshold": threshold}  # MNIST's numbers are for its form
-    assert np.mean(entropy(sure) > threshold) == pytest.approx(0.005, abs=0.001)
+    assert np.mean(uncertainty(sure) > threshold) == pytest.approx(0.005, abs=0.001)
     assert threshold < np.log(5)  # a model that cannot choose among its classes is refused
-    assert entropy(np.array([[1.0, 0, 0], [1 / 3] * 3])) == pytest.approx([0, np.log(3)], abs=1e-9)
+    assert uncertainty(np.array([[1.0, 0, 0], [1 / 3] * 3])) == pytest.approx([0, np.log(3)],
+                                                                             abs=1e-9)
 
 
 EXPORT = """
