@@ -30,9 +30,9 @@ test-full: $(VENV)/.installed-dev $(PLOTS)/offline.html lint
 lint: $(VENV)/.installed-dev
 	ruff check .
 
-# The class of each image: make predict IMAGES="a.png b.png" (add --top 3, --json, --debug DIR).
+# The class of each image: make predict IMAGES="a.png b.png" (add --top 3, --json).
 predict: $(VENV)/.installed
-	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="a.png b.png [--top K] [--json] [--debug DIR]"' >&2; exit 2; }
+	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="a.png b.png [--top K] [--json]"' >&2; exit 2; }
 	python -m app.cli $(IMAGES)
 
 # The HTTP API and the draw-a-digit page on http://$(HOST):$(PORT)/, a worker per core (WORKERS=N).

@@ -1,6 +1,6 @@
 """Predict the class of each picture with the exported model (ONNX Runtime, no TensorFlow).
 
-    mnist-predict digit.png [more.png ...] [--top K] [--json] [--debug DIR] [--model PATH]
+    mnist-predict digit.png [more.png ...] [--top K] [--json] [--model PATH]
 
 Pictures (PNG, JPEG, BMP, GIF, WebP or TIFF, up to 10 MB) are read within the server's bounds
 (sandbox.py) and made as the model's data were (app/metadata.py). (Arrays already in the model's
@@ -18,15 +18,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from app.classifier import MODEL_FILE, Classifier, ModelError, answer, load_classifier, model_input
-from app.pictures.debug_view import debug_png
+from app.classifier import MODEL_FILE, ModelError, answer, load_classifier, model_input
 from app.pictures.decode import MAX_FILE_BYTES, InputError
 from app.pictures.sandbox import Sandbox
-
-# What one bad file raises: OSError (the file system, a decoder that crashed); InputError.
-INPUT_ERRORS = (OSError, InputError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,9 +34,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=1, metavar="K",
                         help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
-    parser.add_argument("--debug", type=Path, metavar="DIR",
-                        help="write into DIR what the model saw of each input, and for a picture "
-                             "a view of it (for a digit, what was taken as the page and the ink)")
     parser.add_argument("--model", type=Path, default=MODEL_FILE,
                         help=f"ONNX model exported by the pipeline (default: {MODEL_FILE})")
     args = parser.parse_args(argv)
@@ -50,25 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_input(path: Path, classifier: Classifier, sandbox: Sandbox) -> np.ndarray:
-    """A picture file as the model takes it, made as its data were, in a decode process."""
-    return sandbox.call(model_input, picture_bytes(path), classifier.info)
-
-
-def size_of(path: Path) -> int:
-    """The size of `path`, a regular file (FileNotFoundError for a missing one, as open's)."""
+def picture_bytes(path: Path) -> bytes:
+    """A picture file's bytes, refused by its kind and size before it is read
+    (FileNotFoundError for a missing one, as open's)."""
     status = os.stat(path)
     if not stat.S_ISREG(status.st_mode):
         raise InputError("not a regular file" + (" (a folder)" if stat.S_ISDIR(status.st_mode)
                                                  else ""))
-    return status.st_size
-
-
-def picture_bytes(path: Path) -> bytes:
-    """A picture file's bytes, refused by its size before it is read."""
-    if (size := size_of(path)) > MAX_FILE_BYTES:
-        raise InputError(f"{size / 2**20:,.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB "
-                         "limit for a picture")
+    if status.st_size > MAX_FILE_BYTES:
+        raise InputError(f"{status.st_size / 2**20:,.0f} MB is over the "
+                         f"{MAX_FILE_BYTES // 2**20} MB limit for a picture")
     return path.read_bytes()
 
 
@@ -82,11 +65,6 @@ def reason(error: Exception) -> str:
 def printable(name: str) -> str:
     """A file name on one line of output: newlines and other control characters escaped."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
-
-
-def debug_name(directory: Path, number: int, name: str, kind: str) -> Path:
-    """NNN-NAME.KIND.png, NNN the input's place among those given: two may share a name."""
-    return directory / f"{number:03d}-{Path(name).name}.{kind}.png"
 
 
 def text_line(result: dict) -> str:
@@ -116,26 +94,17 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
     except ModelError as error:
         say(str(error))
         return 1
-    if args.debug:
-        try:
-            args.debug.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            say(f"--debug {args.debug}: {reason(error)}")
-            return 2
 
     results, pixels = [], []  # results in the order given; pixels of those that can be predicted
-    for number, path in enumerate(args.images, 1):
-        try:
-            image = read_input(path, classifier, sandbox)
-        except INPUT_ERRORS as error:
+    for path in args.images:
+        try:  # made as the model's data were, in a decode process
+            image = sandbox.call(model_input, picture_bytes(path), classifier.info)
+        except (OSError, InputError) as error:  # the file system or a crashed decoder; the file
             say(f"{path}: {reason(error)}")
             results.append({"file": str(path), "error": reason(error)})
             continue
         results.append({"file": str(path)})
         pixels.append(image)
-        if args.debug:  # the input as the model saw it, before normalisation
-            Image.fromarray(image.squeeze(axis=2) if image.shape[2] == 1 else image).save(
-                debug_name(args.debug, number, str(path), "input"))
 
     good = [r for r in results if "error" not in r]
     if good:
@@ -151,14 +120,6 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
     else:
         for result in good:
             print(text_line(result))
-    if args.debug:
-        for number, (path, result) in enumerate(zip(args.images, results), 1):
-            caption = f"error: {result['error']}" if "error" in result else text_line(result)
-            try:  # the picture with what was taken as the page and the ink (debug_view.py)
-                view = sandbox.call(debug_png, picture_bytes(path), classifier.info, caption)
-            except INPUT_ERRORS:  # no picture to draw: the error line already says why
-                continue
-            debug_name(args.debug, number, str(path), "debug").write_bytes(view)
     return 0 if len(good) == len(results) else 1
 
 

@@ -516,18 +516,6 @@ def test_usage_errors_exit_2(args, capsys):
     assert exit.value.code == 2
 
 
-def test_debug_writes_the_input_the_model_saw(tmp_path, capsys, model_file, good_png):
-    other = tmp_path / "elsewhere" / good_png.name  # the same name in another folder
-    other.parent.mkdir()
-    Image.fromarray(255 - mnist_form_digits(10, seed=4)[0][0]).save(other)
-    status, out, _ = run_main(capsys, "--debug", tmp_path / "seen", "--model", model_file,
-                              good_png, other)
-    assert status == 0 and out.startswith(f"{good_png}: ")
-    for number, path in enumerate([good_png, other], start=1):
-        seen = np.asarray(Image.open(tmp_path / "seen" / f"{number:03d}-{path.name}.input.png"))
-        np.testing.assert_array_equal(seen, to_mnist_form(read_grey(path.read_bytes())))
-
-
 def test_a_picture_with_no_digit_is_answered_not_a_digit(tmp_path, capsys, model_file, good_png):
     dash = tmp_path / "dash.png"
     dash.write_bytes(canvas_png([[(50, 150), (230, 140)]]))
@@ -536,28 +524,23 @@ def test_a_picture_with_no_digit_is_answered_not_a_digit(tmp_path, capsys, model
     assert out.splitlines()[1] == f"{dash}: not a digit (a dash)"
 
 
-def test_debug_shows_what_was_taken_for_the_page_and_the_ink(tmp_path, capsys, model_file,
-                                                             good_png):
-    """A photo of a digit on a sheet lying on a desk: the debug view outlines the sheet and the
-    ink, beside the 28x28, with the answer written under it."""
-    photo = tmp_path / "photo.png"
+def test_the_debug_view_tool_shows_what_was_taken_for_the_page_and_the_ink(tmp_path, model_file,
+                                                                           good_png):
+    """docs/debug_view.py, as docs/photos.md runs it: a photo of a digit on a sheet lying on a
+    desk is drawn with the sheet and the ink outlined beside the 28x28, its answer under it; a
+    file that is no picture is a line, not a crash."""
+    photo, text = tmp_path / "photo.png", tmp_path / "notes.png"
     Image.fromarray(make_photo(7, "sheet-in-frame", 3).image).save(photo)
-    status, out, _ = run_main(capsys, "--debug", tmp_path / "seen", "--model", model_file, photo,
-                              good_png)
-    assert status == 0
-    with Image.open(tmp_path / "seen/001-photo.png.debug.png") as view:
+    text.write_text("not a picture")
+    done = subprocess.run([sys.executable, REPO / "docs/debug_view.py", tmp_path / "seen", photo,
+                           good_png, text, "--model", model_file], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith(f"{photo}: 7 (")
+    assert done.stdout.splitlines()[2].startswith(f"{text}: not a picture")
+    with Image.open(tmp_path / "seen/001-photo.png.png") as view:
         pixels = np.asarray(view.convert("RGB")).reshape(-1, 3)
-    blue, red = (40, 110, 255), (230, 30, 30)  # app/pictures/debug_view.py's colours
+    blue, red = (40, 110, 255), (230, 30, 30)  # docs/debug_view.py's colours
     assert (pixels == blue).all(axis=1).sum() > 100, "the sheet is outlined"
     assert (pixels == red).all(axis=1).sum() > 50, "the ink is boxed"
-    assert (tmp_path / "seen/002-seven.png.debug.png").is_file()
     assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == [
-        "001-photo.png.debug.png", "001-photo.png.input.png", "002-seven.png.debug.png",
-        "002-seven.png.input.png"]
-
-
-def test_debug_into_a_file_is_a_usage_error(tmp_path, capsys, model_file, good_png):
-    (tmp_path / "taken").write_text("a file, not a folder")
-    status, out, err = run_main(capsys, "--debug", tmp_path / "taken", "--model", model_file,
-                                good_png)
-    assert status == 2 and out == "" and err.startswith("error: --debug ")
+        "001-photo.png.png", "002-seven.png.png"]

@@ -1,6 +1,6 @@
 """The transform's harder cases: a sheet of paper lying wholly inside a photo is found as paper and
 its digit read (not the sheet taken for ink), a digit in a very long strip is found, and the
-debug view shows what was taken as the page and as the ink."""
+debug view (docs/debug_view.py) shows what was taken as the page and as the ink."""
 
 import io
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.pictures.debug_view import INK, PAGE, debug_view
 from app.pictures.decode import InputError
 from app.pictures.digit import find_digit, to_mnist_form
+from docs.debug_view import INK, PAGE, debug_view
 from tests.app.test_photos import overlap
 from tests.digits import draw_digit
 from tests.photos import KINDS, desk, make_photo, shadow, texture
