@@ -1,12 +1,8 @@
-"""Download stage: the dataset params.yaml names (`data.dataset`) as data/raw.npz.
-
-Every dataset is a folder of datasets/. A catalogue entry (mnist, fashion-mnist: a folder holding
-dataset.yaml) is fetched, every file checked against its known hash (stages/common/catalogue.py);
-any other folder holds your labelled pictures, datasets/NAME/<class>/<picture>, each read and
-made one size (stages/common/folder.py). Both roads end in the same arrays: uint8 pictures
-(N, H, W, C) for training and for testing (none when the folder has no test/ of its own), their
-labels and files' names, the class names, the files skipped, and how the app prepares a
-picture for a model of this data (`prepare`).
+"""Download stage: the dataset params.yaml names (`data.dataset`, a folder of datasets/) as
+data/raw.npz: a catalogue entry fetched and checked (common/catalogue.py), or your labelled
+pictures read and made one size (common/folder.py). Both give the same arrays: uint8 pictures
+(N, H, W, C) and labels for training and testing, class names, files' names, those skipped, and
+how the app prepares a picture for a model of this data (`prepare`).
 """
 
 import logging

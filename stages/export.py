@@ -1,18 +1,8 @@
-"""Export stage: the trained Keras model as ONNX, for the app, checked against Keras on the whole
-validation split (the test split is evaluate's alone).
-
-The app (predict, the API) runs model/model.onnx with ONNX Runtime, which starts in a fraction
-of a second where TensorFlow takes seconds. The graph takes pictures as the app makes them,
-levels 0-255 (N, H, W, C), and normalises them itself, as the Keras model does. The file carries
-what the app needs to follow it, as app/metadata.py defines it: the class
-names, the input shape, how to prepare a picture (`prepare`), the dataset and family, and when
-to answer "not recognised" (`refusal`): the digit checks for a digit model, else a threshold on
-the model's uncertainty calibrated here on the validation split, its own and never MNIST's.
-
-Before the export is kept, both score every validation picture: the classes must be the same and no
-probability may differ by more than TOLERANCE, or the stage fails and keeps no model.onnx.
-Keras' own `model.export(format="onnx")` (tf2onnx) holds no timestamp: the same model gives
-the same bytes.
+"""Export stage: the trained Keras model as model/model.onnx, which the app runs with ONNX Runtime
+(no TensorFlow). The graph takes levels 0-255 and normalises them itself; the file carries
+app/metadata.py's ModelInfo, with the refusal calibrated here. It is kept only if ONNX and Keras
+agree on the validation split within TOLERANCE (the test split is evaluate's alone), and the same
+model gives the same bytes (canonical). docs/pipeline.md says more.
 """
 
 import json

@@ -1,15 +1,8 @@
-"""Preprocess stage: the splits, and the normalisation fitted on the training split alone.
-
-- Test: the dataset's own test pictures, or, when it has none (a folder without test/), a seeded,
-  stratified share of its pictures (`preprocess.test_fraction`). A test picture that is a copy
-  of a training picture (the same pixels) is left out of the test set and reported: the model
-  has seen it. Only evaluate reads the test split (export checks itself on validation).
-- Validation: a seeded, stratified share of the training pictures (`val_fraction`), held out
-  of training.
-- Normalisation: pixels / 255 ('scale'), then the training split's mean and standard deviation
-  ('standardize'). The constants go with the data; the model applies them itself.
-Pictures stay uint8 (N, H, W, C). Everything lands in data/processed at once; metrics/data.json
-counts the files download skipped and the test copies left out.
+"""Preprocess stage: data/raw.npz as the train, validation and test splits (data/processed), and
+the normalisation constants fitted on the training split alone (the model applies them). Test:
+the dataset's own pictures, or a seeded, stratified share when it has none, less any copy of a
+training picture; only evaluate reads it. Validation: a seeded, stratified share of training.
+Pictures stay uint8 (N, H, W, C); metrics/data.json counts what download skipped and the copies.
 """
 
 import hashlib

@@ -1,12 +1,7 @@
-"""A picture as a model trained on a folder of pictures takes it: an array of the model's size
-and channels, aspect kept. The download stage reads every picture of a folder with this, and
-the app prepares a picture for such a model with it too, so that training and serving see
-pictures made the same way.
-
-Any picture a person has is read right (decode.py): PNG, JPEG, BMP, GIF, WebP, TIFF; grey or
-colour; transparency over white, a palette, 16 bits per sample, CMYK; upright as its EXIF
-orientation says. It is scaled, keeping its aspect, until its longer side fits the square, and
-the rest of the square is filled with the colour of its edge: padded, never stretched.
+"""A picture as a model trained on a folder of pictures takes it: uint8 (size, size, channels),
+scaled until its longer side fits, aspect kept, the rest filled with its edge's colour (padded,
+never stretched). Download reads every picture of a folder with this, and the app prepares a
+picture for such a model with it: training and serving see pictures made the same way.
 """
 
 import os

@@ -1,12 +1,8 @@
-"""The catalogue: MNIST and Fashion-MNIST, each a folder of datasets/ whose dataset.yaml says
-where its four IDX files come from and how each is checked. Facts about the world, not params.
-
-A file is taken from the first source that gives it whole and verified: $MNIST_MIRROR (or
-$FASHION_MNIST_MIRROR, from the dataset's name), a folder or a URL holding the files, then the
-entry's `urls` in order. Downloads go through pooch (timeouts, retries, a temporary file moved
-into place only when complete). Every file is checked against the SHA-256 of what it
-decompresses to, whatever its source: a mirror that re-compressed the files (Debian's
-Fashion-MNIST) serves the same data, and nothing else passes.
+"""The catalogue: MNIST and Fashion-MNIST, each a folder of datasets/ whose dataset.yaml says where
+its four IDX files come from and the SHA-256 of what each decompresses to. A file comes from the
+first source that gives it whole and verified: $MNIST_MIRROR ($FASHION_MNIST_MIRROR), a folder or
+a URL, then the entry's `urls`, downloaded by pooch (timeouts, retries, a file moved into place
+when complete). The hash is of the content: a re-compressed mirror serves, and nothing else.
 """
 
 import gzip
@@ -19,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints
 
 from stages.common import layout
 from stages.common.params import Section, checked, read_yaml
@@ -42,19 +38,11 @@ ClassName = Annotated[str, StringConstraints(min_length=1, max_length=60)]
 
 
 class Entry(Section):
+    """A catalogue entry: the project's own file, so its types are declared, not its sense."""
     prepare: Literal["digit", "clothing"]  # how the app brings a picture to this data's form
     urls: list[Annotated[str, StringConstraints(pattern=r"^https?://\S+/$")]]
     classes: list[ClassName] = Field(min_length=2, max_length=1000)
-    files: dict[str, Hex64]  # the SHA-256 of each file's content, decompressed
-
-    @model_validator(mode="after")
-    def complete(self) -> "Entry":
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError("classes holds the same name twice")
-        names = sorted(name for name, _ in IDX_FILES.values())
-        if sorted(self.files) != names:
-            raise ValueError(f"files must name exactly {', '.join(names)}")
-        return self
+    files: dict[str, Hex64]  # the SHA-256 of each file's content, decompressed (IDX_FILES)
 
 
 class SourceFailed(Exception):
@@ -92,7 +80,8 @@ def fetch(name: str, entry: Entry, environ: dict, workdir: Path) -> dict[str, np
             raise StageError(f"no source gave {file} of {name} whole and verified ("
                              + "; ".join(failures or ["no sources"]) + "). Offline? Point "
                              f"{mirror_variable(name)} at a folder holding its four .gz files")
-    return checked_arrays(arrays, len(entry.classes))
+    return {key: value[..., np.newaxis] if key.startswith("x") else value  # (N, H, W, 1)
+            for key, value in arrays.items()}
 
 
 def content(source: str, file: str, sha256: str, workdir: Path) -> bytes:
@@ -145,12 +134,3 @@ def parse_idx(data: bytes, ndim: int) -> np.ndarray:
                            f"{start + int(np.prod(shape, dtype=object))}")
     return np.frombuffer(data, np.uint8, offset=start).reshape(shape)
 
-
-def checked_arrays(arrays: dict, classes: int) -> dict[str, np.ndarray]:
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if len(x) != len(y) or len(y) == 0 or y.max() >= classes:
-            raise StageError(f"the {split} files hold {len(x)} pictures and {len(y)} labels "
-                             f"(up to {y.max() if len(y) else '-'}) for {classes} classes")
-    return {key: value[..., np.newaxis] if key.startswith("x") else value
-            for key, value in arrays.items()}

@@ -1,13 +1,7 @@
-"""The two model families train can build, each from its own section of params.yaml.
-
-- mlp: the classic beginner model, Flatten -> Dense hidden layers -> softmax.
-- cnn: a small convnet in the style of keras-io's `mnist_convnet`: convolutions each followed by
-  2x2 max-pooling, more convolutions on the last (small) map, an optional hidden Dense layer,
-  and the softmax.
-
-Both take pictures as the app gives them, uint8 levels 0-255 as floats (N, H, W, C) of any size
-and channel count, and normalise them first themselves, with the constants preprocess fitted
-on the training split: the exported model carries its normalisation.
+"""The two model families train builds, each from its own section of params.yaml: mlp (Flatten,
+Dense layers, softmax) and cnn (convolutions with 2x2 max-pooling, in the style of keras-io's
+`mnist_convnet`). Both take levels 0-255 (N, H, W, C) of any size and channels and normalise them
+first with the constants preprocess fitted: the exported model carries its normalisation.
 """
 
 import re

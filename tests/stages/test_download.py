@@ -188,10 +188,12 @@ def test_parse_idx_reads_the_header_and_refuses_what_does_not_fit():
 
 
 def test_the_catalogue_entries_are_valid():
-    from stages.common.catalogue import load
+    from stages.common.catalogue import IDX_FILES, load
 
     for name in ("mnist", "fashion-mnist"):
-        assert len(load(name).classes) == 10 and load(name).urls
+        entry = load(name)
+        assert len(set(entry.classes)) == 10 and entry.urls
+        assert sorted(entry.files) == sorted(file for file, _ in IDX_FILES.values())
 
 
 def test_the_catalogue_at_another_size_and_in_colour_is_made_as_the_app_makes_it(tiny_arrays):
