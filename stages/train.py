@@ -27,11 +27,9 @@ def learning_rate_schedule(cfg: params.Recipe, steps_per_epoch: int) -> object:
 
     total = cfg.epochs * steps_per_epoch
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
-    alpha = 1.0 if cfg.schedule == "constant" else 0.0
-    if warmup == 0:
-        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total, alpha=alpha)
     return keras.optimizers.schedules.CosineDecay(
-        0.0, total - warmup, alpha=alpha, warmup_target=cfg.learning_rate, warmup_steps=warmup)
+        0.0, total - warmup, alpha=1.0 if cfg.schedule == "constant" else 0.0,
+        warmup_target=cfg.learning_rate, warmup_steps=warmup)
 
 
 def build_optimizer(cfg: params.Recipe, steps_per_epoch: int) -> object:
@@ -143,20 +141,6 @@ def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
             hits += correct(yb, probs)
         return loss_sum / n, hits / n
 
-    @tf.function
-    def score(pictures: object, labels: object) -> tuple:
-        probs = model(tf.cast(pictures, tf.float32), training=False)
-        return loss_fn(labels, probs) * tf.cast(tf.shape(labels)[0], tf.float32), \
-            correct(labels, probs)
-
-    def validate() -> list[float]:
-        """Loss and accuracy on the validation split, a batch at a time."""
-        sums = np.zeros(2)
-        for start in range(0, len(val["y"]), layout.INFERENCE_BATCH):
-            part = slice(start, start + layout.INFERENCE_BATCH)
-            sums += [float(v) for v in score(val["x"][part], val["y"][part].astype(np.int32))]
-        return list(sums / len(val["y"]))
-
     rng = np.random.default_rng(seed)
     history = {key: [] for key in HISTORY_KEYS}
     epoch_seconds = []
@@ -167,7 +151,9 @@ def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
             moves = affine_transforms(rng, n, cfg, side=train["x"].shape[1])
         else:  # one offset per batch (unused without augmentation)
             moves = rng.integers(0, 2 * shift + 1, size=(steps, 2), dtype=np.int32)
-        values = [*train_epoch(tf.constant(order), tf.constant(moves)), *validate()]
+        values = list(train_epoch(tf.constant(order), tf.constant(moves)))
+        probs = model.predict(val["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)
+        values += [loss_fn(val["y"], probs), np.mean(probs.argmax(axis=1) == val["y"])]
         epoch_seconds.append(time.perf_counter() - started)
         values.append(optimizer.learning_rate)  # the rate of the epoch's last step
         for key, value in zip(HISTORY_KEYS, values):
