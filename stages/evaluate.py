@@ -1,10 +1,8 @@
-"""Evaluate stage: score the trained model on the held-out test set, the only place it is used.
-
-Writes metrics/test.json, the numbers `dvc metrics diff` and `dvc exp show` compare
-(test_accuracy, test_loss); and, for `dvc plots`: metrics/per_class.csv (each
-class's error rate and errors, drawn as bars), metrics/confusion.csv (one actual,predicted row
-per wrong answer, so the confusion matrix shows the errors alone) and metrics/errors.png, the
-test images the model got wrong with the most confidence.
+"""Evaluate stage: the trained model scored on the held-out test set, the only place it is used:
+metrics/test.json (test_accuracy and test_loss, what `dvc metrics diff` and `dvc exp show`
+compare), and for `dvc plots` each class's errors (per_class.csv), one actual,predicted row per
+wrong answer (confusion.csv: the matrix of the errors alone) and the most confident mistakes
+(errors.png).
 """
 
 import csv

@@ -117,10 +117,6 @@ def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
     variables = model.trainable_variables
     optimizer.build(variables)
 
-    def correct(labels: object, probs: object) -> object:
-        predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
-        return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
-
     def augmented(pictures: object, step: object, moves: object) -> object:
         if augment == "affine":
             return transform_images(pictures, moves[step * batch_size:(step + 1) * batch_size])
@@ -138,7 +134,7 @@ def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
                 loss = loss_fn(yb, probs)
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             loss_sum += loss * tf.cast(tf.shape(batch)[0], tf.float32)
-            hits += correct(yb, probs)
+            hits += tf.reduce_sum(tf.cast(tf.argmax(probs, 1, tf.int32) == yb, tf.float32))
         return loss_sum / n, hits / n
 
     rng = np.random.default_rng(seed)

@@ -1,11 +1,7 @@
 """Bring a picture of a digit to MNIST form, as MNIST was made: grey levels, white ink on black,
 cropped to the ink, scaled into a 20x20 box, its centre of mass at the centre of 28x28. In a
-photo the digit is found first (find_digit, docs/photos.md), in a copy at most 400 px on its
-long side: a notebook's rules are painted over; a sheet of paper inside the picture is found,
-and its dark ink is the digit; else the paper's level around every pixel (a median over a third
-of the picture), the ink what stands out from it (Otsu's threshold, the noise), the digit its
-main region near the middle with the pieces close to it, in either polarity. A picture with no
-such region, or several of a size, is refused in a line that says so.
+photo the digit is found first (find_digit; docs/photos.md tells how), in a copy at most 400 px
+on its long side. A picture with no such digit, or several, is refused in a line that says so.
 """
 
 from dataclasses import dataclass

@@ -92,11 +92,10 @@ async def page() -> FileResponse:
 @router.get("/health")
 async def health(classifier: Served) -> Health:
     """Which model answers: its file name, version and SHA-256, family, dataset and classes."""
-    info = classifier.info
     return Health(status="ok", model=classifier.path.name,  # no paths of the host
                   version=classifier.version, sha256=classifier.sha256,
-                  dataset=info.dataset, family=info.family, class_names=info.class_names,
-                  input_shape=info.input_shape, prepare=info.prepare, refusal=info.refusal.kind)
+                  **classifier.info.model_dump(exclude={"refusal"}),
+                  refusal=classifier.info.refusal.kind)
 
 
 # What /predict may answer instead of a Prediction, for the OpenAPI schema and /docs.

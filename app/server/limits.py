@@ -5,7 +5,6 @@ arriving), 408 when it stalls for body_progress_s or is not all there after uplo
 Every refusal is JSON with a string `detail`, as FastAPI's own errors are."""
 
 import asyncio
-import json
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -17,11 +16,6 @@ from app.server.settings import Limits
 class UploadRefused(HTTPException):
     """Raised as the body arrives: FastAPI answers an HTTPException as it is (anything else its
     form parsing turns into a 400), and Starlette's parser closes the upload's file."""
-
-
-def problem(detail: str) -> bytes:
-    """The body of every refusal, from the app or from main.py's protocol."""
-    return json.dumps({"detail": detail}).encode()
 
 
 def headers_too_large(limits: Limits) -> str:

@@ -10,6 +10,7 @@ SIGHUP the model is fetched and checked here, then each worker switches to it (a
 uvicorn's own SIGHUP replaces the workers, and requests crossing a closed connection fail."""
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
 from app.classifier import ModelError
-from app.server.limits import headers_too_large, problem
+from app.server.limits import headers_too_large
 from app.server.registry import RegistryError, prepare
 from app.server.settings import Limits, Settings
 
@@ -118,8 +119,8 @@ class LimitedH11Protocol(H11Protocol):
             self.refuse(400, "not a valid HTTP/1.1 request")
 
     def refuse(self, status: int, detail: str) -> None:
-        """Answer `status` with `detail`, then linger."""
-        body = problem(detail)
+        """Answer `status` with `detail` (JSON, as the app's refusals), then linger."""
+        body = json.dumps({"detail": detail}).encode()
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                              % (status, HTTPStatus(status).phrase.encode(), len(body), body))

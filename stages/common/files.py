@@ -44,14 +44,14 @@ def atomic(target: Path, folder: bool = False) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_temporaries(target.parent)
+    # A free name; what is made there gets the usual mode (mkdtemp's is owner-only).
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    if not folder:
-        tmp.rmdir()
+    tmp.rmdir()
+    if folder:
+        tmp.mkdir()
     try:
         yield tmp
         exit_if_stopped()
-        mode = 0o777 if folder else 0o666  # mkstemp's owner-only mode is no output's
-        os.chmod(tmp, mode & ~current_umask())
         if folder and target.is_dir():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -60,12 +60,6 @@ def atomic(target: Path, folder: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp)
         else:
             tmp.unlink(missing_ok=True)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes(target: Path, data: bytes) -> None:

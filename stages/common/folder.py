@@ -1,12 +1,10 @@
 """A folder of labelled pictures as a dataset: datasets/NAME/<class>/<picture>, or with train/
-and test/ folders each holding the same class folders (the layout of torchvision's ImageFolder
-and Keras' image_dataset_from_directory). A class's name is its folder's; classes are sorted.
-Every picture is read by the app's own reader (app/pictures/fit.py), so the app prepares a
-picture for the model exactly as training saw it: in worker processes, one per core, each under
-a memory cap as the app's decode processes are. They all become one size and channel count:
-params, or chosen from the data. A bad entry (not a picture, a damaged one, one over the limits,
-a README beside the class folders, a folder inside a class folder, a broken link) is named in
-one line: the stage stops there, or with `data.on_bad_file: skip` leaves it out and counts it.
+and test/ folders each holding the same class folders (torchvision's ImageFolder layout). A
+class's name is its folder's; classes are sorted. Every picture is read by the app's own reader
+(app/pictures/fit.py), in worker processes, one per core, each under a memory cap as the app's
+decode processes are, and made one size and channel count (params, or chosen from the data). A
+bad entry (not a picture, a damaged one, a README beside the class folders, a folder in a class
+folder, a broken link) stops the stage in one line, or with `data.on_bad_file: skip` is counted.
 """
 
 import logging
