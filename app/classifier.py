@@ -1,9 +1,7 @@
 """The exported model as the app runs it (ONNX Runtime and the metadata inside the file,
 app/metadata.py), and the answer for a picture, the same for `mnist-predict --json` and for
-HTTP. A model is served right or refused at load, in one line: its metadata must fit it, its
-input be [N, H, W, C] floats as its metadata says (N free, or 1: run one picture at a time), its
-outputs probabilities on probe pictures (not scores: "7 (1161.0%)"). Every answer is checked
-again: NaN is never served.
+HTTP. A model that does not fit its metadata, or gives no probabilities, is refused at load in
+one line (load_classifier); every answer is checked again: NaN is never served.
 """
 
 import hashlib

@@ -18,6 +18,8 @@ from sweep import SweepError, cluster, grid, repo, report
 from sweep.trial import Outcome, Setup
 
 log = logging.getLogger("sweep")
+# Each trial's output (git, DVC, every stage), beside DVC's own queue logs (git ignores them).
+LOG_DIR = Path(".dvc/tmp/sweeps")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,8 +54,10 @@ def sweep(args: argparse.Namespace) -> int:
              else "this machine", ", ".join(t.name for t in trials))
 
     def on_end(outcome: Outcome) -> None:
-        log_path = repo.save_log(root, outcome.name, outcome.log)
-        (log.info if outcome.ok else log.error)("%s", report.ended(outcome, log_path))
+        log_path = LOG_DIR / f"{outcome.name}.log"  # kept for the user
+        (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
+        (root / log_path).write_text(outcome.log)
+        (log.info if outcome.ok else log.error)("%s", report.ended(outcome, str(log_path)))
 
     with cluster.connected(args.address):
         outcomes = cluster.run_trials(trials, setup, on_end)

@@ -15,9 +15,6 @@ from sweep.trial import WORK_DIR_NAME, Setup, command_name, error_line
 
 log = logging.getLogger("sweep")
 
-# Each trial's output (git, DVC, every stage), beside DVC's own queue logs (git ignores them).
-LOG_DIR = Path(".dvc/tmp/sweeps")
-
 
 def run(cwd: Path | str, *args: str) -> str:
     """stdout of a git or dvc command; SweepError with the line that says why, if it fails."""
@@ -110,10 +107,3 @@ def metric_of(rows: list[dict], names: list[str], metric: tuple[str, str] = TEST
     path, key = metric
     values = {row["Experiment"]: row.get(f"{path}:{key}", row.get(key)) for row in rows}
     return {name: values.get(name) for name in names}
-
-
-def save_log(root: Path, name: str, text: str) -> str:
-    """A trial's output, kept for the user: its path, relative to the root."""
-    (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
-    (root / LOG_DIR / f"{name}.log").write_text(text)
-    return str(LOG_DIR / f"{name}.log")

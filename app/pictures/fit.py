@@ -13,7 +13,6 @@ from PIL import Image, ImageOps
 from app.pictures.decode import flattened, opened
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def probe(source: str | os.PathLike | BinaryIO) -> tuple[int, bool]:
@@ -23,7 +22,7 @@ def probe(source: str | os.PathLike | BinaryIO) -> tuple[int, bool]:
         if image.mode in ("P", "PA"):
             colours = np.asarray(image.getpalette() or [0, 0, 0]).reshape(-1, 3)
             return max(image.size), bool((colours == colours[:, :1]).all())
-        return max(image.size), image.mode in GREY_MODES
+        return max(image.size), Image.getmodebase(image.mode) == "L"  # 1, L, LA, I;16, F...
 
 
 def letterboxed(image: Image.Image, size: int) -> np.ndarray:

@@ -89,16 +89,13 @@ class Sandbox:
             self.idle.put((pipe, process))
 
     async def run(self, job: Callable, picture: bytes | BinaryIO, *args: Any) -> Any:
-        """`call` in a thread, with a deadline deadline_s from now: a job still waiting for a
-        process then is dropped, one running is killed."""
+        """`call` in a thread, with a deadline deadline_s from now (TimeoutError): a job still
+        waiting for a process then is dropped (its future cancelled), one running is killed."""
         deadline = time.monotonic() + self.deadline_s
         future = asyncio.get_running_loop().run_in_executor(
             self.waiting, lambda: self.call(job, picture, *args, deadline=deadline))
-        try:
-            async with asyncio.timeout(self.deadline_s):
-                return await future
-        except TimeoutError:  # the future is cancelled: a job still queued never starts
-            raise TimeoutError(f"no answer within {self.deadline_s:g} s") from None
+        async with asyncio.timeout(self.deadline_s):
+            return await future
 
     def close(self) -> None:
         self.waiting.shutdown(wait=False, cancel_futures=True)

@@ -30,20 +30,16 @@ class InputError(StageError):
     says what to do."""
 
 
-def remove_temporaries(folder: Path) -> None:
-    """Remove what a stage killed outright left in `folder`. DVC runs one stage of a workspace
-    at a time, so any temporary file there is a dead run's."""
-    for entry in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else ():
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
 @contextlib.contextmanager
 def atomic(target: Path, folder: bool = False) -> Iterator[Path]:
     """A temporary path (a file, or a folder) beside `target`, renamed onto it if the block
     succeeds, removed if it does not."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(target.parent)
+    # What a stage killed outright left here: DVC runs one stage of a workspace at a time, so
+    # any temporary file here is a dead run's.
+    for entry in target.parent.glob(".*.tmp"):
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     # A free name; what is made there gets the usual mode (mkdtemp's is owner-only).
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     tmp.rmdir()

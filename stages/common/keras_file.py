@@ -33,25 +33,23 @@ def save_model_reproducibly(model: keras.Model, target: Path) -> None:
                     metadata.pop("date_saved", None)
                     data = json.dumps(metadata, sort_keys=True).encode()
                 elif name == "config.json":
-                    data = json.dumps(renumber_shared_objects(json.loads(data))).encode()
+                    data = renumbered(data)
                 info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
                 info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
                 zout.writestr(info, data)
 
 
-def renumber_shared_objects(node: object, numbers: dict | None = None) -> object:
-    """Each `shared_object_id` (a Python id()) replaced by 1, 2, ... in order of appearance."""
-    numbers = {} if numbers is None else numbers
-    if isinstance(node, dict):
+def renumbered(config: bytes) -> bytes:
+    """config.json with each `shared_object_id` (a Python id()) replaced by 1, 2, ... in the
+    order json meets them."""
+    numbers = {}
+
+    def renumber(node: dict) -> dict:
         if "shared_object_id" in node:
             node["shared_object_id"] = numbers.setdefault(node["shared_object_id"],
                                                           len(numbers) + 1)
-        for value in node.values():
-            renumber_shared_objects(value, numbers)
-    elif isinstance(node, list):
-        for value in node:
-            renumber_shared_objects(value, numbers)
-    return node
+        return node
+    return json.dumps(json.loads(config, object_hook=renumber)).encode()
 
 
 def load_model(path: Path, input_shape: list, classes: int) -> keras.Model:

@@ -1,7 +1,5 @@
-"""Where everything lives: every path and file name the stages share, named once.
-
-dvc.yaml spells the same paths (DVC reads no Python); tests/stages/test_layout.py checks that
-the two agree, and that dvc.yaml lists every module each stage imports.
+"""Where everything lives: every path and file name the stages share, named once. dvc.yaml
+spells the same paths (DVC reads no Python); tests/stages/test_layout.py checks they agree.
 """
 
 from pathlib import Path

@@ -4,10 +4,8 @@
   the stage with one line on stderr, `error: ...`, and exit status 1: never a traceback.
 - SIGTERM, SIGHUP and SIGINT (`kill`, a closed terminal, Ctrl-C, `dvc` stopped by CI) raise
   SystemExit(128 + n): every `finally` and `with` block runs on the way out, so temporary
-  files are removed and no output is left half-written (stages/common/files.py). The signal is
-  also recorded: one whose SystemExit lands in a finaliser is dropped by Python ("Exception
-  ignored in ..."), and the record still stops the stage before its next output is put in
-  place (files.atomic) or at its end.
+  files are removed and no output is left half-written (stages/common/files.py); and they are
+  recorded, for the one Python drops in a finaliser (exit_if_stopped).
 """
 
 import gc
@@ -32,7 +30,8 @@ def stop(signum: int, frame: object) -> None:
 
 
 def exit_if_stopped() -> None:
-    """Exit 128 + n if a stop signal arrived, even one whose exception Python dropped."""
+    """Exit 128 + n if a stop signal arrived, even one whose exception Python dropped (in a
+    finaliser): before an output is put in place (files.atomic), and at a stage's end."""
     if received:
         raise SystemExit(128 + received[0])
 
