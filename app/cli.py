@@ -99,7 +99,7 @@ def predict(args: argparse.Namespace, sandbox: Sandbox) -> int:
     for path in args.images:
         try:  # made as the model's data were, in a decode process
             image = sandbox.call(model_input, picture_bytes(path), classifier.info)
-        except (OSError, InputError) as error:  # the file system or a crashed decoder; the file
+        except (OSError, InputError) as error:  # the file system, a crashed decoder; the file
             say(f"{path}: {reason(error)}")
             results.append({"file": str(path), "error": reason(error)})
             continue

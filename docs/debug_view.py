@@ -4,8 +4,9 @@ saw, and under it what the model answered. From the repository root after `make 
 
     python docs/debug_view.py OUT_DIR PICTURE [PICTURE ...] [--model model/model.onnx]
 
-writes OUT_DIR/NNN-NAME.png, NNN the picture's place among those given (two may share a name).
-A tool for studying the search, run in this process: the app reads pictures within bounds.
+writes OUT_DIR/NNN-NAME.png, NNN the picture's place among those given (two may share a name),
+for each picture it can read (else a line on stderr, and exit status 1). A tool for studying the
+search, run in this process: the app reads pictures within bounds.
 """
 
 import argparse
@@ -16,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.classifier import MODEL_FILE, answer, load_classifier, model_input  # noqa: E402
-from app.cli import text_line  # noqa: E402
+from app.classifier import MODEL_FILE, ModelError, answer, load_classifier, model_input  # noqa: E402
+from app.cli import printable, reason, text_line  # noqa: E402
 from app.metadata import ModelInfo  # noqa: E402
 from app.pictures.decode import InputError, read_grey  # noqa: E402
 from app.pictures.digit import find_digit  # noqa: E402
@@ -66,28 +67,35 @@ def debug_view(picture: bytes, info: ModelInfo, caption: str = "") -> Image.Imag
     return view
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(prog="docs/debug_view.py", description=__doc__)
     parser.add_argument("out", type=Path, metavar="OUT_DIR")
     parser.add_argument("pictures", nargs="+", type=Path, metavar="PICTURE")
     parser.add_argument("--model", type=Path, default=MODEL_FILE)
     args = parser.parse_args()
-    classifier = load_classifier(args.model)
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        classifier = load_classifier(args.model)
+    except ModelError as error:
+        sys.exit(f"error: {error}")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        sys.exit(f"error: {args.out}: {reason(error)}")
+    failed = 0
     for number, path in enumerate(args.pictures, 1):
-        picture, target = path.read_bytes(), args.out / f"{number:03d}-{path.name}.png"
         try:
+            picture = path.read_bytes()
             pixels = model_input(picture, classifier.info)
             probs = classifier.probabilities(pixels[np.newaxis])[0]
             caption = text_line({"file": str(path), **answer(pixels, probs, classifier, 3)})
-        except InputError as error:
-            caption = f"{path}: {error}"
-        try:
-            debug_view(picture, classifier.info, caption).save(target)
-        except InputError:  # not a picture: nothing to draw
-            pass
-        print(caption)
+            debug_view(picture, classifier.info, caption).save(
+                args.out / f"{number:03d}-{path.name}.png")
+            print(caption)
+        except (OSError, InputError, ModelError) as error:  # no picture to draw
+            print(f"error: {printable(str(path))}: {reason(error)}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -34,15 +34,16 @@ RETRIES = 2  # of a failed download (a timeout, a dropped connection, a 5xx), fr
 MAX_CONTENT_BYTES = 70_000 * 64 * 64 + 16
 
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+IdxFile = Literal[tuple(file for file, _ in IDX_FILES.values())]
 ClassName = Annotated[str, StringConstraints(min_length=1, max_length=60)]
 
 
 class Entry(Section):
-    """A catalogue entry: the project's own file, so its types are declared, not its sense."""
+    """A catalogue entry, the project's own file: its fields' types, and the four files named."""
     prepare: Literal["digit", "clothing"]  # how the app brings a picture to this data's form
     urls: list[Annotated[str, StringConstraints(pattern=r"^https?://\S+/$")]]
     classes: list[ClassName] = Field(min_length=2, max_length=1000)
-    files: dict[str, Hex64]  # the SHA-256 of each file's content, decompressed (IDX_FILES)
+    files: dict[IdxFile, Hex64] = Field(min_length=4)  # each content's SHA-256, decompressed
 
 
 class SourceFailed(Exception):
@@ -133,4 +134,3 @@ def parse_idx(data: bytes, ndim: int) -> np.ndarray:
         raise SourceFailed(f"{len(data)} bytes, where its header {shape} needs "
                            f"{start + int(np.prod(shape, dtype=object))}")
     return np.frombuffer(data, np.uint8, offset=start).reshape(shape)
-

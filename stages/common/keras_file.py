@@ -6,7 +6,7 @@ zip entry with the current time and writes `date_saved` into metadata.json, and 
 numbers shared objects (the layers' common dtype policy) by their Python `id()`, which changes
 from one process to the next: saving one model twice would give two md5s, and DVC would never
 see two trainings as equal. We save normally, then rewrite the zip with the times fixed,
-`date_saved` dropped and the shared-object ids renumbered in order; Keras loads it as usual.
+`date_saved` dropped and the shared-object ids renumbered 1, 2, ...; Keras loads it as usual.
 """
 
 import json
@@ -41,7 +41,7 @@ def save_model_reproducibly(model: keras.Model, target: Path) -> None:
 
 def renumbered(config: bytes) -> bytes:
     """config.json with each `shared_object_id` (a Python id()) replaced by 1, 2, ... in the
-    order json meets them."""
+    order their objects end (json's object_hook): the same config, the same numbers."""
     numbers = {}
 
     def renumber(node: dict) -> dict:

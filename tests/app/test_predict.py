@@ -528,15 +528,16 @@ def test_the_debug_view_tool_shows_what_was_taken_for_the_page_and_the_ink(tmp_p
                                                                            good_png):
     """docs/debug_view.py, as docs/photos.md runs it: a photo of a digit on a sheet lying on a
     desk is drawn with the sheet and the ink outlined beside the 28x28, its answer under it; a
-    file that is no picture is a line, not a crash."""
+    file that is no picture is a line on stderr (and exit status 1), not a crash."""
     photo, text = tmp_path / "photo.png", tmp_path / "notes.png"
     Image.fromarray(make_photo(7, "sheet-in-frame", 3).image).save(photo)
     text.write_text("not a picture")
     done = subprocess.run([sys.executable, REPO / "docs/debug_view.py", tmp_path / "seen", photo,
                            good_png, text, "--model", model_file], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].startswith(f"{photo}: 7 (")
-    assert done.stdout.splitlines()[2].startswith(f"{text}: not a picture")
+    assert re.match(rf"{re.escape(str(photo))}: \d \(\d+\.\d%\)", done.stdout)
+    assert done.returncode == 1, "a file it could not draw"
+    assert done.stderr.startswith(f"error: {text}: not a picture (")
+    assert done.stderr.count("\n") == 1
     with Image.open(tmp_path / "seen/001-photo.png.png") as view:
         pixels = np.asarray(view.convert("RGB")).reshape(-1, 3)
     blue, red = (40, 110, 255), (230, 30, 30)  # docs/debug_view.py's colours

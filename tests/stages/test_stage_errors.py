@@ -265,18 +265,18 @@ def test_an_output_path_that_is_a_folder_is_one_line(processed, tmp_path):
     assert one_error_line(err).startswith("error: ") and "metrics/data.json" in err
 
 
-def test_outputs_get_the_usual_mode_not_a_temporary_files(tmp_path):
+def test_outputs_get_the_umask_s_mode_not_a_temporary_file_s(tmp_path):
     """A file or a folder put in place by files.atomic is made as any other (the umask's mode),
     not owner-only as the temporary names it starts under would be."""
     from stages.common.files import atomic
 
-    mask = os.umask(0o022)
+    mask = os.umask(0o027)
     try:
         write_json(tmp_path / "out.json", {"a": 1})
         with atomic(tmp_path / "folder", folder=True) as tmp:
             (tmp / "inside.npz").write_bytes(b"x")
     finally:
         os.umask(mask)
-    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o750
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "out.json"]
