@@ -1,8 +1,7 @@
 """Evaluate stage: the trained model scored on the held-out test set, the only place it is used:
 metrics/test.json (test_accuracy and test_loss, what `dvc metrics diff` and `dvc exp show`
-compare), and for `dvc plots` each class's errors (per_class.csv), one actual,predicted row per
-wrong answer (confusion.csv: the matrix of the errors alone) and the most confident mistakes
-(errors.png).
+compare), and for `dvc plots` each class's errors (per_class.csv), a row per wrong answer
+(confusion.csv: the matrix of the errors alone) and the most confident mistakes (errors.png).
 """
 
 import csv
@@ -102,7 +101,6 @@ def main() -> None:
     dataset = load_json(layout.DATASET_INFO, "preprocess")
     class_names = dataset["class_names"]
 
-    # TensorFlow is imported after the inputs are read: a missing one is reported at once.
     import_tensorflow()
     from stages.common.keras_file import load_model
 

@@ -100,7 +100,6 @@ def check_parity(keras_probs: np.ndarray, onnx_probs: np.ndarray) -> dict:
 
 def main() -> None:
     params.load()  # a mistake anywhere in params.yaml stops every stage
-    # The validation split, never the test one: only evaluate reads that.
     val = load_npz(layout.SPLITS["val"], "preprocess", ("x",))
     metadata = load_json(layout.MODEL_INFO, "train")
 

@@ -101,9 +101,10 @@ def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
     """Train `model` for cfg.epochs epochs; return the per-epoch history and epoch seconds, and
     call `on_epoch_end(epoch, values)` after each.
 
-    One compiled graph runs a whole epoch, batches gathered from the uint8 pictures in memory:
-    Keras' model.fit pays a Python round-trip per step, which costs the small MLP more than its
-    arithmetic (bench/results.md). All randomness comes from one generator seeded from params.
+    One compiled graph runs a whole epoch, batches gathered from the uint8 pictures in memory,
+    and one a validation batch: Keras' model.fit and model.predict pay a Python round-trip per
+    step, which costs the small MLP more than its arithmetic (bench/results.md). All randomness
+    comes from one generator seeded from params.
     Augmentation: "shift" moves each batch by whole pixels (the MLP's recipe), "affine" moves,
     turns and scales each picture (the CNN's), or "none"."""
     import keras
@@ -121,6 +122,8 @@ def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
         if augment == "affine":
             return transform_images(pictures, moves[step * batch_size:(step + 1) * batch_size])
         return shift_images(pictures, moves[step], shift) if augment == "shift" else pictures
+
+    infer = tf.function(lambda pictures: model(tf.cast(pictures, tf.float32), training=False))
 
     @tf.function
     def train_epoch(order: object, moves: object) -> tuple:
@@ -148,7 +151,8 @@ def fit(model: object, cfg: params.Recipe, seed: int, train: dict, val: dict,
         else:  # one offset per batch (unused without augmentation)
             moves = rng.integers(0, 2 * shift + 1, size=(steps, 2), dtype=np.int32)
         values = list(train_epoch(tf.constant(order), tf.constant(moves)))
-        probs = model.predict(val["x"], batch_size=layout.INFERENCE_BATCH, verbose=0)
+        probs = np.concatenate([infer(val["x"][start:start + layout.INFERENCE_BATCH])
+                                for start in range(0, len(val["y"]), layout.INFERENCE_BATCH)])
         values += [loss_fn(val["y"], probs), np.mean(probs.argmax(axis=1) == val["y"])]
         epoch_seconds.append(time.perf_counter() - started)
         values.append(optimizer.learning_rate)  # the rate of the epoch's last step
@@ -173,7 +177,6 @@ def live_logger(live: object) -> Callable[[int, dict], None]:
 
 
 def main() -> None:
-    # Params and inputs first: a mistake in them is reported before TensorFlow's seconds.
     cfg = params.load().train
     train, val = (load_npz(layout.SPLITS[s], "preprocess", ("x", "y")) for s in ("train", "val"))
     dataset = load_json(layout.DATASET_INFO, "preprocess")

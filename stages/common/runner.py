@@ -69,7 +69,8 @@ NOTICES = ("All log messages before absl::InitializeLog", "oneDNN custom operati
 
 
 def import_tensorflow() -> None:
-    """Import TensorFlow and Keras for a stage: the same kernels on every CPU, the import's
+    """Import TensorFlow and Keras for a stage, after its params and inputs are read (a mistake
+    there is said before TensorFlow's seconds): the same kernels on every CPU, the import's
     notices left out of stderr (anything else it prints there still reaches the user)."""
     if "keras" in sys.modules:
         return
