@@ -62,10 +62,6 @@ class Classifier:
     name: str = ""  # NAME@VERSION.onnx's, as app/server/registry.py fetches a version; else
     version: str = ""  # the file's name without .onnx, and no version
 
-    @property
-    def class_names(self) -> list[str]:
-        return self.info.class_names
-
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) probabilities for N pictures in the model's input form; ModelError if
         the model gives anything else for any of them."""
@@ -193,7 +189,7 @@ def answer(pixels: np.ndarray, probs: np.ndarray, classifier: Classifier, k: int
     picture is refused (app/metadata.py: what no digit looks like, or an answer less sure than
     the model's threshold), "refusal" says why and "label" and "probability" are None (`top`
     stays: what the model would have guessed)."""
-    top = [{"label": classifier.class_names[i], "probability": round(float(probs[i]), 6)}
+    top = [{"label": classifier.info.class_names[i], "probability": round(float(probs[i]), 6)}
            for i in np.argsort(-probs, kind="stable")[:k]]
     check = classifier.info.refusal
     if check.kind == "digit":

@@ -36,7 +36,7 @@ def main():
         figure.paste(Image.fromarray(photo.image).resize((CELL, CELL)), (x, 0))
         figure.paste(Image.fromarray(seen).resize((CELL, CELL), Image.Resampling.NEAREST),
                      (x, CELL + GAP))
-        label = f"{kind}: read {classifier.class_names[probs.argmax()]} ({probs.max():.0%})"
+        label = f"{kind}: read {classifier.info.class_names[probs.argmax()]} ({probs.max():.0%})"
         draw.text((x, 2 * CELL + GAP + 4), label, fill=0, font=font)
     figure.save(sys.argv[1])
     print(f"wrote {sys.argv[1]}")

@@ -18,8 +18,7 @@ from sweep import SweepError, cluster, grid, repo, report
 from sweep.trial import Outcome, Setup
 
 log = logging.getLogger("sweep")
-# Each trial's output (git, DVC, every stage), beside DVC's own queue logs (git ignores them).
-LOG_DIR = Path(".dvc/tmp/sweeps")
+LOG_DIR = Path(".dvc/tmp/sweeps")  # each trial's output, beside DVC's queue logs (git-ignored)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -67,7 +67,9 @@ def run_trial(name: str, files: dict[str, str], setup: Setup) -> Outcome:
     started, node = time.monotonic(), ray.get_runtime_context().get_node_id()
     clones = Path(tempfile.gettempdir()) / WORK_DIR_NAME / "clones"
     clones.mkdir(parents=True, exist_ok=True)
-    remove_stale_clones(clones)
+    for stale in clones.glob("[0-9]*-*"):  # of trials whose worker (its pid) died: no `finally`
+        if not psutil.pid_exists(int(stale.name.split("-", 1)[0])):
+            shutil.rmtree(stale, ignore_errors=True)
     clone, log = clones / f"{os.getpid()}-{name}", []
 
     def step(*args: str, cwd: Path = clone) -> str | None:
@@ -137,14 +139,6 @@ def stop(process: subprocess.Popen) -> None:
             time.sleep(POLL_S)
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-def remove_stale_clones(clones: Path) -> None:
-    """Remove the clones of trials whose worker died (it ran no `finally`): each clone is named
-    after its worker's process id."""
-    for clone in clones.glob("[0-9]*-*"):
-        if not psutil.pid_exists(int(clone.name.split("-", 1)[0])):
-            shutil.rmtree(clone, ignore_errors=True)
 
 
 def command_name(args: Sequence[str]) -> str:

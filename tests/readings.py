@@ -53,7 +53,7 @@ def answers(classifier, pictures, transform):
             results.append(Answer("", reason))
             continue
         probs = next(probabilities)
-        results.append(Answer(classifier.class_names[int(np.argmax(probs))],
+        results.append(Answer(classifier.info.class_names[int(np.argmax(probs))],
                               rules.refusal(next(pixels)[..., 0], probs)))
     return results
 

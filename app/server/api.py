@@ -116,7 +116,7 @@ async def predict(request: Request, classifier: Served,
         raise HTTPException(400, "the upload is empty")
     pixels = await request.app.state.sandbox.run(model_input, file.file, classifier.info)
     probs = classifier.probabilities(pixels[np.newaxis])[0]
-    result = answer(pixels, probs, classifier, len(classifier.class_names))
+    result = answer(pixels, probs, classifier, len(classifier.info.class_names))
     request.state.refusal = result["refusal"]  # for the metrics and the log (metrics.py)
     request.state.classes = [] if result["refusal"] else [result["label"]]
     return Prediction(**result)

@@ -84,7 +84,7 @@ async def model_metadata(classifier: Named) -> dict:
                 "name": classifier.input_name, "datatype": "FP32",
                 "shape": [-1, *classifier.info.input_shape]}],
             "outputs": [{"name": classifier.output_name, "datatype": "FP32",
-                         "shape": [-1, len(classifier.class_names)]}]}
+                         "shape": [-1, len(classifier.info.class_names)]}]}
 
 
 @v2.post("/models/{name}/infer")
@@ -95,7 +95,7 @@ async def infer(request: Request, classifier: Named) -> dict:
     request_id, pixels = await request.app.state.sandbox.run(pictures, await request.body(),
                                                              names, classifier.info)
     probs = await asyncio.to_thread(classifier.probabilities, pixels)  # a batch: off the loop
-    request.state.classes = [classifier.class_names[i] for i in probs.argmax(axis=1)]
+    request.state.classes = [classifier.info.class_names[i] for i in probs.argmax(axis=1)]
     return {"model_name": classifier.name, "model_version": classifier.version, "outputs": [
         {"name": names[1], "datatype": "FP32", "shape": [*probs.shape],
          "data": probs.ravel().tolist()}], **({"id": request_id} if request_id else {})}

@@ -11,7 +11,7 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import BaseRoute, Match
@@ -30,12 +30,23 @@ LOADS = Counter("mnist_model_loads", "Models loaded by a worker, at its start or
                 "served, or refused (the one before goes on)", ["outcome"])
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's, kept if printable and short
 log = logging.getLogger("app.requests")
+router = APIRouter()
+
+
+class EveryWorker:
+    """Every worker's counts, as MultiProcessCollector adds them up, less a file a worker is still
+    making: empty, it fails every scrape (prometheus/client_python#1199) until it is sized."""
+    def collect(self) -> list[Metric]:
+        return MultiProcessCollector.merge([entry.path for entry in os.scandir(
+            os.environ["PROMETHEUS_MULTIPROC_DIR"]) if entry.name.endswith(".db")
+            and entry.stat().st_size])
+
+
 EXPOSED = REGISTRY
 if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # as mnist-serve runs: every worker's counts
     EXPOSED = CollectorRegistry()
-    MultiProcessCollector(EXPOSED)
+    EXPOSED.register(EveryWorker())
     EXPOSED.register(MODEL)
-router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -145,3 +145,19 @@ def test_metrics_can_be_turned_off(model_dir):
         answer = request(f"{url}/metrics")
 
     assert (answer.status, answer.json()) == (404, {"detail": "Not Found"})
+
+
+def test_a_counts_file_a_worker_is_still_making_does_not_fail_the_scrape(served):
+    """prometheus-client makes a worker's file empty, then sizes it: a scrape in between (or
+    after that worker died there) still answers with every other worker's counts, where
+    MultiProcessCollector alone answers 500 (prometheus/client_python#1199)."""
+    url, _, counts = served
+    request(f"{url}/health")
+    empty = counts / "counter_999999.db"
+    empty.touch()
+    try:
+        for _ in range(4):  # whichever worker answers
+            answer = request(f"{url}/metrics")
+            assert answer.status == 200 and 'mnist_requests_total{route="/health"' in answer.text
+    finally:
+        empty.unlink()

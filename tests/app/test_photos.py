@@ -150,7 +150,8 @@ def test_the_trained_model_reads_the_photos(photos):
         pixels = to_mnist_form(photo.image)
         probs = classifier.probabilities(pixels[np.newaxis, ..., np.newaxis])[0]
         seen[photo.kind] += 1
-        right[photo.kind] += int(classifier.class_names[int(probs.argmax())] == str(photo.digit))
+        label = classifier.info.class_names[int(probs.argmax())]
+        right[photo.kind] += int(label == str(photo.digit))
         refused[photo.kind] += refusal(pixels, probs) is not None
     print({kind: f"{right[kind]}/{seen[kind]} read, {refused[kind]} refused" for kind in KINDS})
     assert all(right[kind] == seen[kind] for kind in CONTROLS), "every clean control read right"
