@@ -28,16 +28,18 @@ SIDE, GAP, CAPTION = 280, 12, 16  # the model's input shown 280 px square; px be
 PAGE, INK = (40, 110, 255), (230, 30, 30)
 
 
-def debug_view(picture: bytes, info: ModelInfo, caption: str = "") -> Image.Image:
+def debug_view(picture: bytes, info: ModelInfo, caption: str = "",
+               pixels: np.ndarray | None = None) -> Image.Image:
     """The picture with, for a digit model, the page's outline and the ink's box; the input the
-    model saw beside it; and below a legend (or why there is no input) and `caption`."""
+    model saw beside it (`pixels`, made here if not given); and below a legend (or why there is
+    no input) and `caption`."""
     grey = read_grey(picture)
-    page = box = pixels = None
+    page = box = None
     try:
         if info.prepare == "digit":
             found = find_digit(grey)
             page, box = found.page, found.box
-        pixels = model_input(picture, info)
+        pixels = model_input(picture, info) if pixels is None else pixels
         legend = ", ".join(["blue: the sheet of paper"] * (page is not None)
                            + ["red: the ink read as the digit"] * bool(box)
                            + ["right: what the model saw"])
@@ -85,12 +87,15 @@ def main() -> int:
     for number, path in enumerate(args.pictures, 1):
         try:
             picture = path.read_bytes()
-            pixels = model_input(picture, classifier.info)
-            probs = classifier.probabilities(pixels[np.newaxis])[0]
-            caption = text_line({"file": str(path), **answer(pixels, probs, classifier, 3)})
-            debug_view(picture, classifier.info, caption).save(
+            try:  # what the model answers
+                pixels = model_input(picture, classifier.info)
+                probs = classifier.probabilities(pixels[np.newaxis])[0]
+                line = text_line({"file": str(path), **answer(pixels, probs, classifier, 3)})
+            except InputError as error:  # no digit, say: drawn all the same, to show why
+                pixels, line = None, f"{printable(str(path))}: {reason(error)}"
+            debug_view(picture, classifier.info, line, pixels).save(
                 args.out / f"{number:03d}-{path.name}.png")
-            print(caption)
+            print(line)
         except (OSError, InputError, ModelError) as error:  # no picture to draw
             print(f"error: {printable(str(path))}: {reason(error)}", file=sys.stderr)
             failed += 1

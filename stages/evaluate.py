@@ -35,7 +35,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
     per_class = [{"errors": int(errors[c]), "error_rate": round(float(error_rate[c]), 2),
                   "precision": round(precision[c], 6), "recall": round(recall[c], 6)}
                  for c in range(num_classes)]
-    picked = np.clip(probs[np.arange(len(y_true)), y_true], EPSILON, 1.0)  # cross-entropy's
+    picked = np.clip(probs[np.arange(len(y_true)), y_true], EPSILON, 1.0)  # the true class's
     headline = {"test_accuracy": round(float(np.mean(y_pred == y_true)), 6),
                 "test_loss": round(float(-np.mean(np.log(picked))), 6)}
     return headline, per_class
